@@ -1,0 +1,41 @@
+"""Argument helpers shared by the subcommands: ``--config`` / ``--set`` and loading the root config."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, default_config: str | None = None) -> None:
+    """Add ``--config FILE`` and repeatable ``--set KEY=VALUE`` (precedence: defaults < file < --set)."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default_config,
+        help="TOML config file"
+        + (f" (default: {default_config})" if default_config else " (default: built-in defaults)"),
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one config key, e.g. --set policy.lora.rank=16 (repeatable; applied after --config)",
+    )
+
+
+def load_root_config(cls: type[T], args: argparse.Namespace) -> T:
+    """Load the command's root config from ``args.config`` and ``args.overrides``."""
+    from experiments.config import load_config
+
+    return load_config(cls, getattr(args, "config", None), getattr(args, "overrides", ()))
+
+
+def group_parser(subparsers: Any, name: str, help_text: str) -> Any:
+    """A command group (``backdrop reward ...``) whose bare invocation prints its own help."""
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(subparser=parser)
+    return parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", title="subcommands")

@@ -1,0 +1,311 @@
+"""Strict TOML configuration: frozen dataclasses, typed keys, did-you-mean suggestions, --set overrides.
+
+Every component owns one frozen, keyword-only dataclass (``reward/config.py``, ``policy/config.py``, ...)
+that validates itself in ``__post_init__`` by raising ``ValueError``. A command composes them into a root
+dataclass whose fields are the TOML sections. This module turns TOML text into that root:
+
+- precedence is defaults < file < ``--set`` overrides;
+- an unknown key fails with a suggestion (``unknown key 'policy.lora.rnak' (did you mean 'rank'?)``);
+- a value of the wrong type fails naming the key, the expected type and the value found;
+- a ``ValueError`` from a component's ``__post_init__`` is re-raised naming the section it came from;
+- :func:`dump_toml` writes the resolved config back out, so every run directory holds what it ran with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from offline_data.errors import BackdropError
+
+T = TypeVar("T")
+
+
+class ConfigError(BackdropError):
+    """A configuration file, key or override is invalid; the message names the key and the value."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Where a run writes, how it is seeded and which hardware it uses (section ``[run]``)."""
+
+    name: str = "run"
+    """Run name; results go to ``<output_dir>/<name>/<timestamp>``."""
+    output_dir: str = "runs"
+    """Root folder for run directories, relative to the working directory."""
+    seed: int = 0
+    """Seeds python, numpy and torch, and every explicit generator derived from it."""
+    device: str = "auto"
+    """"auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N"."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of frozen weights; trainable (LoRA) weights, optimiser state and log-probs stay float32."""
+    threads: int = 0
+    """torch intra-op threads; 0 keeps torch's default (all cores). Exact-match tests pin this."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files next to metrics.jsonl (which is always written)."""
+    mlflow: bool = False
+    """Also log to a local MLflow file store under ``<output_dir>/mlruns`` (needs the mlflow extra)."""
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"name must be a non-empty folder name without '/', got {self.name!r}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = torch default), got {self.threads}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build ``cls`` from its defaults, then the TOML file at ``path``, then ``--set`` overrides.
+
+    Raises:
+        ConfigError: unreadable file, TOML syntax error, unknown key, wrong type, bad override syntax, or a
+            value rejected by a component's ``__post_init__``.
+    """
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_nested(data, keys, value, text)
+    return from_dict(cls, data, source=source)
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "<dict>", prefix: str = "") -> T:
+    """Build the dataclass ``cls`` from a nested mapping, strictly (see module docstring)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<root>'}' must be a table, got {_show(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{_suggest(key, fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}", source)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        where = prefix.rstrip(".") or cls.__name__
+        raise ConfigError(f"{source}: {where}: {exc}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=VALUE``; VALUE is read as a TOML value, or as a bare string if it is not one.
+
+    ``policy.lora.rank=16`` gives 16, ``run.name=exp1`` gives "exp1", ``reward.heads=["click","dwell"]`` a list.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not sep or not key or any(not p or not p.replace("_", "").replace("-", "").isalnum() for p in parts):
+        raise ConfigError(f"bad --set {text!r}: expected KEY=VALUE with a dotted key, e.g. --set policy.lora.rank=16")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts, value
+
+
+def _set_nested(data: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"bad --set {text!r}: '{'.'.join(keys[: i + 1])}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _suggest(key: str, candidates: Mapping[str, Any] | Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    return f" (valid keys: {', '.join(sorted(candidates))})"
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {_type_name(args[0])}"
+        return f"list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"table of {_type_name(k)} -> {_type_name(v)}"
+    if tp is type(None):
+        return "nothing (omit the key)"
+    if dataclasses.is_dataclass(tp):
+        return f"table [{tp.__name__}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against annotation ``tp``; convert lists to tuples and tables to dataclasses."""
+    origin = typing.get_origin(tp)
+    fail = ConfigError(f"{source}: key '{key}' expects {_type_name(tp)}, got {_show(value)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise fail
+        return from_dict(tp, value, source=source, prefix=f"{key}.")
+    if origin in (types.UnionType, typing.Union):
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                continue
+        raise fail
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if any(value == a and type(value) is type(a) for a in allowed):
+            return value
+        close = _suggest(str(value), [str(a) for a in allowed]) if isinstance(value, str) else ""
+        raise ConfigError(f"{source}: key '{key}' expects {_type_name(tp)}, got {_show(value)}{close}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise fail
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise fail
+        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise fail
+        kt, vt = typing.get_args(tp)
+        return {_coerce(k, kt, key, source): _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise fail
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail
+    if tp is Path:
+        if isinstance(value, str):
+            return Path(value)
+        raise fail
+    raise TypeError(f"config key '{key}': unsupported annotation {tp!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain TOML-compatible data (tuples become lists, paths strings, None keys omitted)."""
+
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        if isinstance(value, tuple | list):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): convert(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return _drop_none(convert(config))
+
+
+def _drop_none(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _drop_none(v) for k, v in data.items() if v is not None}
+    return data
+
+
+def dump_toml(config: Any) -> str:
+    """Serialise a config dataclass (or nested dict) to TOML that :func:`load_config` reads back unchanged."""
+    data = to_dict(config) if dataclasses.is_dataclass(config) else _drop_none(dict(config))
+    lines: list[str] = []
+    _emit_table(data, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _emit_table(data: Mapping[str, Any], path: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if path and (scalars or not tables):
+        lines.append("")
+        lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
+    for key, value in scalars.items():
+        lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in tables.items():
+        _emit_table(value, [*path, key], lines)
+
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isalnum() or c in "_-" for c in key):
+        return key
+    return _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")

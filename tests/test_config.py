@@ -1,0 +1,117 @@
+"""Strict TOML configs: precedence, unknown keys with suggestions, type errors, --set syntax, round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from experiments.config import ConfigError, RunConfig, dump_toml, from_dict, load_config, parse_override
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    rank: int = 4
+    alpha: float = 4.0
+    targets: tuple[str, ...] = ("to_q", "to_k")
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PolicyConfig:
+    lora: LoraConfig = LoraConfig()
+    mode: Literal["online", "offline"] = "online"
+    kl_budget: float | None = None
+    weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"click": 1.0})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Root:
+    run: RunConfig = RunConfig()
+    policy: PolicyConfig = PolicyConfig()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_file_then_set_precedence(tmp_path: Path) -> None:
+    path = write(tmp_path, "[policy.lora]\nrank = 8\nalpha = 2\n[run]\nname = 'exp'\n")
+    cfg = load_config(Root, path, ["policy.lora.rank=16"])
+    assert cfg.policy.lora.rank == 16  # --set beats the file
+    assert cfg.policy.lora.alpha == 2.0 and isinstance(cfg.policy.lora.alpha, float)  # file beats default
+    assert cfg.policy.lora.targets == ("to_q", "to_k")  # default survives
+    assert cfg.run.name == "exp"
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("[policy.lora]\nrnak = 3\n", [], "unknown key 'policy.lora.rnak' (did you mean 'rank'?)"),
+        ("[polcy]\n", [], "unknown key 'polcy' (did you mean 'policy'?)"),
+        ("[policy.lora]\nrank = 'four'\n", [], "key 'policy.lora.rank' expects int, got str 'four'"),
+        ("[policy.lora]\nrank = 2.5\n", [], "key 'policy.lora.rank' expects int, got float 2.5"),
+        ("[policy.lora]\nrank = true\n", [], "key 'policy.lora.rank' expects int, got bool True"),
+        (
+            "[policy]\nmode = 'onlin'\n",
+            [],
+            "expects one of 'online', 'offline', got str 'onlin' (did you mean 'online'?)",
+        ),
+        (
+            "[policy]\nkl_budget = 'x'\n",
+            [],
+            "key 'policy.kl_budget' expects float or nothing (omit the key), got str 'x'",
+        ),
+        ("[policy.lora]\ntargets = 'to_q'\n", [], "key 'policy.lora.targets' expects list of str, got str 'to_q'"),
+        ("[policy.lora]\nrank = 0\n", [], "policy.lora: rank must be >= 1, got 0"),
+        ("[policy]\nlora = 3\n", [], "key 'policy.lora' expects table [LoraConfig], got int 3"),
+        ("[policy.weights]\nclick = 'high'\n", [], "key 'policy.weights.click' expects float, got str 'high'"),
+        ("", ["policy.lora.rank"], "bad --set 'policy.lora.rank': expected KEY=VALUE"),
+        ("", ["=3"], "bad --set '=3'"),
+        ("", ["policy..rank=3"], "bad --set 'policy..rank=3'"),
+        ("", ["policy.lora.rank=3", "policy.lora.rank.x=1"], "'policy.lora.rank' is a value, not a section"),
+        ("", ["policy.lora.rank=x"], "key 'policy.lora.rank' expects int, got str 'x'"),
+        ("[run]\nthreads = -1\n", [], "run: threads must be >= 0"),
+        ("[policy\n", [], "invalid TOML"),
+    ],
+)
+def test_config_errors_name_key_expected_and_found(
+    tmp_path: Path, text: str, overrides: list[str], message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(Root, path, overrides)
+    assert message in str(info.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.toml: config file not found"):
+        load_config(Root, tmp_path / "nope.toml")
+
+
+def test_parse_override_reads_toml_values_and_bare_strings() -> None:
+    assert parse_override("a.b=16") == (["a", "b"], 16)
+    assert parse_override("a=0.5") == (["a"], 0.5)
+    assert parse_override("a=true") == (["a"], True)
+    assert parse_override("run.name=exp-1") == (["run", "name"], "exp-1")
+    assert parse_override('h=["click", "dwell"]') == (["h"], ["click", "dwell"])
+
+
+def test_dump_toml_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(Root, None, ["policy.lora.rank=7", "policy.kl_budget=0.5", "policy.weights.dwell=0.25"])
+    text = dump_toml(cfg)
+    again = load_config(Root, write(tmp_path, text))
+    assert again == cfg
+    assert "kl_budget = 0.5" in text
+
+
+def test_from_dict_rejects_non_table() -> None:
+    with pytest.raises(ConfigError, match="expects table"):
+        from_dict(Root, {"run": [1, 2]})
