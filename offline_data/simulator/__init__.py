@@ -1,0 +1,75 @@
+"""The studio world: a simulator with hidden gold engagement, the embedded default for every command.
+
+See DESIGN.md section 2. Products (``products``), a noisy segmenter (``segmenter``), background prompts and
+their renderer (``prompts``, ``backgrounds``), the simulated production generator (``generator``), the
+hidden gold engagement model (``engagement``), and the deterministic in-memory world (``world``).
+"""
+
+from offline_data.simulator.backgrounds import composite, reference_background, render_background
+from offline_data.simulator.config import (
+    AnnotatorsConfig,
+    GeneratorConfig,
+    LoggingConfig,
+    SegmenterConfig,
+    SimulatorConfig,
+    UsersConfig,
+    WorldConfig,
+)
+from offline_data.simulator.engagement import (
+    FEATURES,
+    PANEL_SEGMENT,
+    SEGMENTS,
+    SHOPPER_SEGMENTS,
+    gold_components,
+    gold_engagement,
+    measure_features,
+)
+from offline_data.simulator.generator import generate_composite
+from offline_data.simulator.products import PRODUCT_KINDS, Product, load_product_photo, render_product
+from offline_data.simulator.prompts import (
+    PROMPT_FAMILIES,
+    PROMPT_VOCABULARY,
+    PromptError,
+    PromptSpec,
+    parse_prompt,
+    prompt_family,
+    sample_prompt,
+)
+from offline_data.simulator.segmenter import mask_iou, segment_mask
+from offline_data.simulator.world import StudioWorld, VariantSet
+
+__all__ = [
+    "FEATURES",
+    "PANEL_SEGMENT",
+    "PRODUCT_KINDS",
+    "PROMPT_FAMILIES",
+    "PROMPT_VOCABULARY",
+    "SEGMENTS",
+    "SHOPPER_SEGMENTS",
+    "AnnotatorsConfig",
+    "GeneratorConfig",
+    "LoggingConfig",
+    "Product",
+    "PromptError",
+    "PromptSpec",
+    "SegmenterConfig",
+    "SimulatorConfig",
+    "StudioWorld",
+    "UsersConfig",
+    "VariantSet",
+    "WorldConfig",
+    "composite",
+    "generate_composite",
+    "gold_components",
+    "gold_engagement",
+    "load_product_photo",
+    "mask_iou",
+    "measure_features",
+    "parse_prompt",
+    "prompt_family",
+    "reference_background",
+    "render_background",
+    "render_product",
+    "sample_prompt",
+    "segment_mask",
+]
