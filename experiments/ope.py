@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from experiments.abtest import ABTestConfig
+from experiments.config import RunConfig
 from experiments.ope_bootstrap import CIMethod, Interval, MeanFunction, bootstrap_intervals
 from experiments.ope_data import (
     CandidatePolicy,
@@ -61,6 +63,7 @@ __all__ = [
     "CandidatePolicy",
     "ImpressionLog",
     "MissingPropensityError",
+    "OPECommandConfig",
     "OPEConfig",
     "OPEReport",
     "OPEResult",
@@ -70,6 +73,7 @@ __all__ = [
     "estimate",
     "evaluate",
     "expected_reward",
+    "to_json_safe",
     "unsupported_mass",
 ]
 
@@ -150,6 +154,32 @@ class OPEConfig:
             raise ValueError(f"tiny_propensity must be in (0, 1), got {self.tiny_propensity}")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OPERunConfig(RunConfig):
+    """[run] of ``backdrop ope``: RunConfig with OPE's defaults.
+
+    A subclass rather than ``RunConfig(name="ope")`` as the field default, because the config loader builds
+    a section that appears in the file or in --set from the class defaults.
+    """
+
+    name: str = "ope"
+    """Run name; results go to ``<output_dir>/<name>/<timestamp>``."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files (off: one step of scalars is all OPE logs)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OPECommandConfig:
+    """Root config of ``backdrop ope``: sections [run], [ope] and [abtest]."""
+
+    run: OPERunConfig = OPERunConfig()
+    """Run directory (ope.json, config.toml, metrics.jsonl) and the bootstrap seed (run.seed)."""
+    ope: OPEConfig = OPEConfig()
+    """Estimators, weighting, intervals and refusal thresholds."""
+    abtest: ABTestConfig = ABTestConfig()
+    """The A/B test whose sample size is reported for the estimated lift."""
+
+
 @dataclasses.dataclass(frozen=True)
 class OPEResult:
     """One estimate with its interval.
@@ -171,7 +201,7 @@ class OPEResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (NaN and inf become null)."""
-        return _json_safe(dataclasses.asdict(self))
+        return to_json_safe(dataclasses.asdict(self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +223,7 @@ class OPEReport:
         raise KeyError(f"no result {estimator!r} at level {level!r}; have {', '.join(have)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(
+        return to_json_safe(
             {
                 "candidate": self.candidate,
                 "baseline": self.baseline,
@@ -389,11 +419,12 @@ def _bound(interval: Interval | None, side: str) -> float:
     return float(getattr(interval, side)) if interval is not None else math.nan
 
 
-def _json_safe(value: Any) -> Any:
+def to_json_safe(value: Any) -> Any:
+    """Nested dicts/lists/scalars as strict JSON data: numpy scalars unwrapped, NaN and inf as None."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): to_json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [to_json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

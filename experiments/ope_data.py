@@ -182,6 +182,7 @@ def build_candidate(
     dm_logged: Sequence[float] | np.ndarray | None = None,
     unsupported_mass: Sequence[float] | np.ndarray | None = None,
     source: str = "<arrays>",
+    source_rows: np.ndarray | None = None,
 ) -> CandidatePolicy:
     """Check a candidate's flat per-impression arrays (same row order as the log's input) and lay them out.
 
@@ -193,6 +194,8 @@ def build_candidate(
         dm_logged: [N] finite, the reward model's prediction for the logged action (for DR).
         unsupported_mass: [N] in [0, 1], π_e's mass on actions the logger never takes.
         source: name of the input, used in error messages.
+        source_rows: [N] int, the 1-based row of each value in ``source`` when the caller reordered the rows
+            (a scores file joined onto the impressions); default: position in the arrays + 1.
 
     Raises:
         ValueError: an array's length differs from the log's number of impressions.
@@ -224,7 +227,7 @@ def build_candidate(
     total = 0
     for key, values in arrays.items():
         expected, is_ok = checks[key]
-        total += _collect(problems, ~is_ok(values), key, expected, values)
+        total += _collect(problems, ~is_ok(values), key, expected, values, rows=source_rows)
     if total:
         _raise(source, problems, total=total)
     dense = {key: log.scatter(values) for key, values in arrays.items()}
@@ -304,10 +307,24 @@ def _common_length(source: str, **arrays: np.ndarray) -> int:
     return int(n_rows)
 
 
-def _collect(problems: list[str], bad: np.ndarray, column: str, expected: str, values: np.ndarray) -> int:
-    """Describe the first bad rows of one column into ``problems``; return how many rows are bad."""
-    for i in np.flatnonzero(bad)[:MAX_REPORTED_PROBLEMS]:
-        problems.append(f"row {i + 1}, column '{column}': expected {expected}, got {_show(values[i])}")
+def _collect(
+    problems: list[str],
+    bad: np.ndarray,
+    column: str,
+    expected: str,
+    values: np.ndarray,
+    rows: np.ndarray | None = None,
+) -> int:
+    """Describe the first bad rows of one column into ``problems``; return how many rows are bad.
+
+    ``rows`` [N] gives each value's 1-based row in the source (default: index + 1); problems are listed in
+    source-row order.
+    """
+    index = np.flatnonzero(bad)
+    row_of = (index + 1) if rows is None else np.asarray(rows)[index]
+    order = np.argsort(row_of, kind="stable")[:MAX_REPORTED_PROBLEMS]
+    for i, row in zip(index[order], row_of[order]):
+        problems.append(f"row {row}, column '{column}': expected {expected}, got {_show(values[i])}")
     return int(bad.sum())
 
 
