@@ -1,0 +1,439 @@
+"""``InpaintPolicy``: a 9-channel SD-inpainting UNet, a VAE, a CLIP text encoder and a DDIM scheduler, with LoRA.
+
+One class serves the tiny studio model and a real Stable Diffusion inpainting checkpoint: ``from_config``
+either builds the diffusers components at the configured (tiny) sizes or loads them from a local
+diffusers-format folder, and both go through the same constructor. ``save_pretrained`` writes that folder
+layout (safetensors), so a tiny model round-trips and ``StableDiffusionInpaintPipeline.from_pretrained`` loads it.
+
+Dtypes: frozen weights (UNet, VAE, text encoder) run in the run dtype; LoRA weights are float32; the
+noise prediction, the latents and everything the sampler derives from them are returned as float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from offline_data.errors import AssetError
+from policy.config import InpaintModelConfig, LoraConfig, NoiseScheduleConfig, UNetConfig, VAEConfig
+from policy.lora import (
+    adapters_disabled,
+    add_lora,
+    has_lora,
+    load_lora,
+    lora_config_of,
+    lora_parameters,
+    save_lora,
+)
+from policy.text import PromptEncoder, build_clip_tokenizer, build_text_encoder, save_tokenizer
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+"""Subfolders of a diffusers-format inpainting checkpoint."""
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+class InpaintPolicy:
+    """The inpainting model the policy trains (satisfies ``rollout.protocols.InpaintingModel``).
+
+    Attributes:
+        unet: ``UNet2DConditionModel`` with ``in_channels = 2 * latent_channels + 1`` (SD-inpainting input
+            ``cat([noisy_latents, mask, masked_image_latents])``), frozen, optionally with a LoRA adapter.
+        vae: ``AutoencoderKL``, frozen.
+        text_encoder: ``CLIPTextModel``, frozen.
+        tokenizer: ``CLIPTokenizer``.
+        scheduler: ``DDIMScheduler`` (a checkpoint's scheduler config is converted to DDIM).
+    """
+
+    def __init__(
+        self,
+        *,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        scheduler: DDIMScheduler,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+    ) -> None:
+        latent = vae.config.latent_channels
+        if unet.config.in_channels != 2 * latent + 1:
+            raise ValueError(
+                f"not an inpainting UNet: in_channels={unet.config.in_channels}, expected 2 * {latent} + 1 = "
+                f"{2 * latent + 1} (noisy latents, mask, masked-image latents)"
+            )
+        if unet.config.out_channels != latent:
+            raise ValueError(f"UNet out_channels={unet.config.out_channels} differs from VAE latent_channels={latent}")
+        if unet.config.cross_attention_dim != text_encoder.config.hidden_size:
+            raise ValueError(
+                f"UNet cross_attention_dim={unet.config.cross_attention_dim} differs from the text encoder's "
+                f"hidden_size={text_encoder.config.hidden_size}"
+            )
+        self._device = torch.device(device)
+        self._dtype = dtype
+        for module in (unet, vae, text_encoder):
+            module.requires_grad_(False)
+            module.eval()  # no dropout anywhere: recomputed log-probs must equal the sampled ones
+            module.to(self._device)
+            if module.dtype != dtype:  # only cast when needed: diffusers warns on every .to(dtype)
+                module.to(dtype=dtype)
+        if channels_last:
+            unet.to(memory_format=torch.channels_last)
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self._prompts = PromptEncoder(tokenizer, text_encoder)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Construction
+
+    @classmethod
+    def from_config(
+        cls,
+        config: InpaintModelConfig,
+        *,
+        lora: LoraConfig | None = None,
+        vocabulary: Sequence[str] | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> InpaintPolicy:
+        """Build the tiny model of ``config`` (random init, seeded by ``init_seed``) or load ``config.pretrained``.
+
+        Args:
+            config: architecture, or ``pretrained`` folder.
+            lora: attach a fresh adapter (B = 0) with this configuration; None leaves the UNet without one.
+            vocabulary: words the tokenizer of a model built here encodes as single tokens; None takes
+                ``offline_data.simulator.PROMPT_VOCABULARY``. Ignored when loading a checkpoint.
+            device, dtype: where the frozen weights live and their dtype.
+        """
+        if config.pretrained is not None:
+            return cls.from_pretrained(config.pretrained, lora=lora, device=device, dtype=dtype)
+        words = _studio_vocabulary() if vocabulary is None else list(vocabulary)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.init_seed)
+            tokenizer = build_clip_tokenizer(words, config.text.max_length)
+            text_encoder = build_text_encoder(config.text, tokenizer)
+            vae = build_vae(config.vae, config.resolution)
+            unet = build_unet(
+                config.unet,
+                sample_size=config.resolution // config.vae.scale_factor,
+                latent_channels=config.vae.latent_channels,
+                cross_attention_dim=config.text.hidden_size,
+            )
+        policy = cls(
+            unet=unet,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=build_scheduler(config.scheduler),
+            device=device,
+            dtype=dtype,
+            channels_last=config.channels_last,
+        )
+        if lora is not None:
+            policy.add_lora(lora)
+        return policy
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        *,
+        lora: LoraConfig | None = None,
+        adapter: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+    ) -> InpaintPolicy:
+        """Load a local diffusers-format inpainting checkpoint (safetensors only; nothing is downloaded).
+
+        Args:
+            folder: holds unet/, vae/, text_encoder/, tokenizer/ and scheduler/.
+            lora: attach a fresh adapter with this configuration.
+            adapter: a folder written by :meth:`save_adapter` to load (with ``lora`` given, its config must match).
+
+        Raises:
+            AssetError: a missing folder or component, weights that are not safetensors, or a non-inpainting UNet.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise AssetError(f"{folder}: model folder not found")
+        missing = [name for name in COMPONENTS if not (folder / name).is_dir()]
+        if missing:
+            raise AssetError(
+                f"{folder}: not a diffusers inpainting checkpoint, missing subfolder(s) {missing} "
+                f"(expected {list(COMPONENTS)})"
+            )
+        try:
+            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True)
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True)
+            text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=True)
+            tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+            scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+        except (OSError, ValueError) as exc:
+            raise AssetError(f"{folder}: cannot load the checkpoint (safetensors weights required): {exc}") from None
+        try:
+            policy = cls(
+                unet=unet,
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                scheduler=scheduler,
+                device=device,
+                dtype=dtype,
+                channels_last=channels_last,
+            )
+        except ValueError as exc:
+            raise AssetError(f"{folder}: {exc}") from None
+        if lora is not None:
+            policy.add_lora(lora)
+        if adapter is not None:
+            policy.load_adapter(adapter)
+        return policy
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write the base model (without the adapter) in diffusers' layout, all weights as safetensors.
+
+        The result loads with :meth:`from_pretrained` and with ``StableDiffusionInpaintPipeline.from_pretrained``.
+        Use :meth:`save_adapter` for the LoRA weights.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.to_pipeline().save_config(folder)  # model_index.json: which class each subfolder holds
+        self.vae.save_pretrained(folder / "vae", safe_serialization=True)
+        self.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+        save_tokenizer(self.tokenizer, folder / "tokenizer")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        unet_folder = folder / "unet"
+        unet_folder.mkdir(exist_ok=True)
+        self.unet.save_config(unet_folder)
+        # Not unet.save_pretrained: with an adapter attached peft renames the wrapped weights
+        # (to_q.weight -> to_q.base_layer.weight) and adds the LoRA tensors; write the base layout instead.
+        save_file(_base_state_dict(self.unet), str(unet_folder / UNET_WEIGHTS), metadata={"format": "pt"})
+
+    def to_pipeline(self) -> StableDiffusionInpaintPipeline:
+        """A diffusers ``StableDiffusionInpaintPipeline`` sharing these components (and the adapter, if any).
+
+        The pipeline's own sampling differs from ``rollout.sampler``: it does not replace the product latents at
+        each step, does not composite or verify product pixels, and samples the masked-image latents from the
+        VAE posterior with its generator; use it for compatibility checks, not for serving.
+        """
+        return StableDiffusionInpaintPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    # ------------------------------------------------------------------------------------------------------
+    # LoRA
+
+    def add_lora(self, config: LoraConfig) -> None:
+        """Attach a fresh adapter (B = 0): the model still equals the base model until the first update."""
+        add_lora(self.unet, config)
+
+    @property
+    def has_adapter(self) -> bool:
+        """Whether a LoRA adapter is attached."""
+        return has_lora(self.unet)
+
+    @property
+    def lora_config(self) -> LoraConfig:
+        """Configuration of the attached adapter."""
+        return lora_config_of(self.unet)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The LoRA weights (float32); every other weight is frozen."""
+        return [p for p in lora_parameters(self.unet) if p.requires_grad]
+
+    def save_adapter(self, folder: str | Path) -> Path:
+        """Write the adapter in the format ``StableDiffusionInpaintPipeline.load_lora_weights`` reads."""
+        return save_lora(self.unet, Path(folder))
+
+    def load_adapter(self, folder: str | Path) -> None:
+        """Load an adapter written by :meth:`save_adapter` (into the attached one, in place, if present)."""
+        load_lora(self.unet, Path(folder))
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[InpaintPolicy]:
+        """The base model pi_ref: adapters are bypassed inside the block; no second copy exists in memory.
+
+        Use for the KL term: ``with policy.reference(): ref = predict(...)`` under ``torch.no_grad()``.
+        """
+        with adapters_disabled(self.unet):
+            yield self
+
+    # ------------------------------------------------------------------------------------------------------
+    # rollout.protocols.InpaintingModel
+
+    @property
+    def device(self) -> torch.device:
+        """Device of every weight."""
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the frozen weights."""
+        return self._dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent position along each axis."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of a latent."""
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def resolution(self) -> int:
+        """The image side the UNet was built for (its sample_size times the VAE factor)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """``[N, L, D]`` CLIP hidden states in :attr:`dtype`, cached per prompt string."""
+        return self._prompts.encode(prompts, self._dtype)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` float in [-1, 1] -> ``scaling_factor`` x the posterior mode, ``[B, C, h, w]`` float32."""
+        self._check_images(images)
+        posterior = self.vae.encode(images.to(device=self._device, dtype=self._dtype)).latent_dist
+        return posterior.mode().float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents ``[B, C, h, w]`` -> ``[B, 3, h*f, w*f]`` float32 clamped to [-1, 1]."""
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"latents must be [B, {self.latent_channels}, h, w], got {list(latents.shape)}")
+        scaled = latents.to(device=self._device, dtype=self._dtype) / self.vae.config.scaling_factor
+        return self.vae.decode(scaled).sample.float().clamp(-1.0, 1.0)
+
+    def predict_noise(
+        self, latent_input: torch.Tensor, timestep: torch.Tensor, prompt_embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """UNet output ``[B, C, h, w]`` float32 for ``latent_input [B, 2C+1, h, w]`` at ``timestep`` (0-d or [B]).
+
+        Gradients flow to the LoRA weights when called with grad enabled.
+        """
+        out = self.unet(
+            latent_input.to(self._dtype), timestep, encoder_hidden_states=prompt_embeds.to(self._dtype)
+        ).sample
+        return out.float()
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        factor = self.vae_scale_factor
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] % factor or images.shape[3] % factor:
+            raise ValueError(f"images must be [B, 3, H, W] with H, W multiples of {factor}, got {list(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be float in [-1, 1], got {images.dtype}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Components built from a config
+
+
+def build_unet(
+    config: UNetConfig, *, sample_size: int, latent_channels: int, cross_attention_dim: int
+) -> UNet2DConditionModel:
+    """A randomly initialised SD-inpainting-style UNet (``in_channels = 2 * latent_channels + 1``)."""
+    levels = config.cross_attention_levels
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=2 * latent_channels + 1,
+        out_channels=latent_channels,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in levels),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(levels)),
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=config.attention_head_dim,
+        norm_num_groups=config.norm_num_groups,
+    )
+
+
+def build_vae(config: VAEConfig, resolution: int) -> AutoencoderKL:
+    """A randomly initialised ``AutoencoderKL`` with a downsampling factor of 2 ** (levels - 1)."""
+    levels = len(config.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        latent_channels=config.latent_channels,
+        norm_num_groups=config.norm_num_groups,
+        sample_size=resolution,
+        scaling_factor=config.scaling_factor,
+    )
+
+
+def build_scheduler(config: NoiseScheduleConfig) -> DDIMScheduler:
+    """DDIM with ``clip_sample`` off and ``set_alpha_to_one`` false (every eta > 0 step has sigma > 0)."""
+    return DDIMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+        timestep_spacing=config.timestep_spacing,
+        steps_offset=config.steps_offset,
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+
+
+def _base_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """The UNet's weights under their original names, without LoRA tensors (peft wraps adapted layers)."""
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in unet.state_dict().items():
+        if ".lora_" in name:
+            continue
+        state[name.replace(".base_layer.", ".")] = tensor.detach().cpu().contiguous()
+    return state
+
+
+def _studio_vocabulary() -> list[str]:
+    try:
+        from offline_data.simulator import PROMPT_VOCABULARY
+    except ImportError as exc:
+        raise ValueError(
+            f"no vocabulary given and the studio prompt vocabulary is unavailable ({exc}); pass vocabulary=[...]"
+        ) from None
+    return list(PROMPT_VOCABULARY)
+
+
+def describe(policy: InpaintPolicy) -> dict[str, object]:
+    """Parameter counts and shapes of ``policy``, for logs and manifests."""
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    info: dict[str, object] = {
+        "unet_params": count(policy.unet) - sum(p.numel() for p in lora_parameters(policy.unet)),
+        "vae_params": count(policy.vae),
+        "text_encoder_params": count(policy.text_encoder),
+        "lora_params": sum(p.numel() for p in lora_parameters(policy.unet)),
+        "resolution": policy.resolution,
+        "latent_shape": [policy.latent_channels, *[policy.resolution // policy.vae_scale_factor] * 2],
+        "text_tokens": int(policy.tokenizer.model_max_length),
+        "dtype": str(policy.dtype).removeprefix("torch."),
+    }
+    return info
