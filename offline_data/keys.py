@@ -1,0 +1,303 @@
+"""String keys as 64-bit hashes, and an index of the keys seen so far that scales to tens of millions.
+
+Duplicate detection (``event_id`` must be unique across a 10 M-row table) and reference checks
+(``dwell.event_id -> impressions``) stream over tables that do not fit in memory as Python strings: a set
+of 10 M ids costs about 1 GB of objects and a Python call per row. Here every key is reduced to a 64-bit
+hash computed vectorised over the Arrow string buffers, and :class:`KeyIndex` keeps the hashes in sorted
+numpy runs (about 17 bytes per key plus payload).
+
+Hash collisions: two distinct keys share a hash with probability about 2^-64 per pair, so among 10 M keys
+the chance of any collision is about n² / 2^65 ≈ 3e-6. A collision would show up as a (reported, never
+silent) false ``duplicate`` or a missed ``dangling`` reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Polynomial string hash h(s) = Σ_j s_j · P^j mod 2^64 (P odd, so it is invertible mod 2^64), followed by
+# the splitmix64 finalizer (Steele, Lea & Flood 2014) so that nearby ids spread over all 64 bits.
+_P = 0x9E3779B97F4A7C15
+_P_INV = pow(_P, -1, 1 << 64)
+_LENGTH_SALT = np.uint64(0xD6E8FEB86659FD93)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+class _Powers:
+    """Cached P^j and P^-j (mod 2^64) for j < n, grown by doubling."""
+
+    def __init__(self) -> None:
+        self.forward = np.ones(0, dtype=np.uint64)
+        self.inverse = np.ones(0, dtype=np.uint64)
+
+    def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if n > len(self.forward):
+            size = max(n, 2 * len(self.forward), 1 << 16)
+            self.forward = _cumulative_powers(_P, size)
+            self.inverse = _cumulative_powers(_P_INV, size)
+        return self.forward, self.inverse
+
+
+def _cumulative_powers(base: int, n: int) -> np.ndarray:
+    powers = np.full(n, base, dtype=np.uint64)
+    powers[0] = 1
+    return np.cumprod(powers, dtype=np.uint64)
+
+
+_POWERS = _Powers()
+_SLICE = 1 << 20
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer, in place on a uint64 array."""
+    x ^= x >> np.uint64(30)
+    x *= _MIX1
+    x ^= x >> np.uint64(27)
+    x *= _MIX2
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def hash_strings(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """64-bit hashes of the values of a string array, computed vectorised over its Arrow buffers.
+
+    Equal strings hash equally whatever the array type (string, large_string, string_view, dictionary) or
+    its position in the buffers. Null entries get an arbitrary hash: mask them yourself.
+
+    Args:
+        array: [N] string-like values (other types are cast to string first).
+
+    Returns:
+        [N] uint64 hashes.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        if array.num_chunks == 0:
+            return np.zeros(0, dtype=np.uint64)
+        return np.concatenate([hash_strings(chunk) for chunk in array.chunks])
+    if pa.types.is_dictionary(array.type):
+        dictionary_hashes = hash_strings(array.dictionary)
+        indices = array.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(dictionary_hashes) == 0:
+            return np.zeros(len(array), dtype=np.uint64)
+        return dictionary_hashes[indices]
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        array = pc.cast(array, pa.string())
+    n = len(array)
+    if n > _SLICE:
+        # Bounded temporaries: the weighted bytes are 8x the string data.
+        return np.concatenate([hash_strings(array.slice(i, _SLICE)) for i in range(0, n, _SLICE)])
+    offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
+    buffers = array.buffers()
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    width = np.dtype(offset_type).itemsize
+    offsets = np.frombuffer(buffers[1], dtype=offset_type, count=n + 1, offset=array.offset * width).astype(np.int64)
+    low, high = int(offsets[0]), int(offsets[-1])
+    lengths = np.diff(offsets)
+    hashes = np.zeros(n, dtype=np.uint64)
+    if high > low:
+        forward, inverse = _POWERS.get(high - low)
+        data = np.frombuffer(buffers[2], dtype=np.uint8, count=high - low, offset=low)
+        weighted = data.astype(np.uint64)
+        weighted *= forward[: high - low]
+        starts = offsets[:-1][lengths > 0] - low
+        # Σ s_j P^(start+j) over each string, then shifted back by P^-start so the hash ignores position.
+        sums = np.add.reduceat(weighted, starts)
+        sums *= inverse[starts]
+        hashes[lengths > 0] = sums
+    hashes ^= lengths.astype(np.uint64) * _LENGTH_SALT
+    return _mix(hashes)
+
+
+def first_occurrence(hashes: np.ndarray) -> np.ndarray:
+    """For each entry, the index of the first entry with the same hash (itself when it is the first).
+
+    Args:
+        hashes: [N] uint64.
+
+    Returns:
+        [N] int64 indices; ``first[i] < i`` marks entry ``i`` as a repeat within the array.
+    """
+    n = len(hashes)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(hashes)
+    ordered = hashes[order]
+    group_start = np.ones(n, dtype=bool)
+    group_start[1:] = ordered[1:] != ordered[:-1]
+    starts = np.flatnonzero(group_start)
+    # The sort is not stable, so the first occurrence is the smallest original index in each group.
+    group_first = np.minimum.reduceat(order, starts)
+    first = np.empty(n, dtype=np.int64)
+    first[order] = np.repeat(group_first, np.diff(np.append(starts, n)))
+    return first
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyLookup:
+    """Result of :meth:`KeyIndex.lookup` for N query hashes."""
+
+    found: np.ndarray
+    """[N] bool: the key is in the index."""
+    locations: np.ndarray
+    """[N] int64: the location stored with the key (-1 where not found)."""
+    payload: dict[str, np.ndarray]
+    """Each payload field, [N] (zero where not found)."""
+
+
+@dataclasses.dataclass
+class _Run:
+    level: int
+    hashes: np.ndarray
+    locations: np.ndarray
+    payload: dict[str, np.ndarray]
+
+    def take(self, order: np.ndarray) -> _Run:
+        return _Run(
+            self.level, self.hashes[order], self.locations[order], {k: v[order] for k, v in self.payload.items()}
+        )
+
+
+class KeyIndex:
+    """The set of keys seen so far (as 64-bit hashes), each with an int64 location and a small payload.
+
+    Keys live in sorted runs merged size-tiered (``fanout`` runs of one level merge into one of the next
+    level, so each key is re-sorted about log_fanout(N / batch) times). In front of the runs sits a
+    one-hash Bloom bit array holding at least 16 bits per key: a key never seen before, the common case,
+    usually costs one random bit read and no binary search (false-positive rate <= 1/16).
+
+    Memory per key: 8 bytes hash + 8 location + the payload fields + 2-4 bits of Bloom array, and twice
+    that transiently for the keys of a merge.
+    """
+
+    def __init__(self, payload: Mapping[str, np.dtype | type] | None = None, *, fanout: int = 8) -> None:
+        """Args:
+        payload: name -> numpy dtype of the per-key fields stored with each key (e.g. ``{"clicked": bool}``).
+        fanout: runs of one level merged at once; larger means fewer merges but more runs to search.
+        """
+        if fanout < 2:
+            raise ValueError(f"fanout must be >= 2, got {fanout}")
+        self._payload_dtypes = {name: np.dtype(dtype) for name, dtype in (payload or {}).items()}
+        self._fanout = fanout
+        self._runs: list[_Run] = []
+        self._size = 0
+        self._bloom_bits = 16
+        self._bloom = np.zeros(1 << (self._bloom_bits - 3), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def payload_fields(self) -> tuple[str, ...]:
+        return tuple(self._payload_dtypes)
+
+    def _bloom_slots(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        bit = hashes >> np.uint64(64 - self._bloom_bits)
+        return (bit >> np.uint64(3)).astype(np.int64), (np.uint8(1) << (bit & np.uint64(7)).astype(np.uint8))
+
+    def _bloom_add(self, sorted_hashes: np.ndarray) -> None:
+        # The bit index is the top bits of the hash, so sorted hashes give sorted bytes: OR the masks of each
+        # byte together first (reduceat), then write each byte once (cheaper than np.bitwise_or.at).
+        byte, mask = self._bloom_slots(sorted_hashes)
+        starts = np.flatnonzero(np.diff(byte, prepend=-1))
+        self._bloom[byte[starts]] |= np.bitwise_or.reduceat(mask, starts)
+
+    def _bloom_grow(self) -> None:
+        bits = self._bloom_bits
+        while (1 << bits) < 16 * self._size:
+            bits += 1
+        if bits == self._bloom_bits:
+            return
+        self._bloom_bits = bits
+        self._bloom = np.zeros(1 << (bits - 3), dtype=np.uint8)
+        for run in self._runs:
+            self._bloom_add(run.hashes)
+
+    def lookup(self, hashes: np.ndarray) -> KeyLookup:
+        """Find ``hashes`` [N] uint64 in the index."""
+        n = len(hashes)
+        found = np.zeros(n, dtype=bool)
+        locations = np.full(n, -1, dtype=np.int64)
+        payload = {name: np.zeros(n, dtype=dtype) for name, dtype in self._payload_dtypes.items()}
+        if n == 0 or self._size == 0:
+            return KeyLookup(found, locations, payload)
+        byte, mask = self._bloom_slots(hashes)
+        candidates = np.flatnonzero(self._bloom[byte] & mask)
+        # Searching in ascending order keeps numpy's binary searches close in memory.
+        candidates = candidates[np.argsort(hashes[candidates])]
+        for run in self._runs:
+            if len(candidates) == 0:
+                break
+            query = hashes[candidates]
+            position = np.searchsorted(run.hashes, query)
+            position[position == len(run.hashes)] = 0
+            hit = run.hashes[position] == query
+            where, at = candidates[hit], position[hit]
+            found[where] = True
+            locations[where] = run.locations[at]
+            for name, values in run.payload.items():
+                payload[name][where] = values[at]
+            candidates = candidates[~hit]
+        return KeyLookup(found, locations, payload)
+
+    def insert(
+        self, hashes: np.ndarray, locations: np.ndarray, payload: Mapping[str, np.ndarray] | None = None
+    ) -> None:
+        """Add keys that are distinct from each other and not yet in the index.
+
+        Args:
+            hashes: [N] uint64, pairwise distinct, none already present (use :meth:`lookup` and
+                :func:`first_occurrence` first).
+            locations: [N] int64, returned by :meth:`lookup` for these keys (e.g. a packed file and row).
+            payload: each field declared at construction, [N].
+
+        Raises:
+            ValueError: mismatched lengths, missing payload fields, or repeated hashes.
+        """
+        payload = dict(payload or {})
+        n = len(hashes)
+        if len(locations) != n:
+            raise ValueError(f"insert: {n} hashes but {len(locations)} locations")
+        if set(payload) != set(self._payload_dtypes):
+            raise ValueError(f"insert: payload fields {sorted(payload)}, expected {sorted(self._payload_dtypes)}")
+        for name, values in payload.items():
+            if len(values) != n:
+                raise ValueError(f"insert: payload {name!r} has {len(values)} values for {n} hashes")
+        if n == 0:
+            return
+        order = np.argsort(hashes)
+        run = _Run(
+            0,
+            np.asarray(hashes, dtype=np.uint64)[order],
+            np.asarray(locations, dtype=np.int64)[order],
+            {k: np.asarray(v, dtype=self._payload_dtypes[k])[order] for k, v in payload.items()},
+        )
+        if n > 1 and bool(np.any(run.hashes[1:] == run.hashes[:-1])):
+            raise ValueError("insert: hashes must be distinct (filter repeats with first_occurrence)")
+        self._runs.append(run)
+        self._size += n
+        if (1 << self._bloom_bits) < 16 * self._size:
+            self._bloom_grow()
+        else:
+            self._bloom_add(run.hashes)
+        self._merge_tail()
+
+    def _merge_tail(self) -> None:
+        while len(self._runs) >= self._fanout:
+            tail = self._runs[-self._fanout :]
+            if any(run.level != tail[0].level for run in tail):
+                return
+            merged = _Run(
+                tail[0].level + 1,
+                np.concatenate([r.hashes for r in tail]),
+                np.concatenate([r.locations for r in tail]),
+                {k: np.concatenate([r.payload[k] for r in tail]) for k in self._payload_dtypes},
+            )
+            # Each run is sorted: a stable sort of their concatenation is a cheap k-way merge (timsort).
+            self._runs[-self._fanout :] = [merged.take(np.argsort(merged.hashes, kind="stable"))]

@@ -1,0 +1,83 @@
+"""Where validated rows go: the accepted table (schema types) and the rejects table, written atomically.
+
+For a table ``impressions`` the output folder receives
+
+- ``impressions.parquet``: accepted rows, every schema column in its Arrow type (an optional column the
+  input lacked is all null);
+- ``impressions.rejects.parquet``: rejected rows with ``source`` (file), ``row`` (1-based within it),
+  ``reason`` (the first problem's code), ``problems`` (every message, ``; ``-separated), ``raw`` (the text
+  of a record that could not be split into columns) and every schema column's original value as a string.
+
+Files are written under a temporary name and renamed into place when complete, so a failed or interrupted
+run never leaves a half-written table that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from offline_data.schemas import TableSchema
+
+REJECT_FIELDS = ("source", "row", "reason", "problems", "raw")
+"""Columns of a rejects table before the original values."""
+
+
+def accepted_path(out_dir: Path, table: str) -> Path:
+    return out_dir / f"{table}.parquet"
+
+
+def rejects_path(out_dir: Path, table: str) -> Path:
+    return out_dir / f"{table}.rejects.parquet"
+
+
+def rejects_schema(schema: TableSchema) -> pa.Schema:
+    """The rejects table of ``schema``: provenance and reason, then every column as its original text."""
+    fields = [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("problems", pa.string(), nullable=False),
+        pa.field("raw", pa.string()),
+    ]
+    return pa.schema(fields + [pa.field(c.name, pa.string()) for c in schema.columns])
+
+
+class AtomicParquetWriter:
+    """A Parquet file written batch by batch under ``<name>.tmp`` and renamed into place on :meth:`commit`."""
+
+    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[str, str] | None = None) -> None:
+        self.path = path
+        self.rows = 0
+        self._tmp = path.with_name(path.name + ".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if metadata:
+            schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
+        self.schema = schema
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            raise RuntimeError(f"{self.path}: write after commit/abort")
+        if batch.num_rows:
+            self._writer.write_batch(batch)
+            self.rows += batch.num_rows
+
+    def commit(self) -> Path:
+        if self._writer is None:
+            raise RuntimeError(f"{self.path}: committed twice")
+        self._writer.close()
+        self._writer = None
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        self._tmp.unlink(missing_ok=True)
