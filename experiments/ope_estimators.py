@@ -10,7 +10,7 @@ request, e.g. clicks per page).
 Per-slot estimators (Ê_n = mean over the n requests):
 
 - DM, direct method:  V̂_k = Ê_n[m_ik q̄_ik]. No weights, so no variance from them; biased exactly as much
-  as the reward model is wrong.
+  as the reward model is wrong (and its bootstrap interval cannot see that bias).
 - IPS, inverse propensity scoring (Horvitz & Thompson 1952):  V̂_k = Ê_n[m_ik W̃_ik r_ik]. Unbiased (unclipped,
   under the weighting's assumption); variance grows with the weights.
 - SNIPS, self-normalised IPS (Swaminathan & Joachims 2015, "The self-normalized estimator for counterfactual
