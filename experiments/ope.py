@@ -55,7 +55,7 @@ from experiments.ope_weights import (
     require_propensities,
     weight_diagnostics,
 )
-from offline_data.errors import InputUnreadableError
+from offline_data.errors import InputUnreadableError, LogValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +217,7 @@ class OPEReport:
     """"logging" (lifts subtract the logged on-policy value) or the second candidate's name."""
     results: tuple[OPEResult, ...]
     diagnostics: dict[str, Any]
+    """Sizes, settings, ``warnings`` (list of str) and ``weights``: {policy name: weight diagnostics}."""
 
     def result(self, estimator: str, level: str = "request") -> OPEResult:
         """The result for ``estimator`` ("dr", "lift:dr", "on_policy", ...) at ``level``."""
@@ -265,6 +266,13 @@ def evaluate(
         OverlapError: the weights fail an overlap check (for the candidate or the baseline).
     """
     slot_weights = _slot_weights(config, log)
+    if baseline is not None and baseline.name == candidate.name:
+        raise ValueError(f"candidate and baseline need different names, both are {candidate.name!r}")
+    if config.n_bootstrap > 0 and log.n_requests < 2:
+        raise LogValidationError(
+            f"{log.source}: {log.n_requests} request; bootstrap intervals resample requests and need at least 2 "
+            "(set n_bootstrap = 0 for point estimates only)"
+        )
     policies = [candidate] if baseline is None else [candidate, baseline]
     columns: list[RequestColumns] = []
     weight_diags: list[dict[str, float]] = []
@@ -352,8 +360,7 @@ def evaluate(
             )
         )
     report_diags: dict[str, Any] = dict(shared)
-    for policy, diags in zip(policies, weight_diags):
-        report_diags[policy.name] = diags
+    report_diags["weights"] = {policy.name: diags for policy, diags in zip(policies, weight_diags)}
     return OPEReport(
         candidate=candidate.name,
         baseline="logging" if baseline is None else baseline.name,

@@ -68,7 +68,7 @@ def format_report(report: OPEReport, plan: dict[str, Any] | None = None, *, per_
         lines.append(
             f"{res.estimator:<22}{res.level:<12}{res.value:>11.5f}{res.ci_low:>11.5f}{res.ci_high:>11.5f}{ess:>11}"
         )
-    weights = d.get(report.candidate)
+    weights = d["weights"].get(report.candidate)
     if weights:
         w = {key.removeprefix("weights/"): value for key, value in weights.items()}
         clip = "none" if math.isnan(w["clip"]) else f"{w['clip']:g}"

@@ -65,7 +65,7 @@ def accuracy(reps: int, n_bootstrap: int) -> list[dict]:
                     width[(method, e)] += (res.ci_high - res.ci_low) / reps
                     if method == "percentile":
                         values[e].append(res.value)
-            ess.append(report.diagnostics["candidate"]["weights/ess_fraction"])
+            ess.append(report.diagnostics["weights"]["candidate"]["weights/ess_fraction"])
         for e in ESTIMATORS:
             v = np.asarray(values[e])
             rows.append(

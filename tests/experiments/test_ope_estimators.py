@@ -113,7 +113,7 @@ def test_on_policy_candidate_reproduces_the_logged_mean() -> None:
             assert lift.value == pytest.approx(0.0, abs=1e-12)
             assert lift.ci_low == pytest.approx(0.0, abs=1e-12) and lift.ci_high == pytest.approx(0.0, abs=1e-12)
         assert report.result("on_policy").value == pytest.approx(expected)
-        assert report.diagnostics["candidate"]["weights/ess_fraction"] == pytest.approx(1.0)
+        assert report.diagnostics["weights"]["candidate"]["weights/ess_fraction"] == pytest.approx(1.0)
 
 
 def test_dr_is_exact_with_an_exact_model_and_noiseless_rewards() -> None:
@@ -214,3 +214,25 @@ def test_estimate_returns_one_result() -> None:
     assert result.n == 3 and np.isnan(result.ci_low)
     payload = result.to_dict()
     assert payload["ci_low"] is None and payload["diagnostics"]["weights/ess"] == pytest.approx(result.ess)
+
+
+def test_snips_shifts_exactly_with_the_rewards_and_ips_does_not() -> None:
+    # Adding c to every reward adds c * Ê[Σ_k m_ik] (c per shown slot) to SNIPS, whatever the weights; IPS
+    # instead adds c * Ê[Σ_k m_ik W_ik], which is only that in expectation.
+    bandit = syn.make_slate_bandit(seed=9, slot_count_probs=np.array([0.3, 0.3, 0.4]))
+    rng = np.random.default_rng(6)
+    pi0 = syn.softmax_policy(rng.normal(size=bandit.shape), 1.0)
+    pie = syn.softmax_policy(bandit.attractiveness, 0.2)
+    draw = syn.draw_log(bandit, pi0, 300, rng)
+    request, slot = np.nonzero(draw.shown)
+    propensity = syn.logged_propensity(draw, pi0)[request, slot]
+    target = syn.logged_propensity(draw, pie)[request, slot]
+    config = dataclasses.replace(POINT, estimators=("ips", "snips"), primary="snips")
+    values = {}
+    for shift in (0.0, 3.0):
+        log = build_impression_log(request, slot + 1, draw.clicks[request, slot] + shift, propensity)
+        report = evaluate(log, build_candidate(log, target), config)
+        values[shift] = {e: report.result(e).value for e in ("ips", "snips")}
+    slots_per_request = draw.shown.sum() / 300
+    assert values[3.0]["snips"] - values[0.0]["snips"] == pytest.approx(3.0 * slots_per_request, abs=1e-12)
+    assert abs(values[3.0]["ips"] - values[0.0]["ips"] - 3.0 * slots_per_request) > 1e-3

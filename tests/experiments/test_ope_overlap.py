@@ -41,7 +41,7 @@ def test_weight_diagnostics_by_hand() -> None:
     # 2 requests x 2 slots; weights (πe/π0): a: 0.2/0.1 = 2, 0/0.5 = 0; b: 0.5/0.005 = 100, 0.5/0.5 = 1
     log = build_impression_log(["a", "a", "b", "b"], [1, 2, 1, 2], [1.0, 0.0, 1.0, 0.0], [0.1, 0.5, 0.005, 0.5])
     cand = build_candidate(log, [0.2, 0.0, 0.5, 0.5])
-    d = evaluate(log, cand, dataclasses.replace(LENIENT, clip=10.0)).diagnostics["candidate"]
+    d = evaluate(log, cand, dataclasses.replace(LENIENT, clip=10.0)).diagnostics["weights"]["candidate"]
     assert d["weights/ess"] == pytest.approx(103**2 / (4 + 10_000 + 1))
     assert d["weights/ess_fraction"] == pytest.approx(d["weights/ess"] / 4)
     assert d["weights/mean"] == pytest.approx(103 / 4)
@@ -149,7 +149,7 @@ def test_correct_logs_raise_no_mean_weight_warning() -> None:
         )
         report = evaluate(log, cand, WEIGHTED)
         assert report.diagnostics["warnings"] == [], seed
-        assert report.diagnostics["candidate"]["weights/ess_fraction"] < 0.5
+        assert report.diagnostics["weights"]["candidate"]["weights/ess_fraction"] < 0.5
 
 
 def test_missing_propensities_leave_only_the_direct_method() -> None:
@@ -184,7 +184,14 @@ def test_a_second_candidate_is_checked_and_compared_jointly() -> None:
     report = evaluate(log, first, config, baseline=second)
     assert report.baseline == "second"
     assert report.result("lift:ips").value == pytest.approx(0.0)
-    assert set(report.diagnostics) >= {"first", "second"}
+    assert set(report.diagnostics["weights"]) == {"first", "second"}
+    with pytest.raises(ValueError, match="candidate and baseline need different names, both are 'first'"):
+        evaluate(log, first, config, baseline=dataclasses.replace(second, name="first"))
+    one = build_impression_log(["a"], [1], [1.0], [0.5])
+    with pytest.raises(
+        LogValidationError, match="1 request; bootstrap intervals resample requests and need at least 2"
+    ):
+        evaluate(one, build_candidate(one, [0.5]), config)
     bad = build_candidate(log, [0.5, 0.25, 0.4], name="bad", unsupported_mass=[0.0, 0.5, 0.0])
     with pytest.raises(OverlapError, match="candidate 'bad'"):
         evaluate(log, first, config, baseline=bad)
