@@ -5,7 +5,8 @@ Each prompt attribute has a visible effect at 64 px (see ``prompts.py`` for the 
     rgb = clip(palette(region) * (1 + amplitude * texture(u, v)) * gain(y, x) + tint, 0, 1)
 
 - palette: the colour word's (or material's) HSV, jittered; above the horizon a lighter, desaturated wall;
-- layout: the surface sets the horizon (tabletop ~52 %, floor ~30 %, backdrop none but a soft sweep);
+- layout: the surface sets the horizon (tabletop ~52 %, floor ~30 %, backdrop none but a soft sweep), marked
+  by a soft shadow line;
 - texture: the material's pattern in perspective surface coordinates (u across, v into the scene);
 - lighting: a gain field (window side light, studio vignette, golden side light, moody spot) and a tint
   (golden hour is warm, moody and window light slightly cool);
@@ -166,6 +167,8 @@ def _render(spec: PromptSpec, rng: np.random.Generator, size: int, jitter: float
         v = np.where(below, 1.0 / (0.25 + depth), 0.0) * 0.3
         u = np.where(below, (x - 0.5) / (0.35 + 0.65 * depth) + 0.5, x)
         palette = np.where(below[..., None], surface_rgb[None, None, :], wall_rgb[None, None, :])
+        # A soft shadow line where the surface meets the wall keeps the horizon visible even for white scenes.
+        palette = palette * (1.0 - 0.2 * np.exp(-(((y - horizon_y) / 0.02) ** 2)))[..., None]
     texture = _texture(spec.material, rng, u, v, size)
     amplitude = TEXTURE_AMPLITUDE[spec.material]
     if horizon is not None:

@@ -94,7 +94,7 @@ def punch_holes(mask: np.ndarray, rng: np.random.Generator, count: int, max_radi
     for _ in range(count):
         pick = int(rng.integers(rows.size))
         # A hole may not reach the outline: cap its radius by the centre's depth.
-        radius = min(float(rng.uniform(1.0, max_radius)), float(depth[rows[pick], cols[pick]]) - 0.5)
+        radius = min(float(rng.uniform(1.0, max_radius)), float(depth[rows[pick], cols[pick]]) - 1.0)
         out &= (yy - rows[pick]) ** 2 + (xx - cols[pick]) ** 2 > radius**2
     return out
 
