@@ -168,3 +168,16 @@ def test_cli_overlap_refusal_and_unreadable_input(tmp_path: Path, capsys: pytest
     assert "broken.parquet: cannot read as parquet" in capsys.readouterr().err
     assert run_cli(tmp_path, "--logs", str(tmp_path / "nothing"), "--candidate-scores", "x.csv") == 2
     assert "nothing: no such folder or file" in capsys.readouterr().err
+
+
+def test_cli_reads_jsonl_scores_like_csv(tmp_path: Path) -> None:
+    write_world(tmp_path)
+    rows = pa_csv.read_csv(tmp_path / "scores.csv").to_pylist()
+    (tmp_path / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = []
+    for name in ("scores.csv", "scores.jsonl"):
+        out = tmp_path / f"{name}.json"
+        logs = str(tmp_path / "logs" / "impressions.parquet")
+        assert run_cli(tmp_path, "--logs", logs, "--candidate-scores", str(tmp_path / name), "--out", str(out)) == 0
+        results.append(json.loads(out.read_text())["report"]["results"])
+    assert results[0] == results[1]
