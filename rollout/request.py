@@ -80,7 +80,7 @@ def request_from_rgba(
     The hard mask is ``alpha >= alpha_threshold``; the confidence map is ``alpha / 255``, so the partially
     transparent rim outside the mask can feed the soft edge band.
     """
-    array = torch.as_tensor(np.asarray(rgba))
+    array = torch.as_tensor(np.array(rgba, copy=True))  # a copy: inputs may be read-only (PIL, memmaps)
     if array.dtype != torch.uint8 or array.ndim != 3 or array.shape[2] != 4:
         raise ValueError(f"rgba must be uint8 [H, W, 4], got {_describe(array)}")
     if not 1 <= alpha_threshold <= 255:
