@@ -96,11 +96,17 @@ def test_absent_slots_count_as_zero_reward_per_request() -> None:
     assert report.result("on_policy", "impression").value == pytest.approx(2 / 3)
 
 
-def test_on_policy_candidate_reproduces_the_logged_mean() -> None:
-    bandit = syn.make_slate_bandit(seed=3, slot_count_probs=np.array([0.2, 0.3, 0.5]))
-    rng = np.random.default_rng(1)
+def small_world(seed: int, slot_count_probs: list[float], temperature: float, n_requests: int):
+    """A world, a random logger, a candidate favouring attractive actions, and one drawn log."""
+    bandit = syn.make_slate_bandit(seed=seed, slot_count_probs=np.array(slot_count_probs))
+    rng = np.random.default_rng(seed + 100)
     pi0 = syn.softmax_policy(rng.normal(size=bandit.shape), 1.0)
-    draw = syn.draw_log(bandit, pi0, 400, rng)
+    pie = syn.softmax_policy(bandit.attractiveness, temperature)
+    return bandit, pi0, pie, syn.draw_log(bandit, pi0, n_requests, rng)
+
+
+def test_on_policy_candidate_reproduces_the_logged_mean() -> None:
+    bandit, pi0, _, draw = small_world(3, [0.2, 0.3, 0.5], 1.0, 400)
     log = syn.impression_log(draw, pi0)
     same = syn.candidate(bandit, draw, log, pi0)
     for weighting in ("independent", "cascade", "slate"):
@@ -119,11 +125,7 @@ def test_on_policy_candidate_reproduces_the_logged_mean() -> None:
 def test_dr_is_exact_with_an_exact_model_and_noiseless_rewards() -> None:
     # Rewards are the exact expected click (an engagement value without noise) and q̂ is exact: the IPS
     # correction vanishes row by row, so DR = DM = the candidate's true value on the drawn contexts.
-    bandit = syn.make_slate_bandit(seed=5, slot_count_probs=np.array([0.0, 0.5, 0.5]))
-    rng = np.random.default_rng(2)
-    pi0 = syn.softmax_policy(rng.normal(size=bandit.shape), 1.0)
-    pie = syn.softmax_policy(bandit.attractiveness, 0.1)
-    draw = syn.draw_log(bandit, pi0, 300, rng)
+    bandit, pi0, pie, draw = small_world(5, [0.0, 0.5, 0.5], 0.1, 300)
     log = syn.impression_log(draw, pi0, reward="click_prob")
     cand = syn.candidate(bandit, draw, log, pie)
     per_context = (bandit.examination * np.sum(pie * bandit.attractiveness, axis=-1))[draw.context]  # [n, S]
@@ -219,11 +221,7 @@ def test_estimate_returns_one_result() -> None:
 def test_snips_shifts_exactly_with_the_rewards_and_ips_does_not() -> None:
     # Adding c to every reward adds c * Ê[Σ_k m_ik] (c per shown slot) to SNIPS, whatever the weights; IPS
     # instead adds c * Ê[Σ_k m_ik W_ik], which is only that in expectation.
-    bandit = syn.make_slate_bandit(seed=9, slot_count_probs=np.array([0.3, 0.3, 0.4]))
-    rng = np.random.default_rng(6)
-    pi0 = syn.softmax_policy(rng.normal(size=bandit.shape), 1.0)
-    pie = syn.softmax_policy(bandit.attractiveness, 0.2)
-    draw = syn.draw_log(bandit, pi0, 300, rng)
+    _, pi0, pie, draw = small_world(9, [0.3, 0.3, 0.4], 0.2, 300)
     request, slot = np.nonzero(draw.shown)
     propensity = syn.logged_propensity(draw, pi0)[request, slot]
     target = syn.logged_propensity(draw, pie)[request, slot]
