@@ -52,6 +52,8 @@ def _cumulative_powers(base: int, n: int) -> np.ndarray:
 
 _POWERS = _Powers()
 _SLICE = 1 << 20
+_CACHE_KEYS = 1 << 20
+"""Indexes up to this many keys fit in cache: no point sorting queries for them."""
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -64,7 +66,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def hash_strings(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+def hash_strings(array: pa.Array | pa.ChunkedArray, *, repeated: bool = False) -> np.ndarray:
     """64-bit hashes of the values of a string array, computed vectorised over its Arrow buffers.
 
     Equal strings hash equally whatever the array type (string, large_string, string_view, dictionary) or
@@ -72,10 +74,14 @@ def hash_strings(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
     Args:
         array: [N] string-like values (other types are cast to string first).
+        repeated: the values repeat a lot (ids of images, products): dictionary-encode first and hash each
+            distinct value once, which is several times faster then (and slower for unique keys).
 
     Returns:
         [N] uint64 hashes.
     """
+    if repeated and not pa.types.is_dictionary(array.type):
+        array = pc.dictionary_encode(array)
     if isinstance(array, pa.ChunkedArray):
         if array.num_chunks == 0:
             return np.zeros(0, dtype=np.uint64)
@@ -219,18 +225,21 @@ class KeyIndex:
         for run in self._runs:
             self._bloom_add(run.hashes)
 
+    def _missing(self, n: int) -> KeyLookup:
+        payload = {name: np.zeros(n, dtype=dtype) for name, dtype in self._payload_dtypes.items()}
+        return KeyLookup(np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int64), payload)
+
     def lookup(self, hashes: np.ndarray) -> KeyLookup:
         """Find ``hashes`` [N] uint64 in the index."""
-        n = len(hashes)
-        found = np.zeros(n, dtype=bool)
-        locations = np.full(n, -1, dtype=np.int64)
-        payload = {name: np.zeros(n, dtype=dtype) for name, dtype in self._payload_dtypes.items()}
-        if n == 0 or self._size == 0:
-            return KeyLookup(found, locations, payload)
+        result = self._missing(len(hashes))
+        found, locations, payload = result.found, result.locations, result.payload
+        if len(hashes) == 0 or self._size == 0:
+            return result
         byte, mask = self._bloom_slots(hashes)
         candidates = np.flatnonzero(self._bloom[byte] & mask)
-        # Searching in ascending order keeps numpy's binary searches close in memory.
-        candidates = candidates[np.argsort(hashes[candidates])]
+        if self._size > _CACHE_KEYS:
+            # Searching in ascending order keeps numpy's binary searches close in memory (big indexes only).
+            candidates = candidates[np.argsort(hashes[candidates])]
         for run in self._runs:
             if len(candidates) == 0:
                 break
@@ -244,7 +253,24 @@ class KeyIndex:
             for name, values in run.payload.items():
                 payload[name][where] = values[at]
             candidates = candidates[~hit]
-        return KeyLookup(found, locations, payload)
+        return result
+
+    def lookup_strings(self, values: pa.Array) -> KeyLookup:
+        """:meth:`lookup` of string ``values`` [N], each distinct value hashed and searched once.
+
+        For columns whose values repeat (references to images, products); null entries are not found.
+        """
+        encoded = values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(values)
+        if len(encoded.dictionary) == 0:
+            return self._missing(len(values))
+        unique = self.lookup(hash_strings(encoded.dictionary))
+        index = encoded.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        present = np.asarray(encoded.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        return KeyLookup(
+            unique.found[index] & present,
+            np.where(present, unique.locations[index], -1),
+            {name: values_[index] for name, values_ in unique.payload.items()},
+        )
 
     def insert(
         self, hashes: np.ndarray, locations: np.ndarray, payload: Mapping[str, np.ndarray] | None = None

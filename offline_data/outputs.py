@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from offline_data.schemas import TableSchema
@@ -58,20 +59,28 @@ class AtomicParquetWriter:
         if metadata:
             schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
         self.schema = schema
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema)
+        self._writer: pq.ParquetWriter | None = None
+        self._closed = False
+
+    def _open(self, first: pa.RecordBatch | None) -> pq.ParquetWriter:
+        return pq.ParquetWriter(self._tmp, self.schema, use_dictionary=_dictionary_columns(first))
 
     def write(self, batch: pa.RecordBatch) -> None:
-        if self._writer is None:
+        if self._closed:
             raise RuntimeError(f"{self.path}: write after commit/abort")
         if batch.num_rows:
+            if self._writer is None:
+                self._writer = self._open(batch)
             self._writer.write_batch(batch)
             self.rows += batch.num_rows
 
     def commit(self) -> Path:
-        if self._writer is None:
+        if self._closed:
             raise RuntimeError(f"{self.path}: committed twice")
-        self._writer.close()
+        writer = self._writer or self._open(None)
+        writer.close()
         self._writer = None
+        self._closed = True
         os.replace(self._tmp, self.path)
         return self.path
 
@@ -79,5 +88,21 @@ class AtomicParquetWriter:
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()
-            self._writer = None
+        self._writer = None
+        self._closed = True
         self._tmp.unlink(missing_ok=True)
+
+
+def _dictionary_columns(first: pa.RecordBatch | None) -> bool | list[str]:
+    """Columns worth dictionary-encoding, judged on the first batch: at most 1 distinct value in 10 rows.
+
+    Dictionary-encoding a unique column (ids, timestamps) costs time for nothing: Parquet gives up once the
+    dictionary page is full and falls back to plain encoding.
+    """
+    if first is None or first.num_rows < 1000:
+        return True
+    return [
+        field.name
+        for field, column in zip(first.schema, first.columns)
+        if pc.count_distinct(column).as_py() <= first.num_rows // 10
+    ]

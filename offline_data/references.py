@@ -110,7 +110,7 @@ class TableKeys:
             ``(finding, lookup, usable)``: the dangling-reference finding (None when there are none), the
             lookup of every row's value, and [N] bool marking rows whose reference resolved to an accepted row.
         """
-        lookup = self.index.lookup(hash_strings(batch.values[column]))
+        lookup = self.index.lookup_strings(batch.values[column])
         usable = batch.valid[column] & lookup.found & lookup.payload["accepted"]
         dangling = batch.valid[column] & ~usable
         if not dangling.any():
@@ -137,7 +137,7 @@ def _note(describe: Callable[[int], str]) -> FoundText:
 
 def product_mismatch(batch: ParsedBatch, lookup: KeyLookup, usable: np.ndarray) -> Finding | None:
     """Impressions: ``product_id`` must equal the product of the image shown (from assets)."""
-    hashes = hash_strings(batch.values["product_id"])
+    hashes = hash_strings(batch.values["product_id"], repeated=True)
     wrong = usable & batch.valid["product_id"] & (hashes != lookup.payload["product"])
     if not wrong.any():
         return None

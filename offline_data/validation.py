@@ -265,7 +265,7 @@ class _TableValidator:
 
     def _payload(self, parsed: ParsedBatch) -> dict[str, np.ndarray]:
         if self.source.table == "assets":
-            return {"product": hash_strings(parsed.values["product_id"])}
+            return {"product": hash_strings(parsed.values["product_id"], repeated=True)}
         if self.source.table == "impressions":
             clicked = pc.fill_null(parsed.values["clicked"], False)
             return {"clicked": np.asarray(clicked.to_numpy(zero_copy_only=False), dtype=bool)}
