@@ -1,26 +1,27 @@
 """Read the inputs of ``backdrop ope`` from files: the impressions log and a candidate's per-impression scores.
 
-- impressions (``<logs>/impressions.parquet|.csv|.jsonl``, or that file itself): the columns of
-  ``offline_data.schemas.IMPRESSIONS`` that OPE uses: event_id, request_id, position (1-based), clicked (the
-  reward) and the optional propensity (empty / null = not logged; then only DM is possible).
+- impressions (``<logs>/impressions.parquet|.csv|.jsonl``, a folder of part files, or the file itself): the
+  table of ``offline_data.schemas.IMPRESSIONS``. It goes through offline_data's validation in strict mode
+  (:func:`offline_data.validation.validate_logs`; the validated copy, rejects and summary are written to a folder
+  the caller names), so OPE sees exactly the rows every other stage accepts and any bad row stops it with the
+  validator's message. OPE uses event_id, request_id, position (1-based slot), clicked (the reward) and the
+  optional propensity (null = not logged; then only DM is possible).
 - candidate scores (parquet, csv or jsonl): one row per impression, joined on event_id:
   ``candidate_propensity`` (π_e of the logged image in its slot) and optionally ``dm_prediction`` (the reward
   model's expected reward of the candidate in that slot), ``dm_logged`` (its prediction for the logged image)
   and ``unsupported_mass`` (π_e's mass on images the logger never shows there). See experiments/ope_data.py.
+  Not a log table of the schema, so it is checked here.
 
 Nothing is dropped silently: an impression without a score row, a score row for an unknown event, a repeated
 event_id, a missing column or an unparseable value is an error naming the file, the 1-based data row (the
 CSV header is not counted; JSON Lines rows are records) and the column.
-
-The files are read whole with pyarrow (OPE needs every row at once anyway). When offline_data's validation
-layer lands, the impressions should come through it instead, so that OPE sees exactly the accepted rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -33,15 +34,13 @@ from experiments.ope_data import (
     build_candidate,
     build_impression_log,
 )
+from offline_data.conversion import ColumnTypeError, convert
 from offline_data.errors import InputUnreadableError, LogValidationError
 
-IMPRESSION_COLUMNS = ("event_id", "request_id", "position", "clicked")
 SCORE_COLUMNS = ("event_id", "candidate_propensity")
 OPTIONAL_SCORE_COLUMNS = ("dm_prediction", "dm_logged", "unsupported_mass")
 SUFFIXES = (".parquet", ".csv", ".jsonl")
-
-_TYPES = {"string": pa.string(), "int": pa.int64(), "bool": pa.bool_(), "float": pa.float64()}
-_EXPECTED = {"string": "non-empty id", "int": "integer", "bool": "boolean (true/false, 1/0)", "float": "number"}
+"""Formats of the candidate scores file."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -52,28 +51,6 @@ class OPEInputs:
     event_ids: pa.Array
     """[N] event_id of each impression, in file order (= the log's flat input order)."""
     path: Path
-
-
-def find_impressions(logs: str | Path) -> Path:
-    """The impressions file: ``logs`` itself when it is a file, else ``logs/impressions.<suffix>``.
-
-    Raises:
-        InputUnreadableError: none or several impressions files.
-    """
-    logs = Path(logs)
-    if logs.is_file():
-        return logs
-    if not logs.is_dir():
-        raise InputUnreadableError(f"{logs}: no such folder or file")
-    found = [logs / f"impressions{s}" for s in SUFFIXES if (logs / f"impressions{s}").is_file()]
-    if len(found) != 1:
-        what = (
-            "no impressions table"
-            if not found
-            else "several impressions tables (" + ", ".join(p.name for p in found) + "); keep exactly one"
-        )
-        raise InputUnreadableError(f"{logs}: {what} (expected impressions{'|'.join(SUFFIXES)})")
-    return found[0]
 
 
 def read_table(path: str | Path) -> pa.Table:
@@ -106,36 +83,44 @@ def read_table(path: str | Path) -> pa.Table:
     raise InputUnreadableError(f"{path}: unknown format {suffix!r} (expected {', '.join(SUFFIXES)})")
 
 
-def load_impressions(logs: str | Path) -> OPEInputs:
-    """Read and check the impressions under ``logs`` (see the module docstring).
+def load_impressions(logs: str | Path, validated_dir: str | Path) -> OPEInputs:
+    """Validate the impressions under ``logs`` (strict) into ``validated_dir`` and lay them out for OPE.
+
+    Args:
+        logs: a folder holding the impressions table, or the table's file / part-file folder itself.
+        validated_dir: where the validator writes the accepted table, the rejects and ``summary.json``.
 
     Raises:
-        InputUnreadableError: unreadable file or missing column.
-        LogValidationError: bad values, nulls in required columns, repeated event_id or (request, position).
+        InputUnreadableError: no impressions table, an unreadable file or a missing required column.
+        LogValidationError: any row rejected by the validator, or a (request_id, position) shown twice.
     """
-    path = find_impressions(logs)
+    from offline_data.io import find_table, resolve_source
+    from offline_data.outputs import accepted_path
+    from offline_data.validation import ValidationConfig, validate_logs
+
+    logs = Path(logs)
+    if not logs.exists():
+        raise InputUnreadableError(f"{logs}: no such folder or file")
+    source = find_table(logs, "impressions") if logs.is_dir() else None
+    if source is None:
+        source = resolve_source("impressions", logs)
+    validated_dir = Path(validated_dir)
+    validate_logs({"impressions": source}, validated_dir, ValidationConfig(strict=True))
+    path = accepted_path(validated_dir, "impressions")
     table = read_table(path)
-    _require_columns(table, path, IMPRESSION_COLUMNS, "impressions")
-    problems = ColumnProblems(path)
-    event_ids = problems.column(table, "event_id", "string")
-    request_ids = problems.column(table, "request_id", "string")
-    position = problems.column(table, "position", "int")
-    clicked = problems.column(table, "clicked", "bool")
-    propensity = (
-        problems.column(table, "propensity", "float", nullable=True)
-        if "propensity" in table.column_names
-        else np.full(table.num_rows, np.nan)
-    )
-    problems.raise_if_any()
-    _check_unique(event_ids, path)
+    event_ids = table.column("event_id").combine_chunks()
     log = build_impression_log(
-        request_id=request_ids.to_numpy(zero_copy_only=False),
-        position=position,
-        reward=clicked.astype(np.float64),
-        propensity=propensity,
-        source=str(path),
+        request_id=table.column("request_id").to_numpy(),
+        position=table.column("position").to_numpy(),
+        reward=table.column("clicked").to_numpy(zero_copy_only=False).astype(np.float64),
+        propensity=(
+            table.column("propensity").to_numpy(zero_copy_only=False).astype(np.float64)
+            if "propensity" in table.column_names
+            else None
+        ),
+        source=str(source.path),
     )
-    return OPEInputs(log=log, event_ids=event_ids, path=path)
+    return OPEInputs(log=log, event_ids=event_ids, path=source.path)
 
 
 def load_candidate_scores(inputs: OPEInputs, path: str | Path, *, name: str) -> CandidatePolicy:
@@ -150,9 +135,9 @@ def load_candidate_scores(inputs: OPEInputs, path: str | Path, *, name: str) -> 
     table = read_table(path)
     _require_columns(table, path, SCORE_COLUMNS, "candidate scores")
     problems = ColumnProblems(path)
-    score_ids = problems.column(table, "event_id", "string")
+    score_ids = problems.column(table, "event_id", "id")
     keys = [k for k in (*SCORE_COLUMNS[1:], *OPTIONAL_SCORE_COLUMNS) if k in table.column_names]
-    values = {key: problems.column(table, key, "float", nullable=True) for key in keys}
+    values = {key: problems.column(table, key, "number", nullable=True) for key in keys}
     problems.raise_if_any()
     _check_unique(score_ids, path)
     # position[i] = the score row of impression i (null when it has none).
@@ -187,59 +172,37 @@ def _require_columns(table: pa.Table, path: Path, required: tuple[str, ...], wha
 
 
 class ColumnProblems:
-    """Converts the columns of one file, collecting the problems of all of them before raising."""
+    """Converts the columns of one scores file, collecting the problems of all of them before raising."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.problems: list[str] = []
         self.total = 0
 
-    def column(self, table: pa.Table, name: str, kind: str, *, nullable: bool = False) -> Any:
-        """Column ``name`` as ``kind``: a pa.Array for "string" ids, else a numpy array (nulls -> NaN when
-        ``nullable``). Bad entries are recorded (row, column, value) and come back as NaN / null."""
+    def column(self, table: pa.Table, name: str, kind: Literal["id", "number"], *, nullable: bool = False) -> Any:
+        """Column ``name`` as ids (pa.Array of strings) or numbers (numpy float64, NaN for nulls when
+        ``nullable``), parsed with offline_data's converters; bad entries are recorded and come back null."""
         raw = table.column(name).combine_chunks()
-        target = _TYPES[kind]
         try:
-            values = raw if raw.type == target else pc.cast(raw, target)
-            bad = np.zeros(len(raw), dtype=bool)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            bad = _unconvertible(raw, target)
-            if not bad.any():
-                raise InputUnreadableError(
-                    f"{self.path}: column '{name}' of type {raw.type} cannot be read as {kind}"
-                ) from None
-            values = pc.cast(pc.if_else(pa.array(bad), pa.nulls(len(raw), raw.type), raw), target)
-        if kind == "bool" and pa.types.is_integer(raw.type):
-            # Arrow casts any non-zero integer to true; only 0/1 are booleans.
-            bad |= ~np.asarray(pc.fill_null(pc.is_in(raw, value_set=pa.array([0, 1], raw.type)), True))
+            values, bad = convert(raw, pa.string() if kind == "id" else pa.float64())
+        except ColumnTypeError as exc:
+            raise InputUnreadableError(f"{self.path}: column '{name}': {exc}") from None
         if not nullable:
-            bad |= np.asarray(raw.is_null())
+            bad = bad | np.asarray(raw.is_null())
         rows = np.flatnonzero(bad)
         self.total += rows.size
+        expected = "non-empty id" if kind == "id" else "number"
         for i in rows[:MAX_REPORTED_PROBLEMS]:
-            self.problems.append(f"row {i + 1}, column '{name}': expected {_EXPECTED[kind]}, got {raw[i].as_py()!r}")
-        if kind == "string":
+            self.problems.append(f"row {i + 1}, column '{name}': expected {expected}, got {raw[i].as_py()!r}")
+        if kind == "id":
             return values
-        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64 if kind == "float" else None)
+        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
 
     def raise_if_any(self) -> None:
         if self.total:
             raise LogValidationError(
                 f"{self.path}: {self.total} problem(s); first {len(self.problems)}:\n  " + "\n  ".join(self.problems)
             )
-
-
-def _unconvertible(raw: pa.Array, target: pa.DataType) -> np.ndarray:
-    """Which entries fail the cast (element by element: only reached on the error path)."""
-    bad = np.zeros(len(raw), dtype=bool)
-    for i, value in enumerate(raw):
-        if not value.is_valid:
-            continue
-        try:
-            pc.cast(pa.array([value.as_py()], raw.type), target)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            bad[i] = True
-    return bad
 
 
 def _check_unique(ids: pa.Array, path: Path) -> None:

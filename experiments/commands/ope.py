@@ -26,8 +26,9 @@ def register(subparsers: Any) -> None:
         "--logs",
         required=True,
         metavar="DIR",
-        help="folder holding impressions.parquet|.csv|.jsonl (or the impressions file itself); needs event_id, "
-        "request_id, position, clicked and, for IPS/SNIPS/DR, propensity",
+        help="folder holding the impressions table (impressions.parquet|.csv|.jsonl or impressions/ part files), "
+        "or the table itself; validated strictly against the impressions schema (propensity needed for "
+        "IPS/SNIPS/DR)",
     )
     parser.add_argument(
         "--candidate-scores",
@@ -61,29 +62,30 @@ def run_ope(args: argparse.Namespace) -> int:
     from experiments.tracking import start_run
 
     config = load_root_config(OPECommandConfig, args)
-    inputs = load_impressions(args.logs)
-    candidate = load_candidate_scores(inputs, args.candidate_scores, name=args.name)
-    baseline = None
-    if args.baseline_scores:
-        baseline = load_candidate_scores(inputs, args.baseline_scores, name="baseline")
-    try:
-        report = evaluate(inputs.log, candidate, config.ope, baseline=baseline, seed=config.run.seed)
-    except MissingPropensityError as exc:
-        hint = "rerun with --set 'ope.estimators=[\"dm\"]' --set ope.primary=dm for the direct method alone"
-        raise MissingPropensityError(f"{exc}\n{hint}") from None
-    plan = plan_ab_test(report, inputs.log, estimator=config.ope.primary, design=config.abtest)
-    payload = to_json_safe(
-        {
-            "inputs": {
-                "impressions": str(inputs.path),
-                "candidate_scores": str(args.candidate_scores),
-                "baseline_scores": str(args.baseline_scores) if args.baseline_scores else None,
-            },
-            "report": report.to_dict(),
-            "ab_test": plan,
-        }
-    )
     with start_run(config.run, config, command="ope") as run:
+        # The validated impressions, their rejects and summary.json stay in the run directory as provenance.
+        inputs = load_impressions(args.logs, run.dir / "validated")
+        candidate = load_candidate_scores(inputs, args.candidate_scores, name=args.name)
+        baseline = None
+        if args.baseline_scores:
+            baseline = load_candidate_scores(inputs, args.baseline_scores, name="baseline")
+        try:
+            report = evaluate(inputs.log, candidate, config.ope, baseline=baseline, seed=config.run.seed)
+        except MissingPropensityError as exc:
+            hint = "rerun with --set 'ope.estimators=[\"dm\"]' --set ope.primary=dm for the direct method alone"
+            raise MissingPropensityError(f"{exc}\n{hint}") from None
+        plan = plan_ab_test(report, inputs.log, estimator=config.ope.primary, design=config.abtest)
+        payload = to_json_safe(
+            {
+                "inputs": {
+                    "impressions": str(inputs.path),
+                    "candidate_scores": str(args.candidate_scores),
+                    "baseline_scores": str(args.baseline_scores) if args.baseline_scores else None,
+                },
+                "report": report.to_dict(),
+                "ab_test": plan,
+            }
+        )
         path = run.write_json("ope.json", payload)
         metrics = {
             f"ope/{r.estimator.replace(':', '_')}/{r.level}": r.value

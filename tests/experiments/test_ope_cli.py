@@ -36,6 +36,7 @@ def write_world(folder: Path, *, n_requests: int = 600, seed: int = 0) -> dict:
             "position": (slot + 1).astype(np.int64),
             "clicked": draw.clicks[request, slot].astype(bool),
             "propensity": syn.logged_propensity(draw, pi0)[request, slot],
+            "shown_at": pa.array(np.full(n, 1_700_000_000_000_000) + request, pa.timestamp("us", tz="UTC")),
             "segment": [f"s{c}" for c in draw.context[request]],
         }
     )
@@ -109,21 +110,39 @@ def test_cli_dm_only_without_propensities(tmp_path: Path, capsys: pytest.Capture
     assert "A/B sample size to confirm the dm lift" in capsys.readouterr().out
 
 
-def test_cli_names_every_bad_row_of_the_impressions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+HEADER = "event_id,request_id,image_id,product_id,position,clicked,propensity,shown_at,segment\n"
+
+
+def impressions_csv(*rows: str) -> str:
+    """An impressions CSV; each row gives event_id,request_id,position,clicked,propensity."""
+    lines = []
+    for row in rows:
+        event, request, position, clicked, propensity = row.split(",")
+        lines.append(f"{event},{request},img,p1,{position},{clicked},{propensity},2024-05-01T10:00:00Z,s1\n")
+    return HEADER + "".join(lines)
+
+
+def test_cli_validates_the_impressions_strictly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "impressions.csv").write_text(
-        "event_id,request_id,position,clicked,propensity\n"
-        "e1,r1,1,true,0.5\n"
-        "e2,r1,x,false,0.5\n"
-        "e3,r2,1,maybe,0.5\n"
-        "e4,r2,2,1,1.5\n"
+        impressions_csv("e1,r1,1,true,0.5", "e2,r1,x,false,0.5", "e3,r2,1,maybe,0.5", "e4,r2,2,1,1.5")
     )
     (tmp_path / "scores.csv").write_text("event_id,candidate_propensity\ne1,0.5\ne2,0.5\ne3,0.5\ne4,0.5\n")
     assert run_cli(tmp_path, "--logs", str(tmp_path / "logs"), "--candidate-scores", str(tmp_path / "scores.csv")) == 1
     err = capsys.readouterr().err
-    assert "impressions.csv: 2 problem(s); first 2:" in err
-    assert "row 2, column 'position': expected integer, got 'x'" in err
+    assert "3 of 4 rows rejected" in err and "impressions.csv: 3 problem(s)" in err
+    assert "row 2, column 'position': expected integer >= 1, got 'x'" in err
     assert "row 3, column 'clicked': expected boolean (true/false, 1/0), got 'maybe'" in err
+    (summary,) = (tmp_path / "runs" / "ope").glob("*/validated/summary.json")  # the rejects stay with the run
+    assert json.loads(summary.read_text())["strict"] is True
+
+
+def test_cli_refuses_a_slot_shown_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "impressions.csv").write_text(impressions_csv("e1,r1,1,true,0.5", "e2,r1,1,false,0.5"))
+    (tmp_path / "scores.csv").write_text("event_id,candidate_propensity\ne1,0.5\ne2,0.5\n")
+    assert run_cli(tmp_path, "--logs", str(tmp_path / "logs"), "--candidate-scores", str(tmp_path / "scores.csv")) == 1
+    assert "row 2: request_id 'r1' already shows position 1 (row 1)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -146,9 +165,7 @@ def test_cli_refuses_scores_that_do_not_match(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], scores: str, message: str
 ) -> None:
     (tmp_path / "logs").mkdir()
-    (tmp_path / "logs" / "impressions.csv").write_text(
-        "event_id,request_id,position,clicked,propensity\ne1,r1,1,true,0.5\ne2,r2,1,false,0.5\n"
-    )
+    (tmp_path / "logs" / "impressions.csv").write_text(impressions_csv("e1,r1,1,true,0.5", "e2,r2,1,false,0.5"))
     (tmp_path / "scores.csv").write_text(scores)
     code = run_cli(tmp_path, "--logs", str(tmp_path / "logs"), "--candidate-scores", str(tmp_path / "scores.csv"))
     err = capsys.readouterr().err
