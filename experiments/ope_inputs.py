@@ -145,7 +145,7 @@ def load_candidate_scores(inputs: OPEInputs, path: str | Path, *, name: str) -> 
     missing = np.flatnonzero(~np.asarray(position.is_valid()))
     unknown = np.flatnonzero(~np.asarray(pc.is_in(score_ids, value_set=inputs.event_ids)))
     if missing.size or unknown.size:
-        problems = [
+        unmatched = [
             f"impressions row {i + 1}: event_id {inputs.event_ids[i].as_py()!r} has no score row"
             for i in missing[:MAX_REPORTED_PROBLEMS]
         ] + [
@@ -155,7 +155,7 @@ def load_candidate_scores(inputs: OPEInputs, path: str | Path, *, name: str) -> 
         raise LogValidationError(
             f"{path}: expected exactly one score row per impression of {inputs.path}; {missing.size} "
             f"impression(s) without a score, {unknown.size} score row(s) for unknown events; first:\n  "
-            + "\n  ".join(problems)
+            + "\n  ".join(unmatched)
         )
     order = np.asarray(position, dtype=np.int64)
     columns = {key: column[order] for key, column in values.items()}
