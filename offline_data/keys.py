@@ -56,7 +56,7 @@ _CACHE_KEYS = 1 << 20
 """Indexes up to this many keys fit in cache: no point sorting queries for them."""
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finalizer, in place on a uint64 array."""
     x ^= x >> np.uint64(30)
     x *= _MIX1
@@ -118,7 +118,7 @@ def hash_strings(array: pa.Array | pa.ChunkedArray, *, repeated: bool = False) -
         sums *= inverse[starts]
         hashes[lengths > 0] = sums
     hashes ^= lengths.astype(np.uint64) * _LENGTH_SALT
-    return _mix(hashes)
+    return mix64(hashes)
 
 
 def first_occurrence(hashes: np.ndarray) -> np.ndarray:

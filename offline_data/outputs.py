@@ -1,4 +1,4 @@
-"""Where validated rows go: the accepted table (schema types) and the rejects table, written atomically.
+"""Validated tables on disk: the accepted table (schema types) and the rejects table, and reading them back.
 
 For a table ``impressions`` the output folder receives
 
@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from offline_data.schemas import TableSchema
+from offline_data.errors import InputUnreadableError, LogValidationError
+from offline_data.schemas import SCHEMAS, TableName, TableSchema
 
 REJECT_FIELDS = ("source", "row", "reason", "problems", "raw")
 """Columns of a rejects table before the original values."""
@@ -106,3 +107,30 @@ def _dictionary_columns(first: pa.RecordBatch | None) -> bool | list[str]:
         for field, column in zip(first.schema, first.columns)
         if pc.count_distinct(column).as_py() <= first.num_rows // 10
     ]
+
+
+def open_validated(validated_dir: str | Path, table: TableName) -> pq.ParquetFile:
+    """Open the accepted ``table`` of a ``backdrop data validate`` output folder, checking its column types.
+
+    Raises:
+        InputUnreadableError: the file is missing or not Parquet.
+        LogValidationError: a column is missing or not of the schema's type (not a validated table).
+    """
+    path = accepted_path(Path(validated_dir), table)
+    if not path.is_file():
+        raise InputUnreadableError(
+            f"{path}: validated {table} table not found (run 'backdrop data validate' and point at its output)"
+        )
+    try:
+        file = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputUnreadableError(f"{path}: cannot read as Parquet: {exc}") from None
+    stored = file.schema_arrow
+    for column in SCHEMAS[table].columns:
+        found = stored.field(column.name).type if column.name in stored.names else None
+        if found != column.type:
+            raise LogValidationError(
+                f"{path}: column '{column.name}' is {found or 'missing'}, expected {column.type}: not a validated "
+                f"{table} table (run 'backdrop data validate' first)"
+            )
+    return file

@@ -141,7 +141,7 @@ def validate_logs(
     if withhold:
         raise LogValidationError(
             f"strict mode: {summary.rejected:,} of {summary.read:,} rows rejected (accepted tables not written; "
-            f"rejects and summary in {out_dir})\n{summary.render_problems()}"
+            f"rejects and summary in {out_dir})\n{summary.render_table()}\n{summary.render_problems()}"
         )
     return summary
 
