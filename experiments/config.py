@@ -107,12 +107,35 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "<dict>", 
             raise ConfigError(f"{source}: unknown key '{prefix}{key}'{_suggest(key, fields)}")
     kwargs = {}
     for name, value in data.items():
+        default = _field_default(fields[name])
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            # A partial table overrides the field's own default instance, not the section class's defaults:
+            # `run: RunConfig = RunConfig(name="ope")` keeps name="ope" when the file only sets [run] seed.
+            value = _deep_merge(to_dict(default), value)
         kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}", source)
     try:
         return cls(**kwargs)
     except ValueError as exc:
         where = prefix.rstrip(".") or cls.__name__
         raise ConfigError(f"{source}: {where}: {exc}") from None
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

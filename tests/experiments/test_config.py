@@ -115,3 +115,15 @@ def test_dump_toml_round_trips(tmp_path: Path) -> None:
 def test_from_dict_rejects_non_table() -> None:
     with pytest.raises(ConfigError, match="expects table"):
         from_dict(Root, {"run": [1, 2]})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CustomDefaults:
+    run: RunConfig = RunConfig(name="ope", seed=3)
+    policy: PolicyConfig = PolicyConfig(lora=LoraConfig(rank=8))
+
+
+def test_partial_section_keeps_the_fields_own_default_instance(tmp_path: Path) -> None:
+    cfg = load_config(CustomDefaults, write(tmp_path, "[run]\nthreads = 1\n"), ["policy.lora.alpha=2"])
+    assert (cfg.run.name, cfg.run.seed, cfg.run.threads) == ("ope", 3, 1)
+    assert (cfg.policy.lora.rank, cfg.policy.lora.alpha) == (8, 2.0)
