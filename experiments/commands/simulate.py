@@ -58,7 +58,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     (out_dir / "config.toml").write_text(dump_toml(config), encoding="utf-8")
     print(summary.format_table())
     print(
-        f"\nlogs: {out_dir}/{{assets,impressions,dwell,preferences}}.parquet   images: {out_dir}/assets/\n"
+        f"\nlogs: {out_dir}/{{assets,impressions,dwell,preferences}}.parquet   images: {out_dir}/images/\n"
         f"truth (evaluation only): {out_dir}/truth/   contact sheet: {out_dir}/contact_sheet.png\n"
         f"summary: {out_dir}/summary.json   resolved config: {out_dir}/config.toml"
     )

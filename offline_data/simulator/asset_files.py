@@ -1,13 +1,13 @@
 """Writing a world's images as PNG files and the rows of the assets table that describe them.
 
-Files go under ``<out>/assets/`` and the table's ``path`` column is relative to ``<out>`` (the folder holding
-``assets.parquet``):
+Files go under ``<out>/images/`` (not ``assets/``: a folder named after a table is read as that table's part
+files) and the table's ``path`` column is relative to ``<out>`` (the folder holding ``assets.parquet``):
 
-    assets/products/<product_id>.png            RGBA, alpha 0/255 (kind "product")
-    assets/masks/<product_id>.png               the segmenter's mask, 8-bit 0/255 (kind "mask")
-    assets/masks/<product_id>_confidence.png    its confidence x 255 (not a table row: the schema has no
+    images/products/<product_id>.png            RGBA, alpha 0/255 (kind "product")
+    images/masks/<product_id>.png               the segmenter's mask, 8-bit 0/255 (kind "mask")
+    images/masks/<product_id>_confidence.png    its confidence x 255 (not a table row: the schema has no
                                                  kind for it; read it next to the mask)
-    assets/generated/<product_id>-v<k>.png      RGB composite (kind "generated")
+    images/generated/<product_id>-v<k>.png      RGB composite (kind "generated")
 
 PNG bytes are deterministic for given pixels (no metadata, fixed compression), so the sha256 column is
 reproducible.
@@ -74,18 +74,18 @@ def write_world_assets(world: StudioWorld, out_dir: Path, progress: bool = False
     k_count = world.config.world.variants_per_product
     for i, product in enumerate(tqdm(world.products, desc="writing assets", unit="product", disable=not progress)):
         pid = product.product_id
-        add(f"{pid}-product", pid, f"assets/products/{pid}.png", product.rgba, "product", product.kind)
+        add(f"{pid}-product", pid, f"images/products/{pid}.png", product.rgba, "product", product.kind)
         mask_pixels = np.where(world.noisy_masks[i], 255, 0).astype(np.uint8)
-        add(f"{pid}-mask", pid, f"assets/masks/{pid}.png", mask_pixels, "mask", product.kind,
+        add(f"{pid}-mask", pid, f"images/masks/{pid}.png", mask_pixels, "mask", product.kind,
             model_version=SEGMENTER_VERSION)  # fmt: skip
         confidence = np.round(world.confidences[i] * 255.0).astype(np.uint8)
-        write_png(out_dir / f"assets/masks/{pid}_confidence.png", confidence)
+        write_png(out_dir / f"images/masks/{pid}_confidence.png", confidence)
         for j in range(i * k_count, (i + 1) * k_count):
             image_id = variants.image_ids[j]
             add(
                 image_id,
                 pid,
-                f"assets/generated/{image_id}.png",
+                f"images/generated/{image_id}.png",
                 variants.images[j],
                 "generated",
                 product.kind,

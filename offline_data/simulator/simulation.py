@@ -3,7 +3,7 @@
 Output folder:
 
     assets.parquet  impressions.parquet  dwell.parquet  preferences.parquet   (offline_data.schemas types)
-    assets/            PNG files the assets table points to (``asset_files.py``)
+    images/            PNG files the assets table points to (``asset_files.py``)
     truth/             evaluation-only sidecar (``truth.py``)
     summary.json       ``SimulationSummary``
     contact_sheet.png  products, noisy masks, backgrounds per family, composites with their gold
@@ -54,7 +54,7 @@ from offline_data.simulator.world import StudioWorld, stream
 logger = logging.getLogger(__name__)
 
 OUTPUTS = (
-    "assets", TRUTH_DIR, "assets.parquet", "impressions.parquet", "dwell.parquet", "preferences.parquet",
+    "images", TRUTH_DIR, "assets.parquet", "impressions.parquet", "dwell.parquet", "preferences.parquet",
     "summary.json", "contact_sheet.png", "config.toml",
 )  # fmt: skip
 """Everything a simulation writes at the top of its output folder (removed first when overwriting);
