@@ -84,8 +84,11 @@ class InpaintPolicy:
             module.requires_grad_(False)
             module.eval()  # no dropout anywhere: recomputed log-probs must equal the sampled ones
             module.to(self._device)
-            if module.dtype != dtype:  # only cast when needed: diffusers warns on every .to(dtype)
-                module.to(dtype=dtype)
+            if module.dtype != dtype and getattr(module, "_keep_in_fp32_modules", None):
+                module.to(dtype=dtype)  # diffusers warns that those modules lose float32
+            elif module.dtype != dtype:
+                # diffusers 0.42's ModelMixin.to warns on every dtype cast, even with nothing to keep in float32.
+                torch.nn.Module.to(module, dtype=dtype)
         if channels_last:
             unet.to(memory_format=torch.channels_last)
         self.unet = unet

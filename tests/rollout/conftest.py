@@ -14,10 +14,10 @@ from rollout.request import InpaintRequest
 PROMPTS = ("white marble tabletop, soft window light", "oak wood floor, golden hour light", "")
 
 
-def build_policy() -> InpaintPolicy:
-    """The default tiny model (64 px, 16x16x4 latents) with a fresh rank-4 adapter (B = 0)."""
+def build_policy(config: InpaintModelConfig | None = None, dtype: torch.dtype = torch.float32) -> InpaintPolicy:
+    """The tiny model (default: 64 px, 16x16x4 latents) with a fresh rank-4 adapter (B = 0)."""
     words = [w for p in PROMPTS for w in p.replace(",", " ").split()]
-    return InpaintPolicy.from_config(InpaintModelConfig(), lora=LoraConfig(), vocabulary=words)
+    return InpaintPolicy.from_config(config or InpaintModelConfig(), lora=LoraConfig(), vocabulary=words, dtype=dtype)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from PIL import Image
 
 from offline_data.errors import PreservationError
 from offline_data.simulator.segmenter import segment_mask
+from policy.config import InpaintModelConfig
 from policy.model import InpaintPolicy
 from rollout import sampler as sampler_module
 from rollout.config import EdgeBandConfig, SamplerConfig
@@ -201,3 +202,13 @@ def test_sampler_config_validation() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             SamplerConfig(**kwargs)
+
+
+def test_bf16_channels_last_model_keeps_float32_trajectories() -> None:
+    policy = build_policy(InpaintModelConfig(channels_last=True), dtype=torch.bfloat16)
+    rollout = sample_trajectories(policy, requests(2), [3, 4], FAST)
+    trajectory = rollout.trajectory
+    assert rollout.preservation.ok
+    assert trajectory.latents.dtype == torch.float32 and trajectory.prompt_embeds.dtype == torch.float32
+    assert torch.isfinite(trajectory.log_probs).all()
+    assert torch.equal(rescore(policy, trajectory)[0], trajectory.log_probs)
