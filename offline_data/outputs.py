@@ -4,7 +4,7 @@ For a table ``impressions`` the output folder receives
 
 - ``impressions.parquet``: accepted rows, every schema column in its Arrow type (an optional column the
   input lacked is all null);
-- ``impressions.rejects.parquet``: rejected rows with ``source`` (file), ``row`` (1-based within it),
+- ``impressions.rejects.parquet``: rejected rows with ``file`` (the input file), ``row`` (1-based within it),
   ``reason`` (the first problem's code), ``problems`` (every message, ``; ``-separated), ``raw`` (the text
   of a record that could not be split into columns) and every schema column's original value as a string.
 
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from offline_data.errors import InputUnreadableError, LogValidationError
 from offline_data.schemas import SCHEMAS, TableName, TableSchema
 
-REJECT_FIELDS = ("source", "row", "reason", "problems", "raw")
+REJECT_FIELDS = ("file", "row", "reason", "problems", "raw")
 """Columns of a rejects table before the original values."""
 
 
@@ -39,8 +39,11 @@ def rejects_path(out_dir: Path, table: str) -> Path:
 
 def rejects_schema(schema: TableSchema) -> pa.Schema:
     """The rejects table of ``schema``: provenance and reason, then every column as its original text."""
+    clash = [c.name for c in schema.columns if c.name in REJECT_FIELDS]
+    if clash:
+        raise ValueError(f"{schema.name}: columns {clash} clash with the rejects table's own {REJECT_FIELDS}")
     fields = [
-        pa.field("source", pa.string(), nullable=False),
+        pa.field("file", pa.string(), nullable=False),
         pa.field("row", pa.int64(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
         pa.field("problems", pa.string(), nullable=False),

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_SHOWN_CHARS = 60
+_SHOWN_CHARS = 80
 """Longer values are cut in messages (the rejects file keeps them whole)."""
 
 FoundText = Callable[[np.ndarray], pa.Array]
@@ -27,7 +27,7 @@ FoundText = Callable[[np.ndarray], pa.Array]
 def show_values(values: pa.Array, *, quote: bool | np.ndarray) -> FoundText:
     """A :data:`FoundText` showing ``values`` [N]; strings are quoted where ``quote`` (bool or [N] mask).
 
-    Nulls show as ``null``; values longer than 60 characters are cut with an ellipsis.
+    Nulls show as ``null``; values longer than 80 characters are cut with an ellipsis.
     """
 
     def found(index: np.ndarray) -> pa.Array:

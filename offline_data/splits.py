@@ -10,10 +10,11 @@ A split is leak-free when nothing that identifies an evaluation example was seen
 - ``time``: impressions before the first cut-off train, then validation, then test; the cut-offs are the
   ``fractions`` quantiles of ``shown_at`` (dwell follows its impression).
 
-Assignment is a hash of the grouping key salted with the seed (:func:`assign`): the same key always lands
-in the same split for a seed, whatever the order or batching of the rows, so splitting streams in one pass
-and two runs agree row for row. Fractions apply to groups (products, segments), so with few groups the row
-shares can differ from them; the report gives the shares achieved.
+Products are assigned by a hash of the product id salted with the seed (:func:`assign`): the same key
+always lands in the same split for a seed, whatever the order or batching of the rows, so splitting
+streams in one pass and two runs agree row for row. Segments are few (a handful), where independent draws
+would often leave a split empty, so they are dealt out whole in salted-hash order (:func:`assign_few`).
+Fractions apply to groups, so row shares can differ from them; the report gives the counts achieved.
 
 Assets and preferences have no segment or time of their own: with ``segment`` and ``time``, assets are
 a shared catalogue copied into every split, and preference pairs are split by product as above.
@@ -83,6 +84,36 @@ def assign(keys: pa.Array, fractions: tuple[float, float, float], seed: int) -> 
     hashes = mix64(hash_strings(keys, repeated=True) ^ salt)
     uniform = (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     return np.searchsorted(np.cumsum(fractions)[:2], uniform, side="right").astype(np.int8)
+
+
+def assign_few(groups: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, int]:
+    """Whole groups to splits when there are few of them (shopper segments): exact counts, not draws.
+
+    Groups are ordered by their salted hash (:func:`assign`'s, so a seed still decides) and dealt out in
+    that order: each split with a non-zero fraction gets at least one group when there are enough, the
+    rest by largest remainder of ``fraction * len(groups)``.
+
+    Returns:
+        group -> split index (0 train, 1 validation, 2 test).
+    """
+    if not groups:
+        return {}
+    salt = mix64(np.array([seed + 1], dtype=np.uint64))[0]
+    keyed = mix64(hash_strings(pa.array(groups, type=pa.string())) ^ salt)
+    ordered = [groups[i] for i in np.argsort(keyed, kind="stable")]
+    share = np.asarray(fractions) * len(groups)
+    counts = np.floor(share).astype(int)
+    wanted = np.asarray(fractions) > 0
+    if len(groups) >= wanted.sum():
+        counts = np.where(wanted, np.maximum(counts, 1), 0)
+    while counts.sum() > len(groups):  # the minimum of one per split overshot: take from the largest
+        counts[np.argmax(counts)] -= 1
+    for index in np.argsort(-(share - np.floor(share)), kind="stable"):
+        if counts.sum() >= len(groups):
+            break
+        counts[index] += 1
+    split = np.repeat(np.arange(len(SPLITS)), counts)
+    return {group: int(s) for group, s in zip(ordered, split)}
 
 
 @dataclasses.dataclass
@@ -265,12 +296,25 @@ class _Splitter:
         if by == "time":
             self.cutoffs = self._time_cutoffs()
         group_column = {"product": "product_id", "segment": "segment", "time": None}[by]
+        if by == "segment":
+            segments = self._segments()
+            dealt = assign_few(segments, self.config.fractions, self.config.seed)
+            lookup = pa.array(segments, type=pa.string())
+            to_split = np.array([dealt[g] for g in segments], dtype=np.int8)
+            if len(segments) < 10:
+                self.report.notes.append(
+                    f"only {len(segments)} segments: each split holds whole segments, so its share of rows can "
+                    "differ much from the fractions"
+                )
         for batch in batches:
             if by == "time":
                 micros = pc.cast(batch.column("shown_at"), pa.int64()).to_numpy()
                 split = np.searchsorted(self.cutoffs, micros, side="right").astype(np.int8)
             else:
-                split = assign(batch.column(group_column), self.config.fractions, self.config.seed)
+                if by == "segment":
+                    split = to_split[pc.index_in(batch.column("segment"), value_set=lookup).to_numpy()]
+                else:
+                    split = assign(batch.column(group_column), self.config.fractions, self.config.seed)
                 for index in range(len(SPLITS)):
                     chosen = batch.column(group_column).filter(pa.array(split == index))
                     self.groups[index].update(pc.unique(chosen).to_pylist())
@@ -278,6 +322,14 @@ class _Splitter:
             writers.write(batch, split)
         if group_column is not None:
             self.report.groups = {s: len(g) for s, g in zip(SPLITS, self.groups)}
+
+    def _segments(self) -> list[str]:
+        """Distinct segments of the impressions (a first pass over that one column)."""
+        file = open_validated(self.validated_dir, "impressions")
+        seen: set[str] = set()
+        for batch in file.iter_batches(batch_size=self.config.batch_rows, columns=["segment"]):
+            seen.update(pc.unique(batch.column(0)).to_pylist())
+        return sorted(seen)
 
     def _split_dwell(self, batches: Iterator[pa.RecordBatch], writers: _SplitWriters) -> None:
         for batch in batches:

@@ -350,7 +350,7 @@ class _TableValidator:
         problems = pc.binary_join_element_wise(*messages, "; ", null_handling="skip")
         take = pa.array(index)
         arrays = {
-            "source": pa.array(np.full(len(index), str(path), dtype=object), type=pa.string()),
+            "file": pa.array(np.full(len(index), str(path), dtype=object), type=pa.string()),
             "row": pa.array(parsed.rows[index]),
             "reason": pa.array(reasons, type=pa.string()),
             "problems": problems,
@@ -375,7 +375,7 @@ class _TableValidator:
             self.summary.rejected_by_reason.get(MALFORMED_REASON, 0) + n
         )
         arrays = {
-            "source": pa.array([str(path)] * n, type=pa.string()),
+            "file": pa.array([str(path)] * n, type=pa.string()),
             "row": pa.array(rows.rows, type=pa.int64()),
             "reason": pa.array([MALFORMED_REASON] * n, type=pa.string()),
             "problems": pa.array(messages, type=pa.string()),
