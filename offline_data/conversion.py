@@ -99,7 +99,7 @@ def _to_string(array: pa.Array) -> tuple[pa.Array, np.ndarray]:
 def _to_integer(array: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray]:
     if pa.types.is_integer(array.type):
         if pa.types.is_uint64(array.type):
-            bad = _mask(pc.greater(array, np.iinfo(np.int64).max))
+            bad = _mask(pc.greater(array, pa.scalar(np.iinfo(np.int64).max, pa.uint64())))
             return pc.cast(_keep(array, bad), target), bad
         return pc.cast(array, target), np.zeros(len(array), dtype=bool)
     if pa.types.is_floating(array.type):
@@ -110,7 +110,10 @@ def _to_integer(array: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndar
     if _is_string(array.type):
         text = pc.utf8_trim_whitespace(pc.cast(array, pa.string()))
         bad = _mask(pc.is_valid(text)) & ~_mask(pc.match_substring_regex(text, _INTEGER_RE))
-        return pc.cast(_keep(text, bad), target), bad
+        text = _keep(text, bad)
+        if _mask(pc.starts_with(text, "+")).any():  # Arrow's cast takes "-7" but not "+7"
+            text = pc.utf8_ltrim(text, "+")
+        return pc.cast(text, target), bad
     raise _unsupported(array, "integer")
 
 

@@ -243,7 +243,7 @@ def _check_utf8_text(path: Path, fmt: str) -> bytes:
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError as exc:
         raise InputUnreadableError(
-            f"{path}: not UTF-8 text (byte {exc.start} is 0x{head[exc.start]:02x}); save the {fmt} as UTF-8"
+            f"{path}: not UTF-8 text (byte 0x{head[exc.start]:02x} at offset {exc.start}); save the {fmt} as UTF-8"
         ) from None
     return head
 
