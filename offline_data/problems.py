@@ -135,11 +135,3 @@ class ProblemLog:
     def first(self) -> list[str]:
         """The first ``limit`` messages, ordered by row."""
         return [text for _, _, text in self._first]
-
-    def render(self) -> str:
-        """The STYLE.md block: ``<file>: N problem(s); first K:`` and one indented line per problem."""
-        if self.total == 0:
-            return f"{self.path}: no problems"
-        lines = [f"{self.path}: {self.total} problem(s); first {len(self._first)}:"]
-        lines.extend(f"  {text}" for text in self.first)
-        return "\n".join(lines)

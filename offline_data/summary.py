@@ -46,7 +46,7 @@ class TableSummary:
     problems_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
     files: list[FileProblems] = dataclasses.field(default_factory=list)
     absent_columns: list[str] = dataclasses.field(default_factory=list)
-    """Optional schema columns no input file had (all null in the output)."""
+    """Optional schema columns no input file has (all null in the output)."""
     ignored_columns: list[str] = dataclasses.field(default_factory=list)
     """Input columns that are not in the schema (not carried into the output)."""
     null_counts: dict[str, int] = dataclasses.field(default_factory=dict)

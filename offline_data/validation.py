@@ -204,6 +204,10 @@ class _TableValidator:
             rejects.abort()
             raise
         self.summary.null_counts = dict(self._null_counts)
+        # JSON Lines declares columns by its first record only: a column absent there but filled later is present.
+        self.summary.absent_columns = [
+            name for name in self.summary.absent_columns if self._null_counts.get(name, 0) == self.summary.accepted
+        ]
         self._add_notes()
         logger.info(
             "%s: read %d, accepted %d, rejected %d", self.source.table, self.summary.read, self.summary.accepted,

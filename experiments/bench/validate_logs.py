@@ -37,8 +37,16 @@ BAD_KINDS = {
 }
 
 
-def generate(out_dir: Path, rows: int, *, products: int = 2_000, images_per_product: int = 5, seed: int = 0) -> dict:
-    """Write ``impressions.parquet`` (``rows`` rows) and ``assets.parquet`` into ``out_dir``.
+def generate(
+    out_dir: Path,
+    rows: int,
+    *,
+    fmt: str = "parquet",
+    products: int = 2_000,
+    images_per_product: int = 5,
+    seed: int = 0,
+) -> dict:
+    """Write ``impressions.<fmt>`` (``rows`` rows; parquet or csv) and ``assets.parquet`` into ``out_dir``.
 
     Returns:
         The number of injected bad rows per reason code.
@@ -46,6 +54,7 @@ def generate(out_dir: Path, rows: int, *, products: int = 2_000, images_per_prod
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
     from offline_data.schemas import ASSETS, IMPRESSIONS
@@ -86,7 +95,8 @@ def generate(out_dir: Path, rows: int, *, products: int = 2_000, images_per_prod
     schema = pa.schema([field.with_nullable(True) for field in IMPRESSIONS.arrow_schema()])
     chunk = 1 << 20
     start_us = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z
-    with pq.ParquetWriter(out_dir / "impressions.parquet", schema) as writer:
+    writer_type = {"parquet": pq.ParquetWriter, "csv": pa_csv.CSVWriter}[fmt]
+    with writer_type(out_dir / f"impressions.{fmt}", schema) as writer:
         for lo in range(0, rows, chunk):
             hi = min(rows, lo + chunk)
             n = hi - lo
@@ -155,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000, help="impression rows to generate")
     parser.add_argument("--repeats", type=int, default=1, help="timed validations (median reported)")
+    parser.add_argument(
+        "--format", choices=("parquet", "csv"), default="parquet", help="format of the generated impressions"
+    )
     parser.add_argument("--batch-rows", type=int, default=262_144, help="rows per validation batch")
     parser.add_argument("--data-dir", type=Path, help="where to generate (default: a temporary folder)")
     parser.add_argument(
@@ -168,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="backdrop-bench-") as tmp:
         data_dir = args.data_dir or Path(tmp) / "logs"
-        print(f"generating {args.rows:,} impression rows in {data_dir} ...", flush=True)
+        print(f"generating {args.rows:,} impression rows as {args.format} in {data_dir} ...", flush=True)
         started = time.perf_counter()
-        injected = generate(data_dir, args.rows)
+        injected = generate(data_dir, args.rows, fmt=args.format)
         print(f"generated in {time.perf_counter() - started:.1f} s (not timed)", flush=True)
         results = []
         for repeat in range(args.repeats):
@@ -208,6 +221,7 @@ def report(args: argparse.Namespace, injected: dict, results: list[dict]) -> int
     payload = {
         "benchmark": "validate_logs",
         "rows": args.rows,
+        "format": args.format,
         "batch_rows": args.batch_rows,
         "repeats": results,
         "median_seconds": seconds,

@@ -279,3 +279,25 @@ def test_malformed_csv_records_are_rejected_whole(log_rows, write_logs):
     (reject,) = pq.read_table(out / "impressions.rejects.parquet").to_pylist()
     assert (reject["row"], reject["raw"], reject["event_id"]) == (3, "e03,r1,p2-v0,p2,3,false", None)
     assert result.read == 12 and result.accepted == 11
+
+
+def test_jsonl_optional_key_first_seen_later_is_not_absent(log_rows, write_logs):
+    for row in log_rows["impressions"][:3]:
+        del row["propensity"]  # the first records lack the key; later ones carry it
+    summary, out = run(write_logs(log_rows, "jsonl"))
+    result = summary.tables["impressions"]
+    assert result.absent_columns == [] and result.null_counts["propensity"] == 3
+    assert result.notes == ["propensity missing in 3 accepted rows: later stages estimate it"]
+    assert pq.read_table(out / "impressions.parquet").column("propensity").to_pylist()[2:4] == [None, 0.25]
+
+
+def test_a_column_of_the_wrong_kind_makes_the_file_unreadable(log_rows, write_logs, tmp_path):
+    directory = write_logs(log_rows, "parquet")
+    path = directory / "dwell.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(1, "dwell_ms", pa.array([[1]] * table.num_rows)), path)
+    with pytest.raises(
+        InputUnreadableError,
+        match=r"dwell\.parquet: column 'dwell_ms': Arrow type list<element: int64> cannot hold integer values \(expected int64\)",
+    ):
+        run(directory)
