@@ -6,13 +6,16 @@ fails on the first bad string). Accepted spellings:
 
 - integer: an Arrow integer type, an integral float (pandas writes int columns with nulls as float),
   or a string of optional sign and digits;
-- number: any numeric type, or a decimal string (``1``, ``-0.5``, ``2e-3``; not ``nan``/``inf``);
+- number: any numeric type, or a decimal string (``1``, ``-0.5``, ``2e-3``; ``nan`` and ``inf`` parse,
+  and every range then refuses them);
 - boolean: a boolean, integers 0/1, or the strings ``true``/``false``/``1``/``0`` (any letter case);
 - timestamp: an Arrow timestamp (naive means UTC; sub-microsecond digits are truncated), a date, or an
-  ISO-8601 string ``YYYY-MM-DD[(T| )hh:mm[:ss[.fraction]][Z|±hh[:mm]]]`` (no offset means UTC);
+  ISO-8601 string ``YYYY-MM-DD[(T| )hh[:mm[:ss[.fraction]]][Z|±hh[:mm]]]`` (no offset means UTC);
 - string: any string type, or integers (ids stored as numbers).
 
-Surrounding whitespace is ignored when parsing numbers, booleans and timestamps from strings.
+Surrounding whitespace is ignored when parsing numbers, booleans and timestamps from strings. Strings go
+through Arrow's own cast first (one C++ pass); only a batch holding a value it refuses takes the slower
+path that finds which entries are bad.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import pyarrow.compute as pc
 _INTEGER_RE = r"^[+-]?[0-9]{1,18}$"
 _NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _TIMESTAMP_RE = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)?$"
+    r"^(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})"
+    r"(?:[T ](?P<hour>[0-9]{2})(?::(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?:\.[0-9]{1,9})?)?)?"
+    r"(?P<zone>Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?$"
 )
-_ZONE_RE = r"[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 _TRUE = ("true", "1")
 _FALSE = ("false", "0")
 _DAYS_IN_MONTH = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
@@ -108,6 +111,8 @@ def _to_integer(array: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndar
         bad = _mask(pc.is_valid(array)) & ~_mask(pc.and_(integral, in_range))
         return pc.cast(_keep(array, bad), target, safe=False), bad
     if _is_string(array.type):
+        if (fast := _fast_cast(array, target)) is not None:
+            return fast, np.zeros(len(array), dtype=bool)
         text = pc.utf8_trim_whitespace(pc.cast(array, pa.string()))
         bad = _mask(pc.is_valid(text)) & ~_mask(pc.match_substring_regex(text, _INTEGER_RE))
         text = _keep(text, bad)
@@ -121,6 +126,8 @@ def _to_number(array: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarr
     if pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_decimal(array.type):
         return pc.cast(array, target, safe=False), np.zeros(len(array), dtype=bool)
     if _is_string(array.type):
+        if (fast := _fast_cast(array, target)) is not None:  # takes "nan"/"inf": every range then refuses them
+            return fast, np.zeros(len(array), dtype=bool)
         text = pc.utf8_trim_whitespace(pc.cast(array, pa.string()))
         bad = _mask(pc.is_valid(text)) & ~_mask(pc.match_substring_regex(text, _NUMBER_RE))
         return pc.cast(_keep(text, bad), target), bad
@@ -132,6 +139,8 @@ def _to_boolean(array: pa.Array) -> tuple[pa.Array, np.ndarray]:
         bad = _mask(pc.is_valid(array)) & ~_mask(pc.is_in(array, pa.array([0, 1], array.type)))
         return pc.not_equal(_keep(array, bad), 0), bad
     if _is_string(array.type):
+        if (fast := _fast_cast(array, pa.bool_())) is not None:  # Arrow takes true/false/1/0, any case
+            return fast, np.zeros(len(array), dtype=bool)
         text = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(array, pa.string())))
         true = _mask(pc.is_in(text, pa.array(_TRUE)))
         bad = _mask(pc.is_valid(text)) & ~(true | _mask(pc.is_in(text, pa.array(_FALSE))))
@@ -154,44 +163,50 @@ def _to_timestamp(array: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.nd
     raise _unsupported(array, "timestamp")
 
 
-def _digits(text: pa.Array, start: int, stop: int) -> np.ndarray:
-    return pc.cast(pc.utf8_slice_codeunits(text, start, stop), pa.int64()).to_numpy(zero_copy_only=False)
+def _fast_cast(text: pa.Array, target: pa.DataType) -> pa.Array | None:
+    """Arrow's own cast when every value parses (the common case, one C++ pass); None when any does not."""
+    try:
+        return pc.cast(text, target)
+    except pa.ArrowInvalid:
+        return None
+
+
+def _field(parts: pa.StructArray, name: str) -> np.ndarray:
+    """An extracted digit group as int64 (0 where the optional group is absent or the row did not match)."""
+    digits = parts.field(name)
+    digits = pc.if_else(pc.equal(digits, ""), "0", digits).fill_null("0")
+    return pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False)
 
 
 def _parse_iso8601(text: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray]:
-    """ISO-8601 strings -> timestamps, checking calendar ranges vectorised before Arrow's cast."""
+    """ISO-8601 strings -> timestamps: Arrow's parser when all parse, else calendar checks per entry."""
+    naive = pa.timestamp(target.unit)
+    for attempt in (lambda: _fast_cast(text, target), lambda: _fast_cast(text, naive)):
+        values = attempt()  # every value with a zone offset, or every value without one
+        if values is not None:
+            return pc.cast(values, target), np.zeros(len(text), dtype=bool)
     present = _mask(pc.is_valid(text))
-    shaped = _mask(pc.match_substring_regex(text, _TIMESTAMP_RE))
-    # Fixed positions in the matched shape; rows of another shape get a placeholder so slicing never fails.
-    safe = pc.if_else(pa.array(shaped), text, "1970-01-01T00:00:00")
-    year, month, day = _digits(safe, 0, 4), _digits(safe, 5, 7), _digits(safe, 8, 10)
-    has_time = _mask(pc.greater(pc.utf8_length(safe), 10))
-    timed = pc.if_else(pa.array(has_time), safe, "1970-01-01T00:00:00")
-    hour, minute = _digits(timed, 11, 13), _digits(timed, 14, 16)
-    with_seconds = _mask(pc.match_substring_regex(timed, r"^.{16}:"))
-    second = np.where(
-        with_seconds, _digits(pc.if_else(pa.array(with_seconds), timed, "1970-01-01T00:00:00"), 17, 19), 0
-    )
-    month_ok = (month >= 1) & (month <= 12)
+    parts = pc.extract_regex(text, _TIMESTAMP_RE)
+    shaped = _mask(parts.is_valid())
+    year, month, day = _field(parts, "year"), _field(parts, "month"), _field(parts, "day")
+    hour, minute, second = _field(parts, "hour"), _field(parts, "minute"), _field(parts, "second")
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     days = _DAYS_IN_MONTH[np.clip(month, 1, 12) - 1] + ((month == 2) & leap)
-    calendar_ok = month_ok & (day >= 1) & (day <= days) & (hour <= 23) & (minute <= 59) & (second <= 59)
-    good = present & shaped & calendar_ok
-    if _mask(pc.match_substring_regex(text, r"\.[0-9]{7}")).any():
+    calendar_ok = (month >= 1) & (month <= 12) & (day >= 1) & (day <= days)
+    good = present & shaped & calendar_ok & (hour <= 23) & (minute <= 59) & (second <= 59)
+    zoned = good & _mask(pc.not_equal(parts.field("zone").fill_null(""), ""))
+    if _mask(pc.match_substring_regex(text, r"\.[0-9]{7}")).any():  # Arrow parses at most microseconds
         text = pc.replace_substring_regex(text, r"(\.[0-9]{6})[0-9]{1,3}", r"\1")
-    zoned = _mask(pc.match_substring_regex(text, _ZONE_RE)) & good
     try:
         values = pc.coalesce(
-            pc.cast(_keep(text, ~zoned), target),
-            pc.cast(pc.cast(_keep(text, ~(good & ~zoned)), pa.timestamp(target.unit)), target),
+            pc.cast(_keep(text, ~zoned), target), pc.cast(pc.cast(_keep(text, ~(good & ~zoned)), naive), target)
         )
     except pa.ArrowInvalid:
         # A shape the checks above let through but Arrow refuses (e.g. a zone offset of +99:00): find the
         # culprits one by one. Only reached on bad input, never on the happy path.
         for i in np.flatnonzero(good):
-            zone_target = target if zoned[i] else pa.timestamp(target.unit)
             try:
-                pc.cast(text.slice(i, 1), zone_target)
+                pc.cast(text.slice(i, 1), target if zoned[i] else naive)
             except pa.ArrowInvalid:
                 good[i] = False
         return _parse_iso8601(_keep(text, present & ~good), target)[0], present & ~good
