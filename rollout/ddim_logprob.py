@@ -1,7 +1,7 @@
 """One DDIM step with eta > 0 and the log-probability of the transition: used by sampling and by training.
 
-Adapted from kvablack/ddpo-pytorch, ``ddpo_pytorch/diffusers_patch/ddim_with_logprob.py`` (main branch, 2023,
-MIT), which itself follows diffusers' ``DDIMScheduler.step``; this is our rewrite. Modifications:
+Adapted from kvablack/ddpo-pytorch, ``ddpo_pytorch/diffusers_patch/ddim_with_logprob.py`` (commit 1958463),
+which itself follows diffusers' ``DDIMScheduler.step``; this is our rewrite. Modifications:
 
 - the log-prob is reduced as a MEAN over the BACKGROUND latent positions (and channels) only, not over all
   latent dims: product latents are replaced by the forward-noised original after every step (DESIGN.md
@@ -12,7 +12,10 @@ MIT), which itself follows diffusers' ``DDIMScheduler.step``; this is our rewrit
   (``variance_noise``) instead of drawn from a generator, so the sampler can draw all noise of a sample from
   its own seed up front;
 - the timestep may be an int, a 0-d tensor or a per-sample ``[B]`` tensor (the trainer may visit steps in a
-  different order per sample); schedule values are gathered on the device, so no host synchronisation;
+  different order per sample); schedule values are gathered on the device (ddpo-pytorch gathers on the CPU),
+  so no host synchronisation;
+- t' < 0 uses ``final_alpha_cumprod`` exactly as diffusers does (ddpo-pytorch clamps t' to >= 0 first, which
+  gives alphas_cumprod[0]; the two agree when ``set_alpha_to_one`` is false, as in Stable Diffusion);
 - ``prediction_type`` epsilon, v_prediction and sample, and ``clip_sample``, as diffusers; thresholding and
   eta = 0 are refused.
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 DDPO_EPOCH_TARGET_S = 1.5
-SD15_UNET_PARAMS = 859_520_964
+SD15_INPAINTING_UNET_PARAMS = 859_535_364  # SD-1.5 (859,520,964) + 5 extra conv_in input channels
 
 
 def timed(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> list[float]:
@@ -207,8 +207,10 @@ def run_gpu(args: argparse.Namespace) -> dict | None:
     steps = args.steps if args.steps_given else 50
     policy = InpaintPolicy.from_config(config, lora=LoraConfig(), device=device, dtype=torch.bfloat16)
     info = describe_model(policy)
-    if info["unet_params"] != SD15_UNET_PARAMS:
-        print(f"warning: UNet has {info['unet_params']:,} params, SD-1.5 inpainting has {SD15_UNET_PARAMS:,}")
+    if info["unet_params"] != SD15_INPAINTING_UNET_PARAMS:
+        print(
+            f"warning: UNet has {info['unet_params']:,} params, SD-1.5 inpainting has {SD15_INPAINTING_UNET_PARAMS:,}"
+        )
     torch.cuda.reset_peak_memory_stats(device)
     result = measure(
         policy,
