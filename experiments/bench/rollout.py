@@ -204,7 +204,7 @@ def run_gpu(args: argparse.Namespace) -> dict | None:
 
     device = torch.device("cuda:0")
     config = sd15_inpainting_config()
-    steps = args.steps if args.steps_given else 50
+    steps = args.steps
     policy = InpaintPolicy.from_config(config, lora=LoraConfig(), device=device, dtype=torch.bfloat16)
     info = describe_model(policy)
     if info["unet_params"] != SD15_INPAINTING_UNET_PARAMS:
@@ -276,13 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-attention", action="store_true", help="also time cross-attention at 8x8 (CPU)")
     parser.add_argument("--out", type=Path, help="JSON output (default runs/bench/rollout_{cpu,gpu}.json)")
     args = parser.parse_args(argv)
-    args.steps_given = args.steps is not None
     if args.steps is None:
-        args.steps = 20
+        args.steps = 50 if args.gpu else 20
     import torch
 
     load_before = os.getloadavg()[0]
-    if load_before > 0.5:
+    if not args.gpu and load_before > 0.5:
         print(f"warning: 1-minute load average is {load_before:.2f}; other processes will inflate these timings")
     results = run_gpu(args) if args.gpu else run_cpu(args)
     if results is None:
@@ -293,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "rollout",
         "mode": "gpu" if args.gpu else "cpu",
         "batch": args.batch,
-        "steps": args.steps if not args.gpu or args.steps_given else 50,
+        "steps": args.steps,
         "guidance_scale": args.guidance,
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),

@@ -54,12 +54,13 @@ def test_saved_tokenizer_reloads_identically(tokenizer: CLIPTokenizer, tmp_path)
     save_tokenizer(tokenizer, tmp_path)
     assert {"vocab.json", "merges.txt", "tokenizer.json"} <= {p.name for p in tmp_path.iterdir()}
     loaded = CLIPTokenizer.from_pretrained(tmp_path)
-    from_plain_files = CLIPTokenizer(vocab=str(tmp_path / "vocab.json"), merges=str(tmp_path / "merges.txt"))
+    (tmp_path / "tokenizer.json").unlink()  # Stable Diffusion checkpoints ship only vocab.json + merges.txt
+    from_plain_files = CLIPTokenizer.from_pretrained(tmp_path)
     for text in ["warm oak table, soft window light", "zebra on café marble", ""]:
         expected = tokenizer(text).input_ids
         assert loaded(text).input_ids == expected
         assert from_plain_files(text).input_ids == expected
-    assert loaded.model_max_length == 12
+    assert loaded.model_max_length == 12 and from_plain_files.model_max_length == 12
 
 
 def test_tokenizer_rejects_tiny_max_length() -> None:
