@@ -9,9 +9,10 @@ every row keeps its 1-based row number within its file so that problems can name
 
 Parquet columns arrive in their stored Arrow types; CSV columns arrive as strings (type parsing is the
 validator's job, so one bad value rejects one row rather than the file); JSON Lines values arrive in the
-schema's type when they parse as it and as strings otherwise. Records that cannot be split into fields at
-all (a CSV line with the wrong number of fields, a JSON line that is not an object) come out as
-:class:`MalformedRows`, so they can be rejected with the rest.
+schema's types when Arrow parses the whole block with them, and as strings (read line by line) when it
+does not. Records that cannot be split into fields at all (a CSV line with the wrong number of fields, a
+JSON line that is not an object) come out as :class:`MalformedRows`, so they are rejected with the rest.
+Files in a part folder whose names start with ``.`` or ``_`` (``_SUCCESS``, ``.crc``) are not parts.
 
 A file that cannot be read at all (missing, not Parquet, truncated, not UTF-8, missing a required column)
 raises :class:`~offline_data.errors.InputUnreadableError` naming the file.
@@ -39,9 +40,10 @@ from offline_data.errors import InputUnreadableError
 from offline_data.schemas import TableName, TableSchema
 
 FileFormat = Literal["parquet", "csv", "jsonl"]
-SUFFIXES: dict[str, FileFormat] = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl"}
-"""File name suffix -> format. ``.ndjson`` is read as JSON Lines too."""
-SUFFIXES[".ndjson"] = "jsonl"
+SUFFIXES: dict[str, FileFormat] = {
+    ".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+}  # fmt: skip
+"""File name suffix -> format."""
 
 _TEXT_BLOCK_BYTES = 4 << 20
 """Bytes per block when reading CSV / JSON Lines (one block becomes one or a few batches)."""
@@ -329,8 +331,8 @@ class JsonlFileReader(FileReader):
 
     The columns are the keys of the first record (a required key missing there makes the file unreadable;
     missing in a later record it is a null in that row). Blocks of lines are parsed by Arrow with the
-    schema's types; a block that fails is split in halves until the failing lines are isolated, and those
-    are parsed one by one as strings (so ``"position": "abc"`` rejects one row, not the file).
+    schema's types; a block Arrow refuses is parsed line by line with its values as text (so
+    ``"position": "abc"`` rejects one row, not the file).
     """
 
     format_name = "JSON Lines"
