@@ -341,7 +341,9 @@ class _TableValidator:
         masks = np.stack([f.mask[index] for f in findings])
         reasons = np.array([f.reason for f in findings], dtype=object)[np.argmax(masks, axis=0)]
         for reason, count in zip(*np.unique(reasons.astype(str), return_counts=True)):
-            self.summary.rejected_by_reason[reason] = self.summary.rejected_by_reason.get(reason, 0) + int(count)
+            self.summary.rejected_by_reason[str(reason)] = self.summary.rejected_by_reason.get(str(reason), 0) + int(
+                count
+            )
         messages = []
         for finding, mask in zip(findings, masks):
             where = np.flatnonzero(mask)

@@ -14,6 +14,7 @@ import pytest
 
 from offline_data.errors import InputUnreadableError, LogValidationError
 from offline_data.io import find_table, resolve_source
+from offline_data.summary import ValidationSummary
 from offline_data.validation import ValidationConfig, validate_logs
 
 TABLES = ("impressions", "dwell", "preferences", "assets")
@@ -87,6 +88,7 @@ def test_clean_logs_are_all_accepted(log_rows, write_logs):
         assert pq.read_table(out / f"{table}.parquet").num_rows == len(log_rows[table])
         assert pq.read_table(out / f"{table}.rejects.parquet").num_rows == 0
     assert summary.tables["assets"].skipped_checks == []
+    assert ValidationSummary.read_json(out / "summary.json") == summary  # the JSON holds the whole account
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
