@@ -196,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(child.stderr, file=sys.stderr)
                 return 1
             results.append(json.loads(child.stdout.strip().splitlines()[-1]))
-    return report(args, injected, results)
+    # Cross-check of the children's own figures: the largest peak RSS among the waited-for children.
+    children_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return report(args, injected, results, children_rss)
 
 
-def report(args: argparse.Namespace, injected: dict, results: list[dict]) -> int:
+def report(args: argparse.Namespace, injected: dict, results: list[dict], children_rss: int) -> int:
     print(f"\n{'repeat':>6}  {'rows':>12}  {'seconds':>8}  {'cpu s':>8}  {'rows/s':>12}  {'peak RSS MiB':>12}")
     for i, r in enumerate(results):
         rate = r["read"] / r["seconds"]
@@ -228,6 +230,7 @@ def report(args: argparse.Namespace, injected: dict, results: list[dict]) -> int
         "median_cpu_seconds": cpu,
         "median_rows_per_s": rate,
         "median_peak_rss_bytes": rss,
+        "children_max_rss_bytes": children_rss,
         "injected_bad_rows": injected,
         "reject_counts_match": counts_ok,
         "target_met": meets,
