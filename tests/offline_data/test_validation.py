@@ -303,3 +303,13 @@ def test_a_column_of_the_wrong_kind_makes_the_file_unreadable(log_rows, write_lo
         match=r"dwell\.parquet: column 'dwell_ms': Arrow type list<element: int64> cannot hold integer values \(expected int64\)",
     ):
         run(directory)
+
+
+def test_generated_log_rejects_exactly_the_injected_rows(tmp_path):
+    """The benchmark's generator at a small size: every injected bad row, and only those, across many batches."""
+    from experiments.bench.validate_logs import generate, run_once
+
+    injected = generate(tmp_path / "logs", 30_000, products=50)
+    result = run_once(tmp_path / "logs", tmp_path / "out", batch_rows=1024)  # 30 batches: index merges happen
+    assert result["rejected_by_reason"] == injected
+    assert result["read"] == 30_000 == result["accepted"] + result["rejected"]
