@@ -110,9 +110,10 @@ def step_alphas(scheduler: DDIMScheduler, timestep: torch.Tensor) -> tuple[torch
     when t' < 0, as in diffusers."""
     alphas = alphas_cumprod_on(scheduler, timestep.device)
     prev = previous_timestep(scheduler, timestep)
-    alpha_prod_t = alphas[timestep]
+    # take() is a gather kernel; indexing with a 0-d tensor would read the index back to the host first.
+    alpha_prod_t = alphas.take(timestep)
     final = float(scheduler.final_alpha_cumprod)  # a CPU scalar: no device sync
-    alpha_prod_prev = torch.where(prev >= 0, alphas[prev.clamp_min(0)], torch.full_like(alpha_prod_t, final))
+    alpha_prod_prev = torch.where(prev >= 0, alphas.take(prev.clamp_min(0)), torch.full_like(alpha_prod_t, final))
     return alpha_prod_t, alpha_prod_prev
 
 

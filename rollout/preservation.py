@@ -30,8 +30,8 @@ def replacement_alphas(scheduler: DDIMScheduler, timesteps: torch.Tensor) -> tor
     """
     alphas = alphas_cumprod_on(scheduler, timesteps.device)
     prev = previous_timestep(scheduler, timesteps)
-    after = torch.where(prev >= 0, alphas[prev.clamp_min(0)], torch.ones_like(prev, dtype=alphas.dtype))
-    return torch.cat([alphas[timesteps[:1]], after])
+    after = torch.where(prev >= 0, alphas.take(prev.clamp_min(0)), torch.ones_like(prev, dtype=alphas.dtype))
+    return torch.cat([alphas.take(timesteps[:1]), after])
 
 
 def noise_product_latents(original: torch.Tensor, noise: torch.Tensor, alpha_prod: torch.Tensor) -> torch.Tensor:

@@ -212,3 +212,31 @@ def test_bf16_channels_last_model_keeps_float32_trajectories() -> None:
     assert trajectory.latents.dtype == torch.float32 and trajectory.prompt_embeds.dtype == torch.float32
     assert torch.isfinite(trajectory.log_probs).all()
     assert torch.equal(rescore(policy, trajectory)[0], trajectory.log_probs)
+
+
+@pytest.mark.gpu
+def test_denoising_loop_has_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every call inside the loop (guided UNet forward + DDIM step) runs with CUDA sync debugging set to error."""
+    policy = build_policy()
+    policy_cuda = InpaintPolicy(
+        unet=policy.unet,
+        vae=policy.vae,
+        text_encoder=policy.text_encoder,
+        tokenizer=policy.tokenizer,
+        scheduler=policy.scheduler,
+        device="cuda",
+    )
+    step = sampler_module.denoise_step
+    calls = []
+
+    def strict(*args: object, **kwargs: object) -> object:
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return step(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            calls.append(1)
+
+    monkeypatch.setattr(sampler_module, "denoise_step", strict)
+    rollout = sample_trajectories(policy_cuda, requests(2), [1, 2], FAST)
+    assert rollout.preservation.ok and len(calls) == FAST.num_steps
