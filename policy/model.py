@@ -121,7 +121,9 @@ class InpaintPolicy:
             device, dtype: where the frozen weights live and their dtype.
         """
         if config.pretrained is not None:
-            return cls.from_pretrained(config.pretrained, lora=lora, device=device, dtype=dtype)
+            return cls.from_pretrained(
+                config.pretrained, lora=lora, device=device, dtype=dtype, channels_last=config.channels_last
+            )
         words = _studio_vocabulary() if vocabulary is None else list(vocabulary)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.init_seed)
