@@ -30,7 +30,7 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 class _Powers:
-    """Cached P^j and P^-j (mod 2^64) for j < n, grown by doubling."""
+    """Cached P^j and P^-j (mod 2^64) for j < n, grown four-fold when a longer batch arrives."""
 
     def __init__(self) -> None:
         self.forward = np.ones(0, dtype=np.uint64)
@@ -38,22 +38,29 @@ class _Powers:
 
     def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n > len(self.forward):
-            size = max(n, 2 * len(self.forward), 1 << 16)
-            self.forward = _cumulative_powers(_P, size)
-            self.inverse = _cumulative_powers(_P_INV, size)
+            size = max(n, 4 * len(self.forward), 1 << 20)
+            self.forward = _powers(_P, size)
+            self.inverse = _powers(_P_INV, size)
         return self.forward, self.inverse
 
 
-def _cumulative_powers(base: int, n: int) -> np.ndarray:
-    powers = np.full(n, base, dtype=np.uint64)
+def _powers(base: int, n: int) -> np.ndarray:
+    """[base^0, ..., base^(n-1)] mod 2^64 by doubling: each step multiplies the filled prefix by base^filled."""
+    powers = np.empty(n, dtype=np.uint64)
     powers[0] = 1
-    return np.cumprod(powers, dtype=np.uint64)
+    filled = 1
+    while filled < n:
+        count = min(filled, n - filled)
+        np.multiply(powers[:count], np.uint64(pow(base, filled, 1 << 64)), out=powers[filled : filled + count])
+        filled += count
+    return powers
 
 
 _POWERS = _Powers()
 _SLICE = 1 << 20
 _CACHE_KEYS = 1 << 20
 """Indexes up to this many keys fit in cache: no point sorting queries for them."""
+_BLOOM_BITS_PER_KEY = 32
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -121,18 +128,19 @@ def hash_strings(array: pa.Array | pa.ChunkedArray, *, repeated: bool = False) -
     return mix64(hashes)
 
 
-def first_occurrence(hashes: np.ndarray) -> np.ndarray:
+def first_occurrence(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each entry, the index of the first entry with the same hash (itself when it is the first).
 
     Args:
         hashes: [N] uint64.
 
     Returns:
-        [N] int64 indices; ``first[i] < i`` marks entry ``i`` as a repeat within the array.
+        ``(first, order)``: [N] int64 indices, ``first[i] < i`` marking entry ``i`` as a repeat within the
+        array; and the [N] permutation that sorts ``hashes`` (reusable for :meth:`KeyIndex.insert`).
     """
     n = len(hashes)
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     order = np.argsort(hashes)
     ordered = hashes[order]
     group_start = np.ones(n, dtype=bool)
@@ -142,7 +150,7 @@ def first_occurrence(hashes: np.ndarray) -> np.ndarray:
     group_first = np.minimum.reduceat(order, starts)
     first = np.empty(n, dtype=np.int64)
     first[order] = np.repeat(group_first, np.diff(np.append(starts, n)))
-    return first
+    return first, order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,33 +167,51 @@ class KeyLookup:
 
 @dataclasses.dataclass
 class _Run:
+    """Sorted hashes and the ids (insertion numbers) of their keys."""
+
     level: int
     hashes: np.ndarray
-    locations: np.ndarray
-    payload: dict[str, np.ndarray]
+    ids: np.ndarray
 
-    def take(self, order: np.ndarray) -> _Run:
-        return _Run(
-            self.level, self.hashes[order], self.locations[order], {k: v[order] for k, v in self.payload.items()}
-        )
+
+class _Column:
+    """An append-only numpy array with doubling capacity."""
+
+    def __init__(self, dtype: np.dtype, capacity: int) -> None:
+        self.values = np.zeros(max(capacity, 1024), dtype=dtype)
+        self.size = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self.size + len(values)
+        if end > len(self.values):
+            grown = np.zeros(max(end, 2 * len(self.values)), dtype=self.values.dtype)
+            grown[: self.size] = self.values[: self.size]
+            self.values = grown
+        self.values[self.size : end] = values
+        self.size = end
 
 
 class KeyIndex:
     """The set of keys seen so far (as 64-bit hashes), each with an int64 location and a small payload.
 
-    Keys live in sorted runs merged size-tiered (``fanout`` runs of one level merge into one of the next
-    level, so each key is re-sorted about log_fanout(N / batch) times). In front of the runs sits a
-    one-hash Bloom bit array holding at least 16 bits per key: a key never seen before, the common case,
-    usually costs one random bit read and no binary search (false-positive rate <= 1/16).
+    Keys live in sorted runs of (hash, id) merged size-tiered (``fanout`` runs of one level merge into one
+    of the next level, so each key is re-sorted about log_fanout(N / batch) times); locations and payload
+    stay where they were appended, indexed by id, so merges move 16 bytes per key. In front of the runs sits a
+    one-hash Bloom bit array holding at least 32 bits per key: a key never seen before, the common case,
+    usually costs one random bit read and no binary search (false-positive rate <= 1/32).
 
-    Memory per key: 8 bytes hash + 8 location + the payload fields + 2-4 bits of Bloom array, and twice
-    that transiently for the keys of a merge.
+    Memory per key: 8 bytes hash + 8 id + 8 location + the payload fields + 4-8 bytes of Bloom array, and
+    twice the hash and id transiently for the keys of a merge.
     """
 
-    def __init__(self, payload: Mapping[str, np.dtype | type] | None = None, *, fanout: int = 8) -> None:
+    def __init__(
+        self, payload: Mapping[str, np.dtype | type] | None = None, *, fanout: int = 8, expected_keys: int = 0
+    ) -> None:
         """Args:
         payload: name -> numpy dtype of the per-key fields stored with each key (e.g. ``{"clicked": bool}``).
         fanout: runs of one level merged at once; larger means fewer merges but more runs to search.
+        expected_keys: keys likely to be inserted (e.g. a Parquet file's row count), so that the Bloom array
+            is sized once instead of rebuilt as it grows; only a hint.
         """
         if fanout < 2:
             raise ValueError(f"fanout must be >= 2, got {fanout}")
@@ -193,7 +219,9 @@ class KeyIndex:
         self._fanout = fanout
         self._runs: list[_Run] = []
         self._size = 0
-        self._bloom_bits = 16
+        self._locations = _Column(np.dtype(np.int64), expected_keys)
+        self._payload = {name: _Column(dtype, expected_keys) for name, dtype in self._payload_dtypes.items()}
+        self._bloom_bits = max(16, (_BLOOM_BITS_PER_KEY * max(expected_keys, 1) - 1).bit_length())
         self._bloom = np.zeros(1 << (self._bloom_bits - 3), dtype=np.uint8)
 
     def __len__(self) -> int:
@@ -216,7 +244,7 @@ class KeyIndex:
 
     def _bloom_grow(self) -> None:
         bits = self._bloom_bits
-        while (1 << bits) < 16 * self._size:
+        while (1 << bits) < _BLOOM_BITS_PER_KEY * self._size:
             bits += 1
         if bits == self._bloom_bits:
             return
@@ -247,11 +275,11 @@ class KeyIndex:
             position = np.searchsorted(run.hashes, query)
             position[position == len(run.hashes)] = 0
             hit = run.hashes[position] == query
-            where, at = candidates[hit], position[hit]
+            where, ids = candidates[hit], run.ids[position[hit]]
             found[where] = True
-            locations[where] = run.locations[at]
-            for name, values in run.payload.items():
-                payload[name][where] = values[at]
+            locations[where] = self._locations.values[ids]
+            for name, column in self._payload.items():
+                payload[name][where] = column.values[ids]
             candidates = candidates[~hit]
         return result
 
@@ -273,7 +301,12 @@ class KeyIndex:
         )
 
     def insert(
-        self, hashes: np.ndarray, locations: np.ndarray, payload: Mapping[str, np.ndarray] | None = None
+        self,
+        hashes: np.ndarray,
+        locations: np.ndarray,
+        payload: Mapping[str, np.ndarray] | None = None,
+        *,
+        order: np.ndarray | None = None,
     ) -> None:
         """Add keys that are distinct from each other and not yet in the index.
 
@@ -282,6 +315,7 @@ class KeyIndex:
                 :func:`first_occurrence` first).
             locations: [N] int64, returned by :meth:`lookup` for these keys (e.g. a packed file and row).
             payload: each field declared at construction, [N].
+            order: [N] a permutation sorting ``hashes`` ascending, when the caller already has one.
 
         Raises:
             ValueError: mismatched lengths, missing payload fields, or repeated hashes.
@@ -297,18 +331,17 @@ class KeyIndex:
                 raise ValueError(f"insert: payload {name!r} has {len(values)} values for {n} hashes")
         if n == 0:
             return
-        order = np.argsort(hashes)
-        run = _Run(
-            0,
-            np.asarray(hashes, dtype=np.uint64)[order],
-            np.asarray(locations, dtype=np.int64)[order],
-            {k: np.asarray(v, dtype=self._payload_dtypes[k])[order] for k, v in payload.items()},
-        )
+        if order is None:
+            order = np.argsort(hashes)
+        run = _Run(0, np.asarray(hashes, dtype=np.uint64)[order], self._size + np.asarray(order, dtype=np.int64))
         if n > 1 and bool(np.any(run.hashes[1:] == run.hashes[:-1])):
             raise ValueError("insert: hashes must be distinct (filter repeats with first_occurrence)")
+        self._locations.extend(np.asarray(locations, dtype=np.int64))
+        for name, values in payload.items():
+            self._payload[name].extend(np.asarray(values, dtype=self._payload_dtypes[name]))
         self._runs.append(run)
         self._size += n
-        if (1 << self._bloom_bits) < 16 * self._size:
+        if (1 << self._bloom_bits) < _BLOOM_BITS_PER_KEY * self._size:
             self._bloom_grow()
         else:
             self._bloom_add(run.hashes)
@@ -319,11 +352,8 @@ class KeyIndex:
             tail = self._runs[-self._fanout :]
             if any(run.level != tail[0].level for run in tail):
                 return
-            merged = _Run(
-                tail[0].level + 1,
-                np.concatenate([r.hashes for r in tail]),
-                np.concatenate([r.locations for r in tail]),
-                {k: np.concatenate([r.payload[k] for r in tail]) for k in self._payload_dtypes},
-            )
+            hashes = np.concatenate([r.hashes for r in tail])
+            ids = np.concatenate([r.ids for r in tail])
             # Each run is sorted: a stable sort of their concatenation is a cheap k-way merge (timsort).
-            self._runs[-self._fanout :] = [merged.take(np.argsort(merged.hashes, kind="stable"))]
+            order = np.argsort(hashes, kind="stable")
+            self._runs[-self._fanout :] = [_Run(tail[0].level + 1, hashes[order], ids[order])]

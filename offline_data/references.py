@@ -14,6 +14,7 @@ row read so far, with where they were first seen and, for tables other tables po
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -38,22 +39,38 @@ def unpack_location(location: int) -> tuple[int, int]:
     return location >> _ROW_BITS, location & ((1 << _ROW_BITS) - 1)
 
 
+@dataclasses.dataclass(frozen=True)
+class KeyCheck:
+    """The keys of a batch after :meth:`TableKeys.duplicates`, ready for :meth:`TableKeys.commit`."""
+
+    hashes: np.ndarray
+    """[N] uint64 key hashes of the batch."""
+    new_by_hash: np.ndarray
+    """Batch positions of the first sightings of new keys, in ascending hash order."""
+
+
 class TableKeys:
     """The key column of one table, indexed for duplicate detection and for references into the table."""
 
     def __init__(
-        self, table: str, column: str, files: tuple[Path, ...], payload: Mapping[str, np.dtype | type] | None = None
+        self,
+        table: str,
+        column: str,
+        files: tuple[Path, ...],
+        payload: Mapping[str, np.dtype | type] | None = None,
+        expected_rows: int = 0,
     ) -> None:
         """Args:
         table: table name, for messages.
         column: the key column.
         files: the table's files, to name the file of a first occurrence in another part file.
         payload: extra per-key fields besides ``accepted`` (e.g. ``{"clicked": bool}``).
+        expected_rows: the table's row count when known (Parquet), to size the index once.
         """
         self.table = table
         self.column = column
         self.files = files
-        self.index = KeyIndex({"accepted": bool, **(payload or {})})
+        self.index = KeyIndex({"accepted": bool, **(payload or {})}, expected_keys=expected_rows)
 
     def describe(self, location: int, file_index: int | None = None) -> str:
         """``row 7`` (single-file table, or the same file as ``file_index``) or ``part-1.parquet row 7``."""
@@ -62,45 +79,51 @@ class TableKeys:
             return f"row {row}"
         return f"{self.files[where].name} row {row}"
 
-    def duplicates(self, batch: ParsedBatch) -> tuple[Finding | None, np.ndarray, np.ndarray]:
+    def duplicates(self, batch: ParsedBatch) -> tuple[Finding | None, KeyCheck]:
         """Find keys already seen (earlier in this batch or in earlier batches).
 
         Returns:
-            ``(finding, new, hashes)``: the duplicate finding (None when there are none), [N] bool marking the
-            first sighting of each valid key (what :meth:`commit` stores), and [N] uint64 key hashes.
+            The duplicate finding (None when there are none) and what :meth:`commit` needs to store the
+            first sightings.
         """
         n = len(batch)
         hashes = hash_strings(batch.values[self.column])
         valid = np.flatnonzero(batch.valid[self.column])
-        first = valid[first_occurrence(hashes[valid])]
+        first_index, order = first_occurrence(hashes[valid])
+        first = valid[first_index]
         repeat_in_batch = first != valid
         candidates = valid[~repeat_in_batch]
         seen = self.index.lookup(hashes[candidates])
         new = np.zeros(n, dtype=bool)
         new[candidates[~seen.found]] = True
+        by_hash = valid[order]
+        check = KeyCheck(hashes, by_hash[new[by_hash]])
         first_location = np.full(n, -1, dtype=np.int64)
         first_location[valid[repeat_in_batch]] = pack_locations(batch.file_index, batch.rows[first[repeat_in_batch]])
         first_location[candidates[seen.found]] = seen.locations[seen.found]
         duplicate = first_location >= 0
         if not duplicate.any():
-            return None, new, hashes
+            return None, check
         note = _note(lambda i: f" (first in {self.describe(int(first_location[i]), batch.file_index)})")
         shown = show_values(batch.values[self.column], quote=True)
         finding = Finding(f"{self.column}:duplicate", self.column, duplicate, "a unique key", shown, note)
-        return finding, new, hashes
+        return finding, check
 
     def commit(
         self,
         batch: ParsedBatch,
-        new: np.ndarray,
-        hashes: np.ndarray,
+        check: KeyCheck,
         accepted: np.ndarray,
         payload: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        """Store the first sightings ``new`` [N] with whether their rows were ``accepted`` [N] and payload."""
+        """Store the batch's first sightings with whether their rows were ``accepted`` [N] and ``payload`` [N]."""
+        new = check.new_by_hash
         fields = {"accepted": accepted, **(payload or {})}
         self.index.insert(
-            hashes[new], pack_locations(batch.file_index, batch.rows[new]), {k: v[new] for k, v in fields.items()}
+            check.hashes[new],
+            pack_locations(batch.file_index, batch.rows[new]),
+            {k: v[new] for k, v in fields.items()},
+            order=np.arange(len(new)),  # already in hash order
         )
 
     def refer(self, batch: ParsedBatch, column: str) -> tuple[Finding | None, KeyLookup, np.ndarray]:

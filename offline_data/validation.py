@@ -115,8 +115,12 @@ def validate_logs(
     order = [table for table in VALIDATION_ORDER if table in sources]
     try:
         for position, table in enumerate(order):
-            validator = _TableValidator(sources[table], out_dir, config, keys, given=tuple(sources))
-            table_summary, accepted, rejects = validator.run(readers.pop(table))
+            table_readers = readers.pop(table)
+            rows = sum(total for total, unit in (r.size_hint for r in table_readers) if unit == "rows")
+            validator = _TableValidator(
+                sources[table], out_dir, config, keys, given=tuple(sources), expected_rows=rows
+            )
+            table_summary, accepted, rejects = validator.run(table_readers)
             summary.tables[table] = table_summary
             writers.append((table_summary, accepted, rejects))
             keys[table] = validator.keys
@@ -156,13 +160,16 @@ class _TableValidator:
         config: ValidationConfig,
         keys: Mapping[TableName, TableKeys],
         given: tuple[TableName, ...],
+        expected_rows: int = 0,
     ) -> None:
         self.source = source
         self.schema: TableSchema = SCHEMAS[source.table]
         self.config = config
         self.out_dir = out_dir
         self.referenced = keys
-        self.keys = TableKeys(source.table, self.schema.key, source.files, KEY_PAYLOAD.get(source.table))
+        self.keys = TableKeys(
+            source.table, self.schema.key, source.files, KEY_PAYLOAD.get(source.table), expected_rows=expected_rows
+        )
         self.summary = TableSummary(table=source.table, format=source.format, sources=[str(p) for p in source.files])
         for column, target in REFERENCES[source.table]:
             if target not in given:
@@ -247,13 +254,13 @@ class _TableValidator:
         findings.extend(self._reference_findings(parsed))
         if self.source.table == "assets" and self.config.check_files:
             findings.extend(self._file_findings(parsed))
-        duplicate, new, hashes = self.keys.duplicates(parsed)
+        duplicate, key_check = self.keys.duplicates(parsed)
         if duplicate is not None:
             findings.append(duplicate)
         rejected = np.zeros(len(parsed), dtype=bool)
         for finding in findings:
             rejected |= finding.mask
-        self.keys.commit(parsed, new, hashes, ~rejected, self._payload(parsed))
+        self.keys.commit(parsed, key_check, ~rejected, self._payload(parsed))
         log.add(findings, parsed.rows)
         self.summary.read += len(parsed)
         self.summary.rejected += int(rejected.sum())

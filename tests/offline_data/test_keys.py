@@ -43,8 +43,10 @@ def test_hash_spreads_over_all_bits():
 
 def test_first_occurrence_points_to_the_earliest_equal_entry():
     hashes = np.array([5, 3, 5, 7, 3, 5], dtype=np.uint64)
-    np.testing.assert_array_equal(first_occurrence(hashes), [0, 1, 0, 3, 1, 0])
-    assert first_occurrence(np.zeros(0, dtype=np.uint64)).shape == (0,)
+    first, order = first_occurrence(hashes)
+    np.testing.assert_array_equal(first, [0, 1, 0, 3, 1, 0])
+    assert np.all(np.diff(hashes[order].astype(np.int64)) >= 0)
+    assert first_occurrence(np.zeros(0, dtype=np.uint64))[0].shape == (0,)
 
 
 @pytest.mark.parametrize("fanout", [2, 8])
