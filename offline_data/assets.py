@@ -95,7 +95,7 @@ class AssetStore:
 
     ``store.load("img_0007")`` reads the file, checks its SHA-256 against the table (when ``verify``) and
     returns uint8 [H, W, C]. Ids are found through a hashed index, so the store holds the table's columns
-    plus about 17 bytes per asset.
+    plus about 30 bytes per asset.
     """
 
     def __init__(self, table: pa.Table, root: Path, *, source: str = "<assets>", verify: bool = True) -> None:

@@ -10,7 +10,7 @@ The reward trainer reads validated tables (``backdrop data validate`` output, or
   or not logged);
 - :func:`click_examples`: the same join materialised in the cache folder and opened as a ``Dataset``.
 
-The join keeps the dwell table's key index (about 17 bytes per dwell row) and its three columns in memory;
+The join keeps the dwell table's key index (about 30 bytes per dwell row) and its three columns in memory;
 impressions stream.
 """
 

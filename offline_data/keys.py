@@ -4,7 +4,7 @@ Duplicate detection (``event_id`` must be unique across a 10 M-row table) and re
 (``dwell.event_id -> impressions``) stream over tables that do not fit in memory as Python strings: a set
 of 10 M ids costs about 1 GB of objects and a Python call per row. Here every key is reduced to a 64-bit
 hash computed vectorised over the Arrow string buffers, and :class:`KeyIndex` keeps the hashes in sorted
-numpy runs (about 17 bytes per key plus payload).
+numpy runs (about 30 bytes per key with its location, plus payload).
 
 Hash collisions: two distinct keys share a hash with probability about 2^-64 per pair, so among 10 M keys
 the chance of any collision is about n² / 2^65 ≈ 3e-6. A collision would show up as a (reported, never
@@ -196,9 +196,9 @@ class KeyIndex:
 
     Keys live in sorted runs of (hash, id) merged size-tiered (``fanout`` runs of one level merge into one
     of the next level, so each key is re-sorted about log_fanout(N / batch) times); locations and payload
-    stay where they were appended, indexed by id, so merges move 16 bytes per key. In front of the runs sits a
-    one-hash Bloom bit array holding at least 32 bits per key: a key never seen before, the common case,
-    usually costs one random bit read and no binary search (false-positive rate <= 1/32).
+    stay where they were appended, indexed by id, so merges move 16 bytes per key. In front of the runs
+    sits a one-hash Bloom bit array holding at least 32 bits per key: a key never seen before, the common
+    case, usually costs one random bit read and no binary search (false-positive rate <= 1/32).
 
     Memory per key: 8 bytes hash + 8 id + 8 location + the payload fields + 4-8 bytes of Bloom array, and
     twice the hash and id transiently for the keys of a merge.

@@ -12,7 +12,7 @@ other in the output folder (:mod:`offline_data.outputs`), with a ``summary.json`
 read = accepted + rejected per table and per reason. Problems are reported per file in the STYLE.md
 format: the first ``max_problems`` with row, column, expectation and value, plus the total.
 
-Memory is bounded by the batch size plus the hashed key indexes (about 17 bytes per key of a table that
+Memory is bounded by the batch size plus the hashed key indexes (about 30 bytes per key of a table that
 is still referred to), so a 10 M-row impressions table validates in well under 4 GiB.
 """
 
