@@ -166,13 +166,22 @@ def _start_mlflow(store: Path, run_dir: Path):
         from experiments.config import ConfigError
 
         raise ConfigError("run.mlflow = true needs MLflow: pip install 'backdrop[mlflow]'") from None
+    # MLflow >= 3.7 refuses a file store unless opted in; the local file store is what run.mlflow promises.
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri(store.resolve().as_uri())
     mlflow.set_experiment(run_dir.parent.name)
     mlflow.start_run(run_name=run_dir.name)
     return mlflow
 
 
-def start_run(run: RunConfig, config: Any, *, command: str, extra: Mapping[str, Any] | None = None) -> Run:
+def start_run(
+    run: RunConfig,
+    config: Any,
+    *,
+    command: str,
+    extra: Mapping[str, Any] | None = None,
+    directory: Path | None = None,
+) -> Run:
     """Create a fresh run directory, write the resolved config and environment, attach the text log.
 
     Args:
@@ -180,8 +189,13 @@ def start_run(run: RunConfig, config: Any, *, command: str, extra: Mapping[str, 
         config: the whole resolved root config, written to ``config.toml``.
         command: the CLI command that started the run (``"policy train"``), recorded in environment.json.
         extra: more fields for environment.json (e.g. the resolved device).
+        directory: create exactly this (new) folder instead of ``<output_dir>/<name>/<timestamp>``; a sweep
+            puts each trial at ``<sweep>/trials/<number>``.
     """
-    directory = new_run_dir(run.output_dir, run.name)
+    if directory is None:
+        directory = new_run_dir(run.output_dir, run.name)
+    else:
+        directory.mkdir(parents=True, exist_ok=False)
     (directory / "config.toml").write_text(dump_toml(config), encoding="utf-8")
     environment = {
         "command": command,
