@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import multiprocessing
 import os
 import socket
+import sqlite3
 import sys
 import time
 import warnings
@@ -98,10 +100,26 @@ class Sweep:
 
 
 def open_storage(paths: SweepPaths) -> Any:
-    """optuna's RDB storage on the sweep's study.db; the timeout lets several workers wait for the write lock."""
+    """optuna's RDB storage on the sweep's study.db (see :func:`connect_sqlite`)."""
     import optuna
 
-    return optuna.storages.RDBStorage(paths.storage_url, engine_kwargs={"connect_args": {"timeout": 120}})
+    creator = functools.partial(connect_sqlite, str(paths.db.resolve()))
+    return optuna.storages.RDBStorage(paths.storage_url, engine_kwargs={"creator": creator})
+
+
+def connect_sqlite(path: str) -> sqlite3.Connection:
+    """A connection to study.db in WAL mode with synchronous=NORMAL.
+
+    optuna commits every intermediate report; with SQLite's default rollback journal each commit is an fsync
+    (12 ms here, two thirds of a synthetic trial's time). WAL with synchronous=NORMAL syncs at checkpoints only
+    and lets the worker processes read while one writes; a crash can lose the last commits but never corrupts
+    the file, and --resume reruns what was lost. The timeout lets workers wait for the write lock. WAL needs a
+    local filesystem (not NFS) for the sweep directory.
+    """
+    connection = sqlite3.connect(path, timeout=120, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    return connection
 
 
 def create_sweep(space: SweepSpaceConfig, base_config: Any, *, space_source: str = "space") -> Sweep:

@@ -92,9 +92,9 @@ class TrialRunner:
     """run.threads of every trial (cores / workers)."""
 
     def __call__(self, trial: optuna.Trial) -> float:
-        params = suggest_params(trial, self.space)
         directory = trial_dir(self.sweep_dir, trial.number)
         trial.set_user_attr("run_dir", str(directory.relative_to(self.sweep_dir)))
+        params: dict[str, ParamValue] = {}
         record: dict[str, Any] = {
             "number": trial.number,
             "state": "RUNNING",
@@ -104,6 +104,7 @@ class TrialRunner:
             "started": dt.datetime.now().isoformat(timespec="seconds"),
         }
         try:
+            params.update(suggest_params(trial, self.space))
             config = self.trial_config(trial.number, params)
             with start_run(
                 config.run,

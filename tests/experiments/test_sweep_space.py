@@ -247,3 +247,16 @@ def test_suggest_params_respects_types_and_ranges(tmp_path: Path) -> None:
     assert all(type(p["policy.lora.alpha"]) is int for p in seen)
     # Log sampling puts about half the draws below the geometric mean 1e-2 (a uniform draw would put 9 %).
     assert 8 <= sum(p["policy.trainer.kl_coef"] < 1e-2 for p in seen) <= 22
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*_space.toml")), ids=lambda p: p.name)
+def test_shipped_space_files_load_and_fit_their_target(path: Path) -> None:
+    from experiments.sweep_targets import available_targets, load_target
+
+    space = load_space(path)
+    if space.target in available_targets():
+        target = load_target(space.target)
+        check_space(space, target.config_class(), source=str(path))
