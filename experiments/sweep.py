@@ -42,7 +42,7 @@ from experiments.sweep_space import SweepSpaceConfig, check_space, load_space
 from experiments.sweep_targets import load_target, target_reference
 from experiments.sweep_trial import TrialRunner, read_trial_record, trial_dir, write_trial_record
 from experiments.tracking import git_state, new_run_dir, package_versions
-from offline_data.errors import BackdropError
+from offline_data.errors import BackdropError, InputUnreadableError
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,13 @@ bad parameter value)."""
 
 
 class SweepError(BackdropError):
-    """The sweep cannot start or continue (still running elsewhere, not a sweep directory, every trial failed)."""
+    """The sweep cannot start or continue (still running elsewhere, a worker died, every trial failed)."""
 
     exit_code = 1
+
+
+class SweepDirectoryError(InputUnreadableError):
+    """A path given to --resume is not a sweep directory."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +159,10 @@ def open_sweep(directory: str | Path) -> Sweep:
     paths = SweepPaths(Path(directory))
     missing = [p.name for p in (paths.meta, paths.space, paths.config, paths.db) if not p.is_file()]
     if missing:
-        raise SweepError(f"{paths.dir}: not a sweep directory (missing {', '.join(missing)})")
+        raise SweepDirectoryError(
+            f"{paths.dir}: not a sweep directory (missing {', '.join(missing)}; a sweep directory is what "
+            "'backdrop sweep --space ...' printed as 'sweep directory:')"
+        )
     meta = json.loads(paths.meta.read_text(encoding="utf-8"))
     space = load_space(paths.space)
     try:
@@ -177,6 +184,7 @@ def _write_meta(paths: SweepPaths, meta: dict[str, Any]) -> None:
 
 
 def make_sampler(space: SweepSpaceConfig, seed: int) -> Any:
+    """The space's optuna sampler, seeded (TPE uses the constant liar so parallel workers spread out)."""
     import optuna
 
     if space.sampler == "random":
@@ -185,6 +193,7 @@ def make_sampler(space: SweepSpaceConfig, seed: int) -> Any:
 
 
 def make_pruner(space: SweepSpaceConfig) -> Any:
+    """The space's optuna pruner (median, hyperband or none) from its [pruner] section."""
     import optuna
 
     cfg = space.pruner

@@ -258,6 +258,9 @@ def test_cli_runs_and_resumes(quadratic: ModuleType, tmp_path: Path, capsys) -> 
     assert summary["states"] == {"COMPLETE": 4}
     assert main(["sweep", "--resume", str(sweep_dir), "--space", str(space)]) == 2
     assert "--resume uses the sweep's own space.toml and config.toml; drop --space" in capsys.readouterr().err
+    assert main(["sweep", "--resume", str(sweep_dir.parent)]) == 2
+    err = capsys.readouterr().err
+    assert f"{sweep_dir.parent}: not a sweep directory (missing sweep.json, space.toml, config.toml, study.db" in err
 
 
 @pytest.mark.parametrize(
