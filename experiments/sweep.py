@@ -22,6 +22,7 @@ suggesting the same point.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -34,6 +35,7 @@ import sqlite3
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -291,13 +293,7 @@ def optimize(sweep: Sweep, *, n_trials: int, timeout: float | None, threads: int
 
 
 def _worker_main(directory: str, n_trials: int, timeout: float | None, threads: int, seed: int) -> None:
-    """Entry point of a worker process: limit threads before torch loads, then optimize its share.
-
-    A spawned worker has not imported torch or numpy yet, so these variables set their thread pools (torch's
-    intra-op default follows OMP_NUM_THREADS); the trial config's run.threads repeats it for setup_runtime.
-    """
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[name] = str(threads)
+    """Entry point of a worker process: optimize its share of the trials."""
     logging.basicConfig(level=logging.INFO, format=f"[worker {os.getpid()}] %(message)s")
     _quiet_optuna()
     optimize(open_sweep(directory), n_trials=n_trials, timeout=timeout, threads=threads, seed=seed, progress=None)
@@ -328,6 +324,7 @@ def run_sweep(
 ) -> int:
     """Run the sweep until ``trials`` (default: the space's) have finished, or ``timeout`` seconds have passed.
 
+    Each worker gets torch threads = cores / workers, unless the base config sets run.threads (then that).
     Returns the number of trials this session finished. Raises :class:`SweepError` when the sweep is being run
     by another live process, or when a worker process died.
     """
@@ -397,8 +394,9 @@ def _run_workers(
         )
         for index, share in enumerate(shares)
     ]
-    for process in processes:
-        process.start()
+    with _thread_environment(threads):
+        for process in processes:
+            process.start()
     storage = open_storage(sweep.paths)
     shown = 0
     try:
@@ -416,6 +414,26 @@ def _run_workers(
             f"{len(crashed)} worker process(es) ended abnormally: {'; '.join(crashed)}; their trials are marked "
             f"failed on --resume {sweep.paths.dir} and run again"
         )
+
+
+@contextlib.contextmanager
+def _thread_environment(threads: int) -> Iterator[None]:
+    """Set the thread-pool variables while workers are spawned (they inherit the environment).
+
+    A spawned worker reads them when it first imports numpy (via optuna, before any trial) and torch (whose
+    intra-op default follows OMP_NUM_THREADS); the trial config's run.threads repeats it for setup_runtime.
+    """
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(threads) for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class _SweepLock:

@@ -21,6 +21,7 @@ from experiments.sweep import (
     FAILURES_BEFORE_STOP,
     STUDY_NAME,
     SweepError,
+    available_cores,
     counted_trials,
     create_sweep,
     make_pruner,
@@ -168,6 +169,7 @@ def test_resume_refuses_a_sweep_that_is_still_running(quadratic: ModuleType, tmp
 
 
 def test_two_worker_processes_finish_the_requested_trials(quadratic: ModuleType, tmp_path: Path) -> None:
+    omp_before = os.environ.get("OMP_NUM_THREADS")
     sweep = create_sweep(make_space(trials=6, seed=3), base_config(quadratic, tmp_path))
     assert run_sweep(sweep, workers=2, progress=False) == 6
     trials = load(sweep).trials
@@ -175,6 +177,11 @@ def test_two_worker_processes_finish_the_requested_trials(quadratic: ModuleType,
     pids = {json.loads((sweep.paths.dir / t.user_attrs["run_dir"] / "trial.json").read_text())["pid"] for t in trials}
     assert len(pids) == 2 and os.getpid() not in pids
     assert len({(t.params["quad.x"], t.params["quad.y"]) for t in trials}) == 6
+    config = load_config(
+        quadratic.QuadraticRootConfig, sweep.paths.dir / trials[0].user_attrs["run_dir"] / "config.toml"
+    )
+    assert config.run.threads == max(1, available_cores() // 2)
+    assert os.environ.get("OMP_NUM_THREADS") == omp_before  # only the workers' environment was changed
 
 
 def test_kl_budget_objective_and_infeasible_trials(quadratic: ModuleType, tmp_path: Path) -> None:
