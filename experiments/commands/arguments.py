@@ -39,3 +39,23 @@ def group_parser(subparsers: Any, name: str, help_text: str) -> Any:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     parser.set_defaults(subparser=parser)
     return parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", title="subcommands")
+
+
+def add_discovered_subcommands(subparsers: Any, group: str) -> None:
+    """Let modules named ``experiments/commands/<group>_<name>.py`` add subcommands to ``backdrop <group>``.
+
+    Each such module exposes ``add_parser(subparsers)``; several engineers can then own the subcommands of one
+    group (``policy pretrain``, ``policy train``, ...) without sharing a file. Discovery order is alphabetical.
+    """
+    import importlib
+    import pkgutil
+
+    import experiments.commands
+
+    prefix = f"{group}_"
+    names = sorted(m.name for m in pkgutil.iter_modules(experiments.commands.__path__) if m.name.startswith(prefix))
+    for name in names:
+        module = importlib.import_module(f"experiments.commands.{name}")
+        add_parser = getattr(module, "add_parser", None)
+        if add_parser is not None:
+            add_parser(subparsers)
