@@ -138,6 +138,7 @@ def create_sweep(space: SweepSpaceConfig, base_config: Any, *, space_source: str
 
     reference = target_reference(space.target)
     check_space(space, base_config, source=space_source)
+    _quiet_optuna()
     paths = SweepPaths(new_run_dir(base_config.run.output_dir, space.name))
     paths.config.write_text(dump_toml(base_config), encoding="utf-8")
     paths.space.write_text(dump_toml(space), encoding="utf-8")
