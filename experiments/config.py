@@ -207,6 +207,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise fail
         return from_dict(tp, value, source=source, prefix=f"{key}.")
     if origin in (types.UnionType, typing.Union):
+        tables = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if isinstance(value, Mapping) and len(tables) == 1:
+            # `section: X | None`: a table is meant for X, so X's own error is the useful one.
+            return _coerce(value, tables[0], key, source)
         for arg in typing.get_args(tp):
             if arg is type(None):
                 continue

@@ -15,6 +15,7 @@ Components never import this module: trainers take a ``log_metrics(metrics, step
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.metadata
 import json
 import logging
@@ -38,6 +39,7 @@ TRACKED_PACKAGES = (
 )  # fmt: skip
 
 
+@functools.cache
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages that decide a run's numbers (None when not installed)."""
     versions: dict[str, str | None] = {}
@@ -206,7 +208,7 @@ def start_run(
         "platform": platform.platform(),
         "host": socket.gethostname(),
         "git": git_state(),
-        "packages": package_versions(),
+        "packages": dict(package_versions()),
         **(dict(extra) if extra else {}),
     }
     (directory / "environment.json").write_text(json.dumps(environment, indent=2, default=str) + "\n")

@@ -127,3 +127,17 @@ def test_partial_section_keeps_the_fields_own_default_instance(tmp_path: Path) -
     cfg = load_config(CustomDefaults, write(tmp_path, "[run]\nthreads = 1\n"), ["policy.lora.alpha=2"])
     assert (cfg.run.name, cfg.run.seed, cfg.run.threads) == ("ope", 3, 1)
     assert (cfg.policy.lora.rank, cfg.policy.lora.alpha) == (8, 2.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptionalSection:
+    lora: LoraConfig | None = None
+
+
+def test_optional_section_reports_the_sections_own_error(tmp_path: Path) -> None:
+    assert load_config(OptionalSection, None, ["lora.rank=2"]).lora == LoraConfig(rank=2)
+    assert load_config(OptionalSection).lora is None
+    with pytest.raises(ConfigError, match="lora: rank must be >= 1, got 0"):
+        load_config(OptionalSection, None, ["lora.rank=0"])
+    with pytest.raises(ConfigError, match=r"unknown key 'lora.rnak' \(did you mean 'rank'\?\)"):
+        load_config(OptionalSection, None, ["lora.rnak=2"])
