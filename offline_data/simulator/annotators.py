@@ -121,7 +121,8 @@ def sample_pairs(
 ) -> PairDesign:
     """Draw ``count`` pairs: same-product pairs of two distinct variants, or cross-product pairs.
 
-    Image index = product · K + variant (the ``StudioWorld.variants`` order); the side (a/b) is random.
+    Image index = product · K + variant (the ``StudioWorld.variants`` order). Which image is shown as 'a' is
+    uniformly random because both sides are drawn symmetrically.
     """
     k = variants_per_product
     cross = rng.uniform(size=count) < cross_product_fraction

@@ -1,7 +1,8 @@
 """Configuration of the studio world (``backdrop simulate``; default file ``experiments/configs/studio_world.toml``).
 
-One frozen dataclass per section. The defaults are the default world: 300 products x 8 variants at 64 px,
-12,000 requests x 4 slots (48,000 impressions), 15,000 pairwise judgements, about a minute on 2 CPU cores.
+One frozen dataclass per section. The defaults are the default world: 600 products x 8 variants at 64 px
+(4,800 generated images: enough distinct images for a small CNN to learn gold on held-out products),
+20,000 requests x 4 slots (80,000 impressions), 20,000 pairwise judgements; under half a minute on 2 CPU cores.
 Scale it with ``--set logging.requests=1000000`` (impressions are generated and written in chunks).
 """
 
@@ -26,7 +27,7 @@ class WorldConfig:
 
     image_size: int = 64
     """Side of every image in pixels (products, masks, backgrounds, composites)."""
-    products: int = 300
+    products: int = 600
     """Procedurally rendered products (real photos come on top of these)."""
     product_kinds: tuple[str, ...] = PRODUCT_KINDS
     """Kinds to draw from, uniformly (each of bottle, box, can, ball, shoe, jar, mug)."""
@@ -144,7 +145,7 @@ class UsersConfig:
 class LoggingConfig:
     """The logging policy: which variant each slot shows, where, and when (``logging_policy.py``)."""
 
-    requests: int = 12_000
+    requests: int = 20_000
     """Page views; each shows ``slots`` distinct products (impressions = requests x slots)."""
     slots: int = 4
     """Slots per request (S)."""
@@ -204,7 +205,7 @@ class LoggingConfig:
 class AnnotatorsConfig:
     """Pairwise judgements: Bradley-Terry on panel gold, annotator noise and bias, Davidson ties."""
 
-    pairs: int = 15_000
+    pairs: int = 20_000
     """Judgements to draw (preferences rows)."""
     annotators: int = 24
     """Panel members; each judgement is made by one, uniformly."""

@@ -20,7 +20,7 @@ def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return y, x
 
 
-def box_sum(values: np.ndarray, radius: int, axes: tuple[int, int] = (-2, -1)) -> np.ndarray:
+def box_sum(values: np.ndarray, radius: int, axes: tuple[int, int] = (-2, -1), dtype: type = np.float64) -> np.ndarray:
     """Sum over the (2r+1)x(2r+1) window around each pixel; pixels beyond the image count 0.
 
     Args:
@@ -28,13 +28,14 @@ def box_sum(values: np.ndarray, radius: int, axes: tuple[int, int] = (-2, -1)) -
             (bool is summed as 0/1).
         radius: window half-width r >= 0 in pixels.
         axes: the (row, column) axes.
+        dtype: float type of the computation and result (float32 halves the memory traffic).
 
     Returns:
-        float64 window sums, same shape as ``values``.
+        window sums in ``dtype``, same shape as ``values``.
     """
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values, dtype=dtype)
     if values.ndim < 2:
         raise ValueError(f"values must have at least two (image) axes, got shape {values.shape}")
     if radius == 0:
@@ -44,7 +45,7 @@ def box_sum(values: np.ndarray, radius: int, axes: tuple[int, int] = (-2, -1)) -
     for axis in axes:
         size[axis] = width
     # scipy's separable running mean (C); x width^2 turns the zero-padded mean into the window sum.
-    return ndimage.uniform_filter(values, size=size, mode="constant", cval=0.0) * float(width * width)
+    return ndimage.uniform_filter(values, size=size, mode="constant", cval=0.0) * values.dtype.type(width * width)
 
 
 def box_mean(values: np.ndarray, radius: int) -> np.ndarray:

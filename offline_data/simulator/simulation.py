@@ -14,6 +14,7 @@ writers, so a world with millions of impressions never holds them all in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -185,7 +186,7 @@ def build_traffic_model(world: StudioWorld) -> tuple[TrafficModel, np.ndarray, n
         gold_slope=users.dwell_gold_slope,
         log_sd=users.dwell_log_sd,
     )
-    model = TrafficModel(**{**model.__dict__, "session_scale_ms": scale})
+    model = dataclasses.replace(model, session_scale_ms=scale)
     return model, scores, probabilities
 
 
