@@ -90,7 +90,7 @@ class Ceilings:
 
 def _subset(table: dict[str, np.ndarray], key: str, ids: Collection[str] | None, what: str) -> np.ndarray:
     if ids is None:
-        return np.ones(len(table[key]), dtype=bool)
+        return np.ones(len(next(iter(table.values()))), dtype=bool)
     wanted = set(ids)
     selected = np.isin(table[key], list(wanted))
     missing = len(wanted) - int(selected.sum())
@@ -108,7 +108,9 @@ def bayes_ceilings(
         ValueError: an id is not in the simulation, or a subset has no non-tie pair / no click variety.
     """
     sim_dir = Path(sim_dir)
-    pairs = read_truth_table(sim_dir, "preferences")
+    # Read only the columns needed (a large world has millions of impressions; ids are the costly part).
+    pair_columns = ["p_a", "p_b", "gold_a", "gold_b", "choice"] + (["pair_id"] if pair_ids is not None else [])
+    pairs = read_truth_table(sim_dir, "preferences", pair_columns)
     selected = _subset(pairs, "pair_id", pair_ids, "pair_ids") & (pairs["choice"] != "tie")
     if not selected.any():
         raise ValueError(f"{sim_dir}: the selected pairs hold no non-tie judgement")
@@ -118,7 +120,8 @@ def bayes_ceilings(
     gold_says_a = pairs["gold_a"][selected] >= pairs["gold_b"][selected]
     oracle = float(np.mean(np.where(gold_says_a, p_a, p_b) / (p_a + p_b)))
 
-    impressions = read_truth_table(sim_dir, "impressions")
+    event_columns = ["click_probability", "clicked"] + (["event_id"] if event_ids is not None else [])
+    impressions = read_truth_table(sim_dir, "impressions", event_columns)
     chosen = _subset(impressions, "event_id", event_ids, "event_ids")
     auc = click_auc(impressions["click_probability"][chosen], impressions["clicked"][chosen])
     return Ceilings(
