@@ -1,0 +1,244 @@
+"""Per-epoch evaluation of a policy on held-out requests, and the over-optimisation curve.
+
+Every evaluation samples the same held-out requests with the same seeds (common random numbers), so the policy's
+samples are paired with the base model's samples of the same noise and the gain is measured with little
+variance. It reports:
+
+- ``eval/proxy_mean``, ``eval/proxy_std``: the reward model's combined reward (what training optimises);
+- ``gold/engagement``: the hidden gold of the samples (an injected ``GoldFn``: the studio world's, or a real
+  team's evaluation), NEVER used by training;
+- ``gold/gain`` (raw gold units) and ``gold/gain_sd`` (in within-request standard deviations of the base
+  model's samples), with ``gold/gain_se`` (standard error over requests) and the share of requests improved;
+  ``eval/proxy_gain_sd`` likewise for the proxy;
+- ``eval/kl_step`` (the per-step KL to the base, mean over background latent dims, as the training loss uses it)
+  and ``eval/kl_nats`` (the KL of whole chains in nats: the sum over steps of the per-dim KL times the number of
+  background latent dims, comparable with best-of-n's log n - (n - 1) / n);
+- ``eval/preservation_max_abs_diff`` (must be 0).
+
+:func:`plot_overoptimisation` draws proxy and gold gains against ``eval/kl_nats`` (Gao et al. 2023, "Scaling
+Laws for Reward Model Overoptimization": the proxy keeps rising while gold turns over).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from offline_data.errors import PreservationError
+from policy.model import InpaintPolicy
+from policy.replay import background_dims, stepwise_kl
+from policy.reward_signal import RewardModelFn, score_rewards
+from rollout.config import SamplerConfig
+from rollout.request import InpaintRequest, expand_requests
+from rollout.sampler import Rollout, sample_trajectories
+
+logger = logging.getLogger(__name__)
+
+GoldFn = Callable[[torch.Tensor, Sequence[InpaintRequest]], torch.Tensor]
+"""``(images [B, 3, H, W] uint8, requests) -> [B]`` hidden engagement (evaluation only)."""
+
+STATE_FORMAT = "backdrop.policy_evaluator"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationConfig:
+    """Held-out evaluation during training."""
+
+    seeds_per_request: int = 4
+    """Samples per held-out request (K); the same seeds at every evaluation and for the base."""
+    first_seed: int = 1_000_000_007
+    """Seed of the first evaluation sample (request r, sample k gets first_seed + r K + k); far from the
+    training seeds, which are 32-bit hashes of (run seed, epoch)."""
+    rows_per_forward: int = 128
+    """(sample, step) rows per UNet call of the KL pass (no grad)."""
+
+    def __post_init__(self) -> None:
+        if self.seeds_per_request < 2:
+            raise ValueError(
+                f"seeds_per_request must be >= 2 (a within-request SD needs two), got {self.seeds_per_request}"
+            )
+        if self.first_seed < 0 or self.rows_per_forward < 1:
+            raise ValueError("first_seed must be >= 0 and rows_per_forward >= 1")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class EvaluationSamples:
+    """What one evaluation sampled: R requests x K seeds, request-major."""
+
+    rollout: Rollout
+    proxy: torch.Tensor
+    """``[R, K]`` float32 proxy rewards."""
+    gold: torch.Tensor | None
+    """``[R, K]`` float64 gold (None without a gold function)."""
+
+
+def within_request_sd(values: torch.Tensor) -> float:
+    """Pooled within-request standard deviation of ``values [R, K]``: sqrt(mean_r var_r) with unbiased var_r."""
+    if values.ndim != 2 or values.shape[1] < 2:
+        raise ValueError(f"values must be [R, K] with K >= 2, got {list(values.shape)}")
+    return float(values.double().var(dim=1, unbiased=True).mean().sqrt())
+
+
+def paired_gain(values: torch.Tensor, base: torch.Tensor, scale: float) -> dict[str, float]:
+    """Mean gain of ``values [R, K]`` over the paired ``base [R, K]``, raw and in units of ``scale``.
+
+    Returns:
+        ``gain`` (raw), ``gain_sd`` (gain / scale), ``gain_se`` (standard error of the raw gain over requests),
+        ``improved`` (share of requests whose mean rose).
+    """
+    if values.shape != base.shape or values.ndim != 2:
+        raise ValueError(f"values {list(values.shape)} and base {list(base.shape)} must both be [R, K]")
+    per_request = (values.double() - base.double()).mean(dim=1)
+    gain = float(per_request.mean())
+    requests = per_request.numel()
+    se = float(per_request.std(unbiased=True) / math.sqrt(requests)) if requests > 1 else float("nan")
+    return {
+        "gain": gain,
+        "gain_sd": gain / scale if scale > 0 else float("nan"),
+        "gain_se": se,
+        "improved": float((per_request > 0).double().mean()),
+    }
+
+
+class PolicyEvaluator:
+    """Evaluates a policy against its own base model on fixed held-out requests and seeds.
+
+    Args:
+        requests: R held-out requests (never trained on).
+        reward_fn: the proxy reward (the trainer's reward model).
+        gold_fn: hidden engagement, or None (then only proxy and KL are reported).
+        sampler: the training rollouts' sampler settings (same T, eta and guidance).
+        config: seeds per request and chunk sizes.
+    """
+
+    def __init__(
+        self,
+        requests: Sequence[InpaintRequest],
+        *,
+        reward_fn: RewardModelFn,
+        gold_fn: GoldFn | None,
+        sampler: SamplerConfig,
+        config: EvaluationConfig | None = None,
+    ) -> None:
+        if not requests:
+            raise ValueError("no evaluation requests")
+        self.requests = tuple(requests)
+        self.reward_fn = reward_fn
+        self.gold_fn = gold_fn
+        self.sampler = sampler
+        self.config = config or EvaluationConfig()
+        self._base: dict[str, torch.Tensor] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(R, K)."""
+        return len(self.requests), self.config.seeds_per_request
+
+    def sample(self, policy: InpaintPolicy) -> EvaluationSamples:
+        """Sample every (request, seed) with ``policy`` as it is (wrap in ``policy.reference()`` for the base)."""
+        count, k = self.shape
+        expanded, seeds = expand_requests(self.requests, k, self.config.first_seed)
+        rollout = sample_trajectories(policy, expanded, seeds, self.sampler)
+        if not rollout.preservation.ok:
+            raise PreservationError(f"evaluation samples changed product pixels: {rollout.preservation.describe()}")
+        proxy, _, _ = score_rewards(self.reward_fn, rollout.images, expanded)
+        gold = None
+        if self.gold_fn is not None:
+            gold = torch.as_tensor(self.gold_fn(rollout.images, expanded), dtype=torch.float64).reshape(count, k)
+        return EvaluationSamples(rollout=rollout, proxy=proxy.reshape(count, k), gold=gold)
+
+    def base(self, policy: InpaintPolicy) -> dict[str, torch.Tensor]:
+        """Proxy and gold of the base model's samples (adapters disabled), computed once and cached."""
+        if self._base is None:
+            with policy.reference():
+                samples = self.sample(policy)
+            self._base = {"proxy": samples.proxy}
+            if samples.gold is not None:
+                self._base["gold"] = samples.gold
+        return self._base
+
+    def evaluate(self, policy: InpaintPolicy) -> dict[str, float]:
+        """Metrics of ``policy`` on the held-out requests (module docstring)."""
+        base = self.base(policy)
+        samples = self.sample(policy)
+        kl = stepwise_kl(policy, samples.rollout.trajectory, self.config.rows_per_forward)  # [R K, T]
+        kl_nats = kl.sum(dim=1) * background_dims(samples.rollout.trajectory)
+        metrics = {
+            "eval/proxy_mean": float(samples.proxy.mean()),
+            "eval/proxy_std": float(samples.proxy.std()),
+            "eval/kl_step": float(kl.mean()),
+            "eval/kl_nats": float(kl_nats.mean()),
+            "eval/preservation_max_abs_diff": float(samples.rollout.preservation.max_abs_diff),
+        }
+        proxy_gain = paired_gain(samples.proxy, base["proxy"], within_request_sd(base["proxy"]))
+        metrics["eval/proxy_gain_sd"] = proxy_gain["gain_sd"]
+        if samples.gold is not None:
+            gold_sd = within_request_sd(base["gold"])
+            gain = paired_gain(samples.gold, base["gold"], gold_sd)
+            metrics |= {
+                "gold/engagement": float(samples.gold.mean()),
+                "gold/base_engagement": float(base["gold"].mean()),
+                "gold/base_within_sd": gold_sd,
+                "gold/gain": gain["gain"],
+                "gold/gain_sd": gain["gain_sd"],
+                "gold/gain_se": gain["gain_se"],
+                "gold/improved_requests": gain["improved"],
+            }
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The cached base statistics (JSON), so a resumed run does not sample the base again."""
+        base = None if self._base is None else {k: v.tolist() for k, v in self._base.items()}
+        return {"format": STATE_FORMAT, "shape": list(self.shape), "base": base}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output written for the same requests and seeds per request."""
+        if state.get("format") != STATE_FORMAT or list(state.get("shape", [])) != list(self.shape):
+            raise ValueError(f"evaluator state is for {state.get('shape')} requests x seeds, this one is {self.shape}")
+        base = state.get("base")
+        self._base = None
+        if base is not None:
+            self._base = {
+                "proxy": torch.tensor(base["proxy"], dtype=torch.float32),
+                **({"gold": torch.tensor(base["gold"], dtype=torch.float64)} if "gold" in base else {}),
+            }
+
+
+def plot_overoptimisation(history: Sequence[Mapping[str, float]], path: str | Path, *, title: str = "") -> Path:
+    """Proxy and gold gains (within-request SDs of the base) against the KL to the base (nats), one point per
+    evaluation, as a PNG at ``path``. Records without ``eval/kl_nats`` are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [h for h in history if "eval/kl_nats" in h]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    if points:
+        kl = [h["eval/kl_nats"] for h in points]
+        axis.plot(kl, [h["eval/proxy_gain_sd"] for h in points], "o-", color="tab:blue", label="proxy (reward model)")
+        if all("gold/gain_sd" in h for h in points):
+            gold = [h["gold/gain_sd"] for h in points]
+            errors = [h["gold/gain_se"] / h["gold/base_within_sd"] for h in points]
+            axis.errorbar(kl, gold, yerr=errors, fmt="s-", color="tab:red", capsize=3, label="gold (hidden)")
+        for h, x in zip(points, kl):
+            axis.annotate(str(int(h.get("epoch", 0))), (x, h["eval/proxy_gain_sd"]), fontsize=7, alpha=0.6,
+                          textcoords="offset points", xytext=(2, 4))  # fmt: skip
+    axis.axhline(0.0, color="grey", linewidth=0.8)
+    axis.set_xlabel("KL(policy || base) per sample, nats")
+    axis.set_ylabel("gain over base, within-request SDs")
+    axis.set_title(title or "over-optimisation: proxy vs gold (labels: epoch)")
+    axis.legend(loc="best")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

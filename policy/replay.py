@@ -1,0 +1,131 @@
+"""Replaying stored denoising transitions under a model: log-probs, Gaussian means and KLs of (sample, step) rows.
+
+Training, the reference pass and evaluation all score transitions x_t -> x_t' stored in a
+``rollout.trajectory.Trajectory`` with ``rollout.denoise.denoise_step`` (the function the sampler used), so the
+log-prob the trainer computes is the one the sampler recorded. A "row" is one (sample, step) pair; rows of
+different samples and steps are stacked into one UNet call (the DDIM step takes per-row timesteps), which costs
+the same arithmetic as DDPO's loop over timesteps but far fewer calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from policy.losses import gaussian_kl
+from policy.model import InpaintPolicy
+from rollout.ddim_logprob import DDIMStepOutput
+from rollout.denoise import DenoisingConditioning, denoise_step, prepare_conditioning
+from rollout.trajectory import Trajectory
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class StepRows:
+    """N (sample, step) pairs of a trajectory: ``sample [N]`` and ``step [N]`` int64 on the CPU."""
+
+    sample: torch.Tensor
+    step: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.sample.shape != self.step.shape or self.sample.ndim != 1:
+            raise ValueError(
+                f"sample and step must both be [N], got {list(self.sample.shape)}, {list(self.step.shape)}"
+            )
+        if self.sample.dtype != torch.int64 or self.step.dtype != torch.int64:
+            raise ValueError("sample and step must be int64")
+
+    def __len__(self) -> int:
+        return int(self.sample.shape[0])
+
+    def chunks(self, size: int) -> list[StepRows]:
+        """Consecutive slices of at most ``size`` rows."""
+        if size < 1:
+            raise ValueError(f"chunk size must be >= 1, got {size}")
+        return [
+            StepRows(sample=self.sample[i : i + size], step=self.step[i : i + size]) for i in range(0, len(self), size)
+        ]
+
+    def select(self, index: torch.Tensor) -> StepRows:
+        """The rows at ``index``."""
+        return StepRows(sample=self.sample[index], step=self.step[index])
+
+    @classmethod
+    def every(cls, batch: int, steps: int) -> StepRows:
+        """All B x T rows, step-major (every sample's step 0, then every sample's step 1, ...)."""
+        step, sample = torch.meshgrid(torch.arange(steps), torch.arange(batch), indexing="ij")
+        return cls(sample=sample.reshape(-1), step=step.reshape(-1))
+
+
+def rows_conditioning(trajectory: Trajectory, rows: StepRows, dtype: torch.dtype) -> DenoisingConditioning:
+    """The UNet conditioning of each row (its sample's prompt, mask and masked-image latents, same guidance)."""
+    index = rows.sample.to(trajectory.latents.device)
+    return prepare_conditioning(
+        prompt_embeds=trajectory.prompt_embeds[index],
+        negative_prompt_embeds=trajectory.negative_prompt_embeds[index],
+        latent_product=trajectory.latent_product[index],
+        masked_image_latents=trajectory.masked_image_latents[index],
+        guidance_scale=trajectory.guidance_scale,
+        dtype=dtype,
+    )
+
+
+def replay_rows(policy: InpaintPolicy, trajectory: Trajectory, rows: StepRows) -> DDIMStepOutput:
+    """Score the stored transitions of ``rows`` under ``policy`` as it is now (grad follows the caller's mode).
+
+    ``policy.scheduler.set_timesteps(trajectory.num_steps)`` must have been called (the step size of t -> t').
+
+    Returns:
+        :class:`~rollout.ddim_logprob.DDIMStepOutput` over the N rows: ``log_prob [N]`` (mean over background
+        latent dims), ``mean [N, C, h, w]``, ``std [N, 1, 1, 1]``.
+    """
+    device = trajectory.latents.device
+    sample, step = rows.sample.to(device), rows.step.to(device)
+    conditioning = rows_conditioning(trajectory, rows, policy.dtype)
+    return denoise_step(
+        policy,
+        trajectory.latents[sample, step],
+        trajectory.timesteps[step],
+        conditioning,
+        eta=trajectory.eta,
+        prev_sample=trajectory.latents[sample, step + 1],
+    )
+
+
+@torch.no_grad()
+def reference_means(policy: InpaintPolicy, trajectory: Trajectory, rows: StepRows, chunk: int) -> torch.Tensor:
+    """mu_ref of every row: the base model's Gaussian means (adapters disabled), ``[N, C, h, w]`` float32.
+
+    The reference never changes and a stored x_t does not either, so these are computed once per epoch and
+    reused by every inner epoch and minibatch: the update itself then needs no reference forward.
+    """
+    policy.scheduler.set_timesteps(trajectory.num_steps, device=policy.device)
+    with policy.reference():
+        return torch.cat([replay_rows(policy, trajectory, part).mean for part in rows.chunks(chunk)])
+
+
+@torch.no_grad()
+def stepwise_kl(policy: InpaintPolicy, trajectory: Trajectory, chunk: int) -> torch.Tensor:
+    """KL(pi_theta || pi_ref) of every step of every stored chain: ``[B, T]`` float32, mean over background dims.
+
+    Evaluates ``policy`` twice per row (adapters on, then off); summing over T and multiplying by each sample's
+    number of background latent dims (:func:`background_dims`) gives the trajectory KL in nats.
+    """
+    rows = StepRows.every(trajectory.batch_size, trajectory.num_steps)
+    policy.scheduler.set_timesteps(trajectory.num_steps, device=policy.device)
+    values = []
+    for part in rows.chunks(chunk):
+        out = replay_rows(policy, trajectory, part)
+        with policy.reference():
+            ref = replay_rows(policy, trajectory, part)
+        background = trajectory.background[part.sample.to(trajectory.latents.device)]
+        values.append(gaussian_kl(out.mean, ref.mean, out.std, background))
+    kl = torch.empty(trajectory.batch_size, trajectory.num_steps, dtype=torch.float32)
+    kl[rows.sample, rows.step] = torch.cat(values).float().cpu()
+    return kl
+
+
+def background_dims(trajectory: Trajectory) -> torch.Tensor:
+    """C x (number of background latent positions) of each sample: ``[B]`` float32 on the CPU."""
+    channels = trajectory.latents.shape[2]
+    return trajectory.background.flatten(1).sum(dim=1).float().cpu() * channels

@@ -1,0 +1,479 @@
+"""Online DDPO fine-tuning of the inpainting policy against a learned reward, with a KL leash to the base model.
+
+One epoch, top to bottom (:meth:`DDPOTrainer.run_epoch`):
+
+1. draw the epoch's requests from the training pool and one seed per sample (derived from (seed, epoch,
+   process), so an epoch is reproducible on its own and a resumed run draws what the uninterrupted run drew);
+2. sample trajectories with the current policy (background-only latents and log-probs; the sampler composites
+   and verifies the product pixels) while a worker thread scores finished chunks with the reward model;
+3. stop with ``PreservationError`` if any product pixel changed;
+4. per-request advantages from the persistent stat tracker (gathered over processes), clipped, optionally
+   multiplied by the reward's certainty weights;
+5. the base model's Gaussian means mu_ref of every trained (sample, step) row, once, without grad;
+6. ``inner_epochs`` passes over the samples in minibatches of ``samples_per_step``: for each, the rows' current
+   log-probs and means (stacked ``rows_per_forward`` at a time), the clipped surrogate + kl_coef x Gaussian KL,
+   gradients accumulated over the minibatch, averaged over processes, clipped, one AdamW step on the LoRA
+   weights;
+7. the KL controller sees the epoch's KL; metrics go to ``log_metrics``.
+
+Adapted from kvablack/ddpo-pytorch, ``scripts/train.py`` (commit 1958463); our rewrite. Modifications: per-request
+instead of per-prompt statistics; a closed-form KL penalty to the base model (adapters disabled) with an optional
+adaptive coefficient; rows of several timesteps per UNet call instead of a loop over timesteps (same gradient);
+reference means computed once per epoch; pessimistic / certainty-weighted rewards; product preservation checked
+every epoch; gradients averaged across processes explicitly (the UNet is not wrapped in DDP, so the model the
+sampler uses is the one that trains); checkpoints hold every RNG and optimiser state for exact resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from offline_data.errors import PreservationError
+from policy.advantages import RequestStatTracker, clip_advantages
+from policy.checkpoint import load_checkpoint, save_checkpoint
+from policy.evaluation import PolicyEvaluator, plot_overoptimisation
+from policy.kl_control import KLController
+from policy.losses import clipped_policy_loss, gaussian_kl
+from policy.model import InpaintPolicy
+from policy.replay import StepRows, reference_means, replay_rows
+from policy.reward_signal import RewardModelFn, RewardSignal, reward_signal, reweight
+from policy.trainer_config import DDPOConfig
+from rollout.request import InpaintRequest
+from rollout.sampler import sample_trajectories
+from rollout.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
+
+LogMetrics = Callable[[Mapping[str, float], int], None]
+STATE_FORMAT = "backdrop.ddpo_trainer"
+_STREAM_REQUESTS, _STREAM_SEEDS, _STREAM_SHUFFLE = 1, 2, 3
+
+
+def _no_logging(metrics: Mapping[str, float], step: int) -> None:
+    return None
+
+
+class DDPOTrainer:
+    """DDPO with per-request advantages and a KL penalty to the base model (module docstring).
+
+    Args:
+        policy: the inpainting policy with a LoRA adapter attached (its weights are the only ones trained).
+        reward_fn: reward model (a ``RewardFn`` or a scorer with uncertainty, ``policy.reward_signal``).
+        requests: the training pool; each epoch draws ``config.requests_per_epoch`` of them.
+        config: the trainer configuration.
+        seed: root of every random choice (requests, sampling noise, shuffles).
+        evaluator: held-out evaluation (gold, proxy, KL), or None.
+        log_metrics: ``(metrics, step)`` sink, e.g. ``experiments.tracking.Run.log_metrics``; step = epoch.
+        output_dir: where checkpoints (``checkpoints/``), the final adapter (``adapter/``) and the
+            over-optimisation plot go; None writes nothing.
+        accelerator: an ``accelerate.Accelerator`` when several processes train together; None = one process.
+        progress: tqdm bar over epochs.
+    """
+
+    def __init__(
+        self,
+        policy: InpaintPolicy,
+        reward_fn: RewardModelFn,
+        requests: Sequence[InpaintRequest],
+        config: DDPOConfig,
+        *,
+        seed: int,
+        evaluator: PolicyEvaluator | None = None,
+        log_metrics: LogMetrics | None = None,
+        output_dir: str | Path | None = None,
+        accelerator: Any | None = None,
+        progress: bool = False,
+    ) -> None:
+        if not policy.has_adapter:
+            raise ValueError("the policy has no LoRA adapter to train; build it with lora=LoraConfig(...)")
+        if len(requests) < config.requests_per_epoch:
+            raise ValueError(
+                f"the training pool has {len(requests)} request(s) but requests_per_epoch = "
+                f"{config.requests_per_epoch}; lower it or add products"
+            )
+        if len({r.request_id for r in requests}) != len(requests):
+            raise ValueError("request ids must be unique: advantages are normalised per request id")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.policy = policy
+        self.reward_fn = reward_fn
+        self.requests = tuple(requests)
+        self.config = config
+        self.seed = seed
+        self.evaluator = evaluator
+        self.log_metrics = log_metrics or _no_logging
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.accelerator = accelerator
+        self.progress = progress
+        self.params = policy.trainable_parameters()
+        optim = config.optim
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=optim.learning_rate,
+            betas=(optim.adam_beta1, optim.adam_beta2),
+            eps=optim.adam_eps,
+            weight_decay=optim.weight_decay,
+        )
+        self.tracker = RequestStatTracker(
+            buffer_size=config.advantages.buffer_size, min_count=config.advantages.min_count
+        )
+        self.kl_controller = KLController(config.kl.coef, target=config.kl.target, horizon=config.kl.horizon)
+        self.epoch = 0
+        """Completed epochs."""
+        self.optimizer_steps = 0
+        self.history: list[dict[str, float]] = []
+        """Every logged record (training and evaluation metrics), with its ``epoch``."""
+        self.train_cpu_seconds = 0.0
+        """Process CPU time spent in training epochs (evaluation and checkpointing excluded)."""
+        self._preservation: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------------------
+    # Processes
+
+    @property
+    def num_processes(self) -> int:
+        return 1 if self.accelerator is None else int(self.accelerator.num_processes)
+
+    @property
+    def process_index(self) -> int:
+        return 0 if self.accelerator is None else int(self.accelerator.process_index)
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.process_index == 0
+
+    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.num_processes == 1:
+            return tensor
+        return self.accelerator.gather(tensor.to(self.policy.device)).cpu()
+
+    def _gather_keys(self, keys: Sequence[str]) -> list[str]:
+        if self.num_processes == 1:
+            return list(keys)
+        from accelerate.utils import gather_object
+
+        return list(gather_object(list(keys)))
+
+    def _average_gradients(self) -> None:
+        """Mean of the LoRA gradients over processes (one all-reduce of the flattened gradients)."""
+        if self.num_processes == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+        offset = 0
+        for param, grad in zip(self.params, grads):
+            param.grad = flat[offset : offset + grad.numel()].view_as(grad).clone()
+            offset += grad.numel()
+
+    # ------------------------------------------------------------------------------------------------------
+    # The loop
+
+    def train(self) -> list[dict[str, float]]:
+        """Run epochs until ``config.epochs`` (or the CPU budget) is reached; returns :attr:`history`."""
+        config = self.config
+        if self.epoch == 0 and self.evaluator is not None and config.eval_every:
+            self._log({"epoch": 0.0, **self._evaluate()})
+        bar = tqdm(total=config.epochs, initial=self.epoch, desc="ddpo", unit="epoch", disable=not self.progress)
+        while self.epoch < config.epochs:
+            cpu_start = time.process_time()
+            metrics = self.run_epoch()
+            self.train_cpu_seconds += time.process_time() - cpu_start
+            self.epoch += 1
+            metrics["time/train_cpu_minutes"] = self.train_cpu_seconds / 60.0
+            over_budget = (
+                config.cpu_budget_minutes is not None and self.train_cpu_seconds >= 60.0 * config.cpu_budget_minutes
+            )
+            last = self.epoch == config.epochs or over_budget
+            if self.evaluator is not None and config.eval_every and (self.epoch % config.eval_every == 0 or last):
+                metrics |= self._evaluate()
+            self._log({"epoch": float(self.epoch), **metrics})
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/kl']:.2e}")
+            if self.output_dir is not None and (
+                last or (config.checkpoint_every and self.epoch % config.checkpoint_every == 0)
+            ):
+                self.save_checkpoint()
+            if over_budget and self.epoch < config.epochs:
+                logger.info(
+                    "stopping after epoch %d: %.1f training CPU-minutes reached the budget of %.1f",
+                    self.epoch, self.train_cpu_seconds / 60.0, config.cpu_budget_minutes,
+                )  # fmt: skip
+                break
+        bar.close()
+        self._finish()
+        return self.history
+
+    def run_epoch(self) -> dict[str, float]:
+        """One sample -> score -> update round (module docstring); returns its metrics."""
+        config, policy = self.config, self.policy
+        started = time.perf_counter()
+
+        # 1-2. requests, seeds, rollouts and rewards
+        requests, seeds = self._epoch_requests(self.epoch)
+        # 3. (inside) a changed product pixel stops the run with PreservationError
+        trajectory, signal = self._sample_and_score(requests, seeds)
+        sampled = time.perf_counter()
+
+        # 4. per-request advantages over every process's samples, then this process's share
+        keys = self._gather_keys(trajectory.request_ids)
+        normalised = self.tracker.update(keys, self._gather(signal.reward))
+        start = self.process_index * trajectory.batch_size
+        mine = normalised.advantages[start : start + trajectory.batch_size]
+        advantages = clip_advantages(mine, config.optim.advantage_clip) * signal.weights
+
+        # 5. which (sample, step) rows each inner epoch trains on, and their reference means
+        plan = self._plan_rows(trajectory.batch_size, trajectory.num_steps)
+        needed = torch.zeros(trajectory.batch_size, trajectory.num_steps, dtype=torch.bool)
+        for minibatches in plan:
+            for rows in minibatches:
+                needed[rows.sample, rows.step] = True
+        wanted = torch.nonzero(needed)
+        wanted_rows = StepRows(sample=wanted[:, 0].contiguous(), step=wanted[:, 1].contiguous())
+        batch, steps = trajectory.batch_size, trajectory.num_steps
+        ref_table = torch.zeros(batch, steps, *trajectory.latents.shape[2:], device=policy.device)
+        ref_table[wanted_rows.sample, wanted_rows.step] = reference_means(
+            policy, trajectory, wanted_rows, 2 * config.optim.rows_per_forward
+        )
+        referenced = time.perf_counter()
+
+        # 6. clipped policy gradient + KL on the LoRA weights
+        totals = self._update(trajectory, advantages.to(policy.device), ref_table, plan)
+        trained = time.perf_counter()
+
+        # 7. KL coefficient and metrics
+        kl_coef_used = self.kl_controller.value
+        self.kl_controller.update(totals["policy/kl"])
+        metrics = {
+            "reward/mean": float(signal.proxy.mean()),
+            "reward/std": float(signal.proxy.std()) if signal.proxy.numel() > 1 else 0.0,
+            "reward/pessimistic_mean": float(signal.reward.mean()),
+            "reward/uncertainty_mean": float(signal.uncertainty.mean()),
+            **{f"reward/head/{name}": float(value.mean()) for name, value in signal.heads.items()},
+            "advantages/abs_mean": float(mine.abs().mean()),
+            "advantages/clipped_frac": float((mine.abs() > config.optim.advantage_clip).float().mean()),
+            "advantages/fallback_requests": float(len(normalised.fallback_keys)),
+            "rollout/log_prob_mean": float(trajectory.log_probs.mean()),
+            **totals,
+            "policy/kl_coef": kl_coef_used,
+            "policy/kl_coef_next": self.kl_controller.value,
+            "policy/optimizer_steps": float(self.optimizer_steps),
+            **self._preservation,
+            "time/sample_score_s": sampled - started,
+            "time/reference_s": referenced - sampled,
+            "time/update_s": trained - referenced,
+            "time/epoch_s": trained - started,
+        }
+        return metrics
+
+    # ------------------------------------------------------------------------------------------------------
+    # Steps of an epoch
+
+    def _epoch_requests(self, epoch: int) -> tuple[list[InpaintRequest], list[int]]:
+        """The epoch's requests (without replacement, each repeated samples_per_request times) and seeds."""
+        config = self.config
+        key = [self.seed, epoch, self.process_index]
+        rng = np.random.default_rng([*key, _STREAM_REQUESTS])
+        chosen = rng.choice(len(self.requests), size=config.requests_per_epoch, replace=False)
+        requests = [self.requests[int(i)] for i in chosen for _ in range(config.samples_per_request)]
+        seeds = np.random.SeedSequence([*key, _STREAM_SEEDS]).generate_state(len(requests), dtype=np.uint32)
+        return requests, [int(s) for s in seeds]
+
+    def _sample_and_score(self, requests: list[InpaintRequest], seeds: list[int]) -> tuple[Trajectory, RewardSignal]:
+        """Sample in chunks of ``sampler.batch_size``; each finished chunk is scored (in a worker thread when
+        ``overlap_scoring``) while the next one is sampled.
+
+        Raises:
+            PreservationError: a chunk changed a product pixel (the sampler checks every image; the trainer
+                stops the run rather than learn from it).
+        """
+        config = self.config
+        chunk = config.sampler.batch_size
+        trajectories: list[Trajectory] = []
+        signals: list[Any] = []
+        self._preservation = {}
+        pool = ThreadPoolExecutor(max_workers=1) if config.overlap_scoring else None
+        try:
+            for start in range(0, len(requests), chunk):
+                part = sample_trajectories(
+                    self.policy, requests[start : start + chunk], seeds[start : start + chunk], config.sampler
+                )
+                if not part.preservation.ok:
+                    raise PreservationError(
+                        f"epoch {self.epoch + 1}, samples {start}..{start + len(part.requests) - 1}: product pixels "
+                        f"changed: {part.preservation.describe()}; training stopped"
+                    )
+                self._add_preservation(part.preservation.metrics())
+                trajectories.append(part.trajectory)
+                args = (self.reward_fn, part.images, part.requests, config.reward)
+                signals.append(pool.submit(reward_signal, *args) if pool is not None else reward_signal(*args))
+            if pool is not None:
+                signals = [future.result() for future in signals]
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        trajectory = trajectories[0] if len(trajectories) == 1 else Trajectory.concat(trajectories)
+        return trajectory, reweight(RewardSignal.concat(signals), config.reward)
+
+    def _add_preservation(self, metrics: Mapping[str, float]) -> None:
+        """Accumulate a chunk's preservation metrics over the epoch (max of the max, sums of the counts)."""
+        for key, value in metrics.items():
+            combine = max if key.endswith("max_abs_diff") else (lambda a, b: a + b)
+            self._preservation[key] = combine(self._preservation.get(key, 0.0), value)
+
+    def _plan_rows(self, batch: int, steps: int) -> list[list[StepRows]]:
+        """Per inner epoch, its minibatches' rows: samples shuffled, then J random steps per sample (DDPO's
+        per-sample timestep permutation), step-major within a minibatch."""
+        config = self.config
+        generator = torch.Generator().manual_seed(
+            int(
+                np.random.SeedSequence([self.seed, self.epoch, self.process_index, _STREAM_SHUFFLE]).generate_state(1)[
+                    0
+                ]
+            )
+        )
+        trained = config.trained_steps
+        plan = []
+        for _ in range(config.optim.inner_epochs):
+            order = torch.randperm(batch, generator=generator)
+            step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(batch)])[:, :trained]
+            minibatches = []
+            for start in range(0, batch, config.optim.samples_per_step):
+                samples = order[start : start + config.optim.samples_per_step]
+                chosen = step_order[samples]  # [m, J]
+                minibatches.append(
+                    StepRows(sample=samples[None, :].expand(trained, -1).reshape(-1), step=chosen.T.reshape(-1))
+                )
+            plan.append(minibatches)
+        return plan
+
+    def _update(
+        self,
+        trajectory: Trajectory,
+        advantages: torch.Tensor,
+        ref_table: torch.Tensor,
+        plan: list[list[StepRows]],
+    ) -> dict[str, float]:
+        """The optimiser steps of one epoch; returns row-weighted means of the losses and diagnostics."""
+        config, policy = self.config.optim, self.policy
+        kl_coef = self.kl_controller.value
+        policy.scheduler.set_timesteps(trajectory.num_steps, device=policy.device)
+        device = trajectory.latents.device
+        sums: dict[str, float] = {}
+        rows_seen = 0
+        grad_norms = []
+
+        def add(name: str, value: torch.Tensor, weight: int) -> None:
+            sums[name] = sums.get(name, 0.0) + float(value) * weight
+
+        for minibatches in plan:
+            for rows in minibatches:
+                self.optimizer.zero_grad(set_to_none=True)
+                for part in rows.chunks(config.rows_per_forward):
+                    sample, step = part.sample.to(device), part.step.to(device)
+                    out = replay_rows(policy, trajectory, part)
+                    pg = clipped_policy_loss(
+                        out.log_prob, trajectory.log_probs[sample, step], advantages[sample], config.clip_range
+                    )
+                    kl = gaussian_kl(out.mean, ref_table[sample, step], out.std, trajectory.background[sample]).mean()
+                    loss = pg.loss + kl_coef * kl
+                    (loss * (len(part) / len(rows))).backward()
+                    for name, value in (
+                        ("policy/loss", loss), ("policy/pg_loss", pg.loss), ("policy/kl", kl),
+                        ("policy/ratio_mean", pg.ratio_mean), ("policy/clipfrac", pg.clipfrac),
+                        ("policy/approx_kl", pg.approx_kl),
+                    ):  # fmt: skip
+                        add(name, value.detach(), len(part))
+                    rows_seen += len(part)
+                self._average_gradients()
+                max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, max_norm)))
+                self.optimizer.step()
+                self.optimizer_steps += 1
+        totals = {name: value / rows_seen for name, value in sums.items()}
+        totals["policy/grad_norm"] = float(np.mean(grad_norms))
+        return totals
+
+    # ------------------------------------------------------------------------------------------------------
+    # Evaluation, logging, checkpoints
+
+    def _evaluate(self) -> dict[str, float]:
+        """Held-out metrics (main process only; others wait), CPU time not charged to training."""
+        metrics: dict[str, float] = {}
+        if self.evaluator is not None and self.is_main_process:
+            started = time.perf_counter()
+            metrics = self.evaluator.evaluate(self.policy)
+            metrics["time/eval_s"] = time.perf_counter() - started
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+        return metrics
+
+    def _log(self, record: dict[str, float]) -> None:
+        self.history.append(record)
+        if self.is_main_process:
+            self.log_metrics({k: v for k, v in record.items() if k != "epoch"}, int(record["epoch"]))
+
+    def _finish(self) -> None:
+        if self.output_dir is None or not self.is_main_process:
+            return
+        self.policy.save_adapter(self.output_dir / "adapter")
+        if any("eval/kl_nats" in h for h in self.history):
+            plot_overoptimisation(self.history, self.output_dir / "overoptimisation.png")
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable trainer state (everything but the adapter, optimiser and global RNGs)."""
+        return {
+            "format": STATE_FORMAT,
+            "epoch": self.epoch,
+            "optimizer_steps": self.optimizer_steps,
+            "seed": self.seed,
+            "train_cpu_seconds": self.train_cpu_seconds,
+            "tracker": self.tracker.state_dict(),
+            "kl_controller": self.kl_controller.state_dict(),
+            "evaluator": None if self.evaluator is None else self.evaluator.state_dict(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (the seed must match)."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a DDPO trainer state (expected format {STATE_FORMAT!r})")
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"the checkpoint was trained with seed {state['seed']}, this trainer has {self.seed}")
+        self.epoch = int(state["epoch"])
+        self.optimizer_steps = int(state["optimizer_steps"])
+        self.train_cpu_seconds = float(state["train_cpu_seconds"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        if self.evaluator is not None and state.get("evaluator") is not None:
+            self.evaluator.load_state_dict(state["evaluator"])
+        self.history = [dict(h) for h in state["history"]]
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``<output_dir>/checkpoints/epoch-NNNNNN`` (main process only)."""
+        if self.output_dir is None or not self.is_main_process:
+            return None
+        folder = save_checkpoint(
+            self.output_dir / "checkpoints",
+            f"epoch-{self.epoch:06d}",
+            policy=self.policy,
+            optimizer=self.optimizer,
+            trainer_state=self.state_dict(),
+        )
+        logger.info("checkpoint: %s", folder)
+        return folder
+
+    def resume(self, folder: str | Path) -> None:
+        """Continue from a checkpoint folder written by :meth:`save_checkpoint` (adapter, optimiser, RNGs,
+        tracker, controller, epoch, history)."""
+        state = load_checkpoint(folder, policy=self.policy, optimizer=self.optimizer)
+        self.load_state_dict(state)
+        logger.info("resumed from %s at epoch %d", folder, self.epoch)

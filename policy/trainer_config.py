@@ -1,0 +1,191 @@
+"""Configuration of DDPO fine-tuning (section ``[trainer]`` of ``backdrop policy train``).
+
+Sizes, per process (with several processes every count below is per process and the effective batch is
+``num_processes`` times larger):
+
+    samples per epoch   S = requests_per_epoch x samples_per_request
+    trained steps       J = max(1, round(sampler.num_steps x optim.timestep_fraction)) per sample
+    optimizer steps     inner_epochs x S / optim.samples_per_step per epoch
+    UNet calls          each covers optim.rows_per_forward (sample, step) rows, x2 with guidance on
+
+The objective of one optimizer step is the mean over its samples and their trained steps of
+
+    max(-A r, -A clip(r, 1 - clip_range, 1 + clip_range)) + kl_coef * KL_t(pi_theta || pi_base)
+
+with r the per-step probability ratio against the sampling policy, A the per-request normalised advantage, and
+KL_t the closed-form Gaussian KL of step t averaged over background latent dims (``policy.losses``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rollout.config import SamplerConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """The LoRA optimiser and the clipped policy-gradient update."""
+
+    learning_rate: float = 3e-3
+    """AdamW learning rate of the LoRA weights (the only trainable weights). DDPO uses 3e-4 at SD scale; the tiny
+    studio model needs ~10x more (DESIGN.md section 6: 3e-3 moved gold, 1e-3 barely did)."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 1e-4
+    """AdamW decoupled weight decay of the LoRA weights (pulls the adapter, hence the policy, towards the base)."""
+    clip_range: float = 1e-4
+    """PPO ratio clip eps; tiny because the per-step log-prob is a mean over ~1000 latent dims, so per-step
+    ratios stay within ~1e-3 of 1 (DDPO's value)."""
+    advantage_clip: float = 5.0
+    """Advantages are clipped to +-this after normalisation (DDPO: 5)."""
+    max_grad_norm: float = 1.0
+    """Global L2 norm the LoRA gradient is clipped to before each optimiser step; 0 disables clipping."""
+    timestep_fraction: float = 1.0
+    """Fraction of each chain's T steps that are trained on (a random subset per sample and inner epoch, as in
+    DDPO); 1 trains on every step. Lower values save time at the cost of gradient noise."""
+    inner_epochs: int = 1
+    """Passes over one epoch's samples (PPO epochs). With 1 and samples_per_step = S the ratio is exactly 1."""
+    samples_per_step: int = 32
+    """Samples whose trained steps are accumulated into one optimiser step; must divide the samples per
+    epoch. Gradient accumulation: the step's objective is the mean over all its rows, whatever
+    rows_per_forward is."""
+    rows_per_forward: int = 64
+    """(sample, step) rows stacked into one UNet forward/backward (x2 with guidance). Only memory and speed
+    depend on it, never the result beyond float rounding: bigger calls amortise per-call overhead on a CPU."""
+
+    def __post_init__(self) -> None:
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1 and self.adam_eps > 0):
+            raise ValueError("need 0 <= adam_beta1, adam_beta2 < 1 and adam_eps > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.clip_range > 0:
+            raise ValueError(f"clip_range must be > 0, got {self.clip_range}")
+        if not self.advantage_clip > 0:
+            raise ValueError(f"advantage_clip must be > 0, got {self.advantage_clip}")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
+        if not 0 < self.timestep_fraction <= 1:
+            raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        if self.inner_epochs < 1 or self.samples_per_step < 1 or self.rows_per_forward < 1:
+            raise ValueError("inner_epochs, samples_per_step and rows_per_forward must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KLConfig:
+    """The KL leash to the base model (the same UNet with its adapter disabled)."""
+
+    coef: float = 0.01
+    """kl_coef: weight of the per-step KL (mean over background latent dims) in the objective. The prototype
+    measured 0.01 with lr 3e-3 as the setting that moved gold; 0.1 held the policy back."""
+    target: float | None = None
+    """KL budget per step (units of ``policy/kl``). When set, kl_coef starts at ``coef`` and a proportional
+    controller (Ziegler et al. 2019) adapts it every epoch to hold the measured KL near the target."""
+    horizon: float = 10.0
+    """Epochs over which a persistent 20 % KL error changes kl_coef by 20 % (controller only)."""
+
+    def __post_init__(self) -> None:
+        if self.coef < 0:
+            raise ValueError(f"coef must be >= 0, got {self.coef}")
+        if self.target is not None and not self.target > 0:
+            raise ValueError(f"target must be > 0 or unset, got {self.target}")
+        if self.target is not None and not self.coef > 0:
+            raise ValueError("a KL target needs coef > 0: the controller scales the coefficient multiplicatively")
+        if not self.horizon > 0:
+            raise ValueError(f"horizon must be > 0, got {self.horizon}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardSignalConfig:
+    """How the reward model's output becomes the scalar the advantages are computed from."""
+
+    pessimism: float = 0.0
+    """lambda of the pessimistic reward mean - lambda * ensemble std (0 = the plain mean). Penalises images the
+    reward ensemble disagrees on, which are where over-optimisation finds its proxy gains."""
+    certainty_weighting: bool = False
+    """Multiply each sample's advantage by 1 / (1 + (std / certainty_scale)^2), renormalised to mean 1."""
+    certainty_scale: float = 0.25
+    """Ensemble std (reward units) at which a sample's advantage counts half (certainty_weighting only)."""
+
+    def __post_init__(self) -> None:
+        if self.pessimism < 0:
+            raise ValueError(f"pessimism must be >= 0, got {self.pessimism}")
+        if not self.certainty_scale > 0:
+            raise ValueError(f"certainty_scale must be > 0, got {self.certainty_scale}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdvantageConfig:
+    """Per-request reward normalisation (DDPO's per-prompt stat tracker, keyed by request id)."""
+
+    buffer_size: int = 32
+    """Most recent rewards kept per request."""
+    min_count: int = 4
+    """Rewards a request needs in its buffer before its own mean/std are used (else the batch's)."""
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < 1 or not 1 <= self.min_count <= self.buffer_size:
+            raise ValueError(f"need 1 <= min_count <= buffer_size, got {self.min_count}, {self.buffer_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DDPOConfig:
+    """Online fine-tuning: sample, score with the reward model, per-request advantages, clipped PG + KL."""
+
+    epochs: int = 100
+    """Epochs (sample -> score -> update rounds)."""
+    cpu_budget_minutes: float | None = None
+    """Stop after the epoch in which the process's CPU time (user + system, all threads) passes this many
+    minutes; None runs all epochs. Wall time is not used because the machine may be shared."""
+    requests_per_epoch: int = 8
+    """Distinct requests sampled per epoch (drawn without replacement from the training pool)."""
+    samples_per_request: int = 4
+    """Samples per request per epoch; advantages compare them with each other through the stat tracker."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """DDIM steps, eta, guidance and batch size of the training rollouts."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and clipped update."""
+    kl: KLConfig = field(default_factory=KLConfig)
+    """KL penalty to the base model."""
+    reward: RewardSignalConfig = field(default_factory=RewardSignalConfig)
+    """Pessimism and certainty weighting of the reward."""
+    advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
+    """Per-request normalisation."""
+    overlap_scoring: bool = True
+    """Score a sampled chunk in a worker thread while the next chunk is being sampled (helps when the reward
+    model and the UNet can run concurrently: a GPU, or spare CPU cores)."""
+    eval_every: int = 10
+    """Evaluate (gold, proxy, KL on held-out requests) every this many epochs, and after the last; 0 = never."""
+    checkpoint_every: int = 10
+    """Write a resumable checkpoint every this many epochs, and after the last; 0 = only after the last."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.cpu_budget_minutes is not None and not self.cpu_budget_minutes > 0:
+            raise ValueError(f"cpu_budget_minutes must be > 0 or unset, got {self.cpu_budget_minutes}")
+        if self.requests_per_epoch < 1 or self.samples_per_request < 1:
+            raise ValueError("requests_per_epoch and samples_per_request must be >= 1")
+        if self.samples_per_epoch % self.optim.samples_per_step:
+            raise ValueError(
+                f"optim.samples_per_step={self.optim.samples_per_step} must divide the samples per epoch "
+                f"({self.requests_per_epoch} requests x {self.samples_per_request} = {self.samples_per_epoch})"
+            )
+        if self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ValueError("eval_every and checkpoint_every must be >= 0")
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """S = requests_per_epoch x samples_per_request (per process)."""
+        return self.requests_per_epoch * self.samples_per_request
+
+    @property
+    def trained_steps(self) -> int:
+        """J, the denoising steps trained per sample and inner epoch."""
+        return max(1, round(self.sampler.num_steps * self.optim.timestep_fraction))
