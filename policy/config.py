@@ -160,7 +160,8 @@ class InpaintModelConfig:
     pretrained: Path | None = None
     """A local folder in diffusers' layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/, safetensors
     weights), e.g. a Stable Diffusion inpainting checkpoint or a folder written by InpaintPolicy.save_pretrained.
-    When set, resolution and the unet/vae/text/scheduler sections are ignored. Nothing is downloaded."""
+    When set, resolution and the unet/vae/text/scheduler sections are ignored. Nothing is downloaded.
+    "studio_tiny" names the base model pretrained on the studio world and shipped in policy/weights/studio_tiny."""
     resolution: int = 64
     """Image side in pixels for a model built here; a multiple of the VAE factor times the UNet's down factor."""
     init_seed: int = 0

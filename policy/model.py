@@ -33,12 +33,19 @@ from policy.lora import (
     save_lora,
 )
 from policy.text import PromptEncoder, build_clip_tokenizer, build_text_encoder, save_tokenizer
+from policy.vae import MaskAwareDecoder
 
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 """Subfolders of a diffusers-format inpainting checkpoint."""
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+MASK_DECODER = "mask_decoder"
+"""Optional subfolder with a :class:`~policy.vae.MaskAwareDecoder` (diffusers' loaders ignore it)."""
+STUDIO_TINY = Path(__file__).resolve().parent / "weights" / "studio_tiny"
+"""The tiny base model pretrained on the studio world and shipped with the package (see its manifest.json)."""
+STUDIO_TINY_NAME = "studio_tiny"
+"""A ``pretrained`` value that names :data:`STUDIO_TINY` when no folder of that name exists."""
 
 
 class InpaintPolicy:
@@ -51,6 +58,8 @@ class InpaintPolicy:
         text_encoder: ``CLIPTextModel``, frozen.
         tokenizer: ``CLIPTokenizer``.
         scheduler: ``DDIMScheduler`` (a checkpoint's scheduler config is converted to DDIM).
+        mask_decoder: optional :class:`~policy.vae.MaskAwareDecoder`, frozen; :meth:`decode_latents` uses it when
+            given the masked image and the product mask (it removes the halo at the product edge).
     """
 
     def __init__(
@@ -64,6 +73,7 @@ class InpaintPolicy:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
+        mask_decoder: MaskAwareDecoder | None = None,
     ) -> None:
         latent = vae.config.latent_channels
         if unet.config.in_channels != 2 * latent + 1:
@@ -80,7 +90,12 @@ class InpaintPolicy:
             )
         self._device = torch.device(device)
         self._dtype = dtype
-        for module in (unet, vae, text_encoder):
+        if mask_decoder is not None and mask_decoder.shape.latent_channels != latent:
+            raise ValueError(
+                f"mask_decoder takes {mask_decoder.shape.latent_channels} latent channels, the VAE has {latent}"
+            )
+        modules = (unet, vae, text_encoder) if mask_decoder is None else (unet, vae, text_encoder, mask_decoder)
+        for module in modules:
             module.requires_grad_(False)
             module.eval()  # no dropout anywhere: recomputed log-probs must equal the sampled ones
             module.to(self._device)
@@ -96,6 +111,7 @@ class InpaintPolicy:
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.scheduler = scheduler
+        self.mask_decoder = mask_decoder
         self._prompts = PromptEncoder(tokenizer, text_encoder)
 
     # ------------------------------------------------------------------------------------------------------
@@ -122,7 +138,11 @@ class InpaintPolicy:
         """
         if config.pretrained is not None:
             return cls.from_pretrained(
-                config.pretrained, lora=lora, device=device, dtype=dtype, channels_last=config.channels_last
+                resolve_model_folder(config.pretrained),
+                lora=lora,
+                device=device,
+                dtype=dtype,
+                channels_last=config.channels_last,
             )
         words = _studio_vocabulary() if vocabulary is None else list(vocabulary)
         with torch.random.fork_rng(devices=[]):
@@ -164,7 +184,8 @@ class InpaintPolicy:
         """Load a local diffusers-format inpainting checkpoint (safetensors only; nothing is downloaded).
 
         Args:
-            folder: holds unet/, vae/, text_encoder/, tokenizer/ and scheduler/.
+            folder: holds unet/, vae/, text_encoder/, tokenizer/ and scheduler/, and optionally mask_decoder/
+                (a :class:`~policy.vae.MaskAwareDecoder`, loaded when present).
             lora: attach a fresh adapter with this configuration.
             adapter: a folder written by :meth:`save_adapter` to load (with ``lora`` given, its config must match).
 
@@ -188,6 +209,7 @@ class InpaintPolicy:
             scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
         except (OSError, ValueError) as exc:
             raise AssetError(f"{folder}: cannot load the checkpoint (safetensors weights required): {exc}") from None
+        mask_decoder = MaskAwareDecoder.load(folder / MASK_DECODER) if (folder / MASK_DECODER).is_dir() else None
         try:
             policy = cls(
                 unet=unet,
@@ -198,6 +220,7 @@ class InpaintPolicy:
                 device=device,
                 dtype=dtype,
                 channels_last=channels_last,
+                mask_decoder=mask_decoder,
             )
         except ValueError as exc:
             raise AssetError(f"{folder}: {exc}") from None
@@ -206,6 +229,23 @@ class InpaintPolicy:
         if adapter is not None:
             policy.load_adapter(adapter)
         return policy
+
+    @classmethod
+    def studio_base(
+        cls,
+        *,
+        lora: LoraConfig | None = None,
+        adapter: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> InpaintPolicy:
+        """The tiny base model pretrained on the studio world, shipped in ``policy/weights/studio_tiny``.
+
+        Reproduced by ``backdrop policy pretrain --config experiments/configs/pretrain_studio.toml``; its
+        manifest.json records the command, training time, data seed and metrics. In a config, write
+        ``pretrained = "studio_tiny"``.
+        """
+        return cls.from_pretrained(STUDIO_TINY, lora=lora, adapter=adapter, device=device, dtype=dtype)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write the base model (without the adapter) in diffusers' layout, all weights as safetensors.
@@ -226,6 +266,8 @@ class InpaintPolicy:
         # Not unet.save_pretrained: with an adapter attached peft renames the wrapped weights
         # (to_q.weight -> to_q.base_layer.weight) and adds the LoRA tensors; write the base layout instead.
         save_file(_base_state_dict(self.unet), str(unet_folder / UNET_WEIGHTS), metadata={"format": "pt"})
+        if self.mask_decoder is not None:
+            self.mask_decoder.save(folder / MASK_DECODER)
 
     def to_pipeline(self) -> StableDiffusionInpaintPipeline:
         """A diffusers ``StableDiffusionInpaintPipeline`` sharing these components (and the adapter, if any).
@@ -323,11 +365,26 @@ class InpaintPolicy:
         return posterior.mode().float() * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents ``[B, C, h, w]`` -> ``[B, 3, h*f, w*f]`` float32 clamped to [-1, 1]."""
+    def decode_latents(
+        self,
+        latents: torch.Tensor,
+        *,
+        masked_image: torch.Tensor | None = None,
+        product_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scaled latents ``[B, C, h, w]`` -> ``[B, 3, h*f, w*f]`` float32 clamped to [-1, 1].
+
+        With a mask-aware decoder and both ``masked_image [B, 3, h*f, w*f]`` (in [-1, 1], background zeroed)
+        and ``product_mask [B, h*f, w*f]`` bool, that decoder is used; otherwise the VAE's own decoder.
+        """
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"latents must be [B, {self.latent_channels}, h, w], got {list(latents.shape)}")
-        scaled = latents.to(device=self._device, dtype=self._dtype) / self.vae.config.scaling_factor
+        latents = latents.to(device=self._device, dtype=self._dtype)
+        if self.mask_decoder is not None and masked_image is not None and product_mask is not None:
+            context = masked_image.to(device=self._device, dtype=self._dtype)
+            decoded = self.mask_decoder(latents, context, product_mask.to(self._device))
+            return decoded.float().clamp(-1.0, 1.0)
+        scaled = latents / self.vae.config.scaling_factor
         return self.vae.decode(scaled).sample.float().clamp(-1.0, 1.0)
 
     def predict_noise(
@@ -413,6 +470,14 @@ def _base_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
             continue
         state[name.replace(".base_layer.", ".")] = tensor.detach().cpu().contiguous()
     return state
+
+
+def resolve_model_folder(pretrained: str | Path) -> Path:
+    """``pretrained`` as a folder; the bare name ``studio_tiny`` (with no such folder here) is the shipped base."""
+    path = Path(pretrained)
+    if str(pretrained) == STUDIO_TINY_NAME and not path.exists():
+        return STUDIO_TINY
+    return path
 
 
 def _studio_vocabulary() -> list[str]:

@@ -57,8 +57,18 @@ class InpaintingModel(Protocol):
         """``[B, 3, H, W]`` float in [-1, 1] -> scaled latents ``[B, C, H/f, W/f]`` float32 (deterministic)."""
         ...
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents ``[B, C, h, w]`` -> images ``[B, 3, h*f, w*f]`` float32 in [-1, 1]."""
+    def decode_latents(
+        self,
+        latents: torch.Tensor,
+        *,
+        masked_image: torch.Tensor | None = None,
+        product_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scaled latents ``[B, C, h, w]`` -> images ``[B, 3, h*f, w*f]`` float32 in [-1, 1].
+
+        ``masked_image [B, 3, h*f, w*f]`` (in [-1, 1], background zeroed) and ``product_mask [B, h*f, w*f]`` bool
+        are context for a mask-aware decoder (it blends the product edge); a plain decoder ignores them.
+        """
         ...
 
     def predict_noise(

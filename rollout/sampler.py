@@ -187,7 +187,7 @@ def _sample_chunk(
         chain.append(latents)
         log_probs.append(out.log_prob)
 
-    decoded = model.decode_latents(latents)
+    decoded = model.decode_latents(latents, masked_image=masked_image, product_mask=product_mask.to(device))
     generated = ((decoded.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     confidence = [r.confidence for r in requests]
     band_weight = None

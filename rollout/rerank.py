@@ -1,0 +1,167 @@
+"""Best-of-N reranking: score N candidates per request with any reward function, drop near-duplicates, keep the best.
+
+Near-duplicates are found with a DCT perceptual hash (pHash; Zauner 2010, as in the ``imagehash`` package):
+luma resized to 32x32, 2-D DCT-II, the 8x8 lowest frequencies without the DC term compared with their median,
+64 bits; two images are near-duplicates when their hashes differ in at most ``max_hamming`` bits. The
+candidates of one request share the product, which would dominate the hash, so before hashing the product
+pixels are replaced by the mean colour of the background: only the painted backgrounds are compared.
+
+Selection is greedy in descending reward: a candidate is kept unless it is a near-duplicate of an already kept
+one (so the best of a group of duplicates survives), until ``keep`` candidates are chosen per request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rollout.protocols import RewardFn
+from rollout.request import InpaintRequest
+from rollout.scoring import score_images
+
+HASH_SIDE = 8
+"""pHash keeps HASH_SIDE x HASH_SIDE low DCT frequencies (64 bits)."""
+RESIZE = 32
+"""Side the luma is resized to before the DCT (4x HASH_SIDE, pHash's choice)."""
+
+
+def _dct_matrix(size: int) -> torch.Tensor:
+    """Orthonormal DCT-II matrix ``[size, size]``: coefficients = D @ x for a column x."""
+    n = torch.arange(size, dtype=torch.float64)
+    matrix = torch.cos(math.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * size)) * math.sqrt(2.0 / size)
+    matrix[0] /= math.sqrt(2.0)
+    return matrix
+
+
+def perceptual_hash(images: torch.Tensor, product_masks: torch.Tensor | None = None) -> torch.Tensor:
+    """64-bit DCT perceptual hashes of ``images [B, 3, H, W]`` uint8: ``[B, 64]`` bool.
+
+    Args:
+        images: the candidates.
+        product_masks: ``[B, H, W]`` bool; where given, those pixels are set to the mean background colour
+            first, so that the shared product does not dominate the hash.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be uint8 [B, 3, H, W], got {images.dtype} {list(images.shape)}")
+    x = images.double() / 255.0
+    if product_masks is not None:
+        if product_masks.shape != (images.shape[0], *images.shape[2:]) or product_masks.dtype != torch.bool:
+            raise ValueError(f"product_masks must be bool [B, H, W] matching images, got {list(product_masks.shape)}")
+        background = (~product_masks)[:, None].double()
+        mean = (x * background).sum(dim=(2, 3), keepdim=True) / background.sum(dim=(2, 3), keepdim=True).clamp_min(1)
+        x = torch.where(product_masks[:, None], mean, x)
+    luma = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    small = F.interpolate(luma, size=(RESIZE, RESIZE), mode="bilinear", antialias=True, align_corners=False)[:, 0]
+    dct = _dct_matrix(RESIZE)
+    coefficients = dct @ small @ dct.T
+    low = coefficients[:, :HASH_SIDE, :HASH_SIDE].flatten(1)
+    median = low[:, 1:].median(dim=1, keepdim=True).values  # the DC term (overall brightness) is left out
+    return low > median
+
+
+def hamming_distances(hashes: torch.Tensor) -> torch.Tensor:
+    """Pairwise Hamming distances ``[B, B]`` int64 of bool hashes ``[B, bits]``."""
+    if hashes.dtype != torch.bool or hashes.ndim != 2:
+        raise ValueError(f"hashes must be bool [B, bits], got {hashes.dtype} {list(hashes.shape)}")
+    return (hashes[:, None, :] != hashes[None, :, :]).sum(dim=2)
+
+
+def select_distinct(scores: torch.Tensor, distances: torch.Tensor, keep: int, max_hamming: int) -> list[int]:
+    """Greedy selection: indices of up to ``keep`` best-scoring candidates, none within ``max_hamming`` of another.
+
+    Ties in score go to the lower index. Returns indices in descending score order.
+    """
+    if scores.ndim != 1 or distances.shape != (scores.shape[0], scores.shape[0]):
+        raise ValueError(
+            f"scores [N] and distances [N, N] expected, got {list(scores.shape)}, {list(distances.shape)}"
+        )
+    order = sorted(range(scores.shape[0]), key=lambda i: (-float(scores[i]), i))
+    chosen: list[int] = []
+    for index in order:
+        if len(chosen) == keep:
+            break
+        if all(int(distances[index, other]) > max_hamming for other in chosen):
+            chosen.append(index)
+    return chosen
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RerankResult:
+    """The chosen candidates of every request, best first within a request."""
+
+    images: torch.Tensor
+    """``[K, 3, H, W]`` uint8: the chosen images (requests in order of first appearance)."""
+    requests: tuple[InpaintRequest, ...]
+    """The K requests the chosen images answer."""
+    indices: tuple[int, ...]
+    """K indices of the chosen images among the candidates."""
+    scores: torch.Tensor
+    """``[K]`` float32 rewards of the chosen images."""
+    candidate_scores: torch.Tensor
+    """``[N]`` float32 rewards of every candidate."""
+    duplicates: tuple[int, ...]
+    """Indices of candidates that were near-duplicates of a better candidate of their request (skipped)."""
+
+    @property
+    def filtered(self) -> int:
+        """How many candidates the near-duplicate filter removed."""
+        return len(self.duplicates)
+
+
+def rerank(
+    images: torch.Tensor,
+    requests: Sequence[InpaintRequest],
+    reward_fn: RewardFn,
+    *,
+    keep: int = 1,
+    max_hamming: int = 6,
+    batch_size: int = 64,
+) -> RerankResult:
+    """Best-of-N: score every candidate, and per request id keep the ``keep`` best that are not near-duplicates.
+
+    Args:
+        images: ``[N, 3, H, W]`` uint8 candidates (e.g. ``Rollout.images``).
+        requests: the N requests they answer; candidates of one request share its ``request_id``.
+        reward_fn: any :class:`~rollout.protocols.RewardFn`.
+        keep: images to keep per request (fewer if its candidates are too alike).
+        max_hamming: two candidates whose background hashes differ in at most this many of 64 bits are
+            near-duplicates (0 removes exact duplicates only; a negative value disables the filter).
+        batch_size: scoring batch size.
+
+    Raises:
+        ValueError: misaligned inputs or ``keep < 1``; the reward function's errors as in ``score_images``.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    scores = score_images(reward_fn, images, requests, batch_size=batch_size)
+    masks = torch.stack([r.product_mask for r in requests])
+    distances = hamming_distances(perceptual_hash(images, masks))
+    groups: dict[str, list[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(request.request_id, []).append(index)
+    chosen: list[int] = []
+    duplicates: list[int] = []
+    for members in groups.values():
+        member = torch.tensor(members)
+        local_distances = distances[member][:, member]
+        local = select_distinct(scores[member], local_distances, keep, max_hamming)
+        chosen.extend(members[i] for i in local)
+        # A candidate is a filtered duplicate if it is within max_hamming of a better-scoring candidate that was
+        # considered before it (the kept one or another duplicate of it).
+        order = sorted(range(len(members)), key=lambda i: (-float(scores[members[i]]), i))
+        for rank, i in enumerate(order):
+            if any(int(local_distances[i, j]) <= max_hamming for j in order[:rank] if j in local):
+                duplicates.append(members[i])
+    picked = torch.tensor(chosen, dtype=torch.long)
+    return RerankResult(
+        images=images[picked],
+        requests=tuple(requests[i] for i in chosen),
+        indices=tuple(chosen),
+        scores=scores[picked],
+        candidate_scores=scores,
+        duplicates=tuple(sorted(duplicates)),
+    )
