@@ -36,6 +36,7 @@ from policy.replay import background_dims, stepwise_kl
 from policy.reward_signal import RewardModelFn, score_rewards
 from rollout.config import SamplerConfig
 from rollout.request import InpaintRequest, expand_requests
+from rollout.rerank import rerank
 from rollout.sampler import Rollout, sample_trajectories
 
 logger = logging.getLogger(__name__)
@@ -242,3 +243,65 @@ def plot_overoptimisation(history: Sequence[Mapping[str, float]], path: str | Pa
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class BestOfN:
+    """n samples per request from one policy, their scores, and the sample the proxy picks for each request."""
+
+    proxy: torch.Tensor
+    """``[R, n]`` float32 proxy rewards."""
+    gold: torch.Tensor | None
+    """``[R, n]`` float64 gold (None without a gold function)."""
+    chosen: torch.Tensor
+    """``[R]`` int64 index of the best-scoring sample of each request."""
+    duplicates: int = 0
+    """Candidates the reranker's near-duplicate filter found (a measure of how alike the n samples are)."""
+
+    @property
+    def chosen_gold(self) -> torch.Tensor:
+        """``[R]`` gold of the picked samples."""
+        if self.gold is None:
+            raise ValueError("no gold function was given")
+        return self.gold.gather(1, self.chosen[:, None])[:, 0]
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """Upper bound on KL(best-of-n || base) in nats: log n - (n - 1) / n (Beirami et al. 2024; exact for
+    continuous rewards without ties)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n(
+    policy: InpaintPolicy,
+    requests: Sequence[InpaintRequest],
+    *,
+    n: int,
+    reward_fn: RewardModelFn,
+    gold_fn: GoldFn | None,
+    sampler: SamplerConfig,
+    first_seed: int,
+) -> BestOfN:
+    """Sample ``n`` candidates per request with ``policy`` as it is and keep the one the proxy scores highest
+    (``rollout.rerank``; with one image kept per request its near-duplicate filter never changes the pick).
+
+    Request r's candidates use seeds first_seed + r n .. first_seed + r n + n - 1; wrap the call in
+    ``policy.reference()`` for the base model. Request ids must be distinct.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if len({r.request_id for r in requests}) != len(requests):
+        raise ValueError("request ids must be distinct: candidates are grouped by request id")
+    expanded, seeds = expand_requests(requests, n, first_seed)
+    rollout = sample_trajectories(policy, expanded, seeds, sampler)
+    if not rollout.preservation.ok:
+        raise PreservationError(f"best-of-{n} samples changed product pixels: {rollout.preservation.describe()}")
+    picked = rerank(rollout.images, expanded, lambda images, batch: score_rewards(reward_fn, images, batch)[0])
+    proxy = picked.candidate_scores.reshape(len(requests), n)
+    chosen = torch.tensor(picked.indices, dtype=torch.int64) - torch.arange(len(requests)) * n
+    gold = None
+    if gold_fn is not None:
+        gold = torch.as_tensor(gold_fn(rollout.images, expanded), dtype=torch.float64).reshape(len(requests), n)
+    return BestOfN(proxy=proxy, gold=gold, chosen=chosen, duplicates=picked.filtered)

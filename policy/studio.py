@@ -10,6 +10,7 @@ passed to evaluation, never to the trainer's loss.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ import torch
 from offline_data.simulator import SEGMENTS, SHOPPER_SEGMENTS, SimulatorConfig, StudioWorld
 from offline_data.splits import assign
 from rollout.request import InpaintRequest
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +101,12 @@ def studio_requests(config: StudioRequestsConfig, world: StudioWorld | None = No
     eval_idx = np.flatnonzero(split == 2)
     if config.train_products:
         train_idx = train_idx[: config.train_products]
+    if eval_idx.size < config.eval_products:
+        logger.warning(
+            "only %d of the requested %d evaluation products exist in the test split",
+            eval_idx.size,
+            config.eval_products,
+        )
     eval_idx = eval_idx[: config.eval_products]
     if train_idx.size == 0 or eval_idx.size == 0:
         raise ValueError(

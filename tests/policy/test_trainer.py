@@ -12,7 +12,7 @@ from offline_data.errors import PreservationError
 from policy import trainer as trainer_module
 from policy.advantages import RequestStatTracker
 from policy.config import InpaintModelConfig, LoraConfig, TextEncoderConfig, UNetConfig, VAEConfig
-from policy.evaluation import EvaluationConfig, PolicyEvaluator, paired_gain, within_request_sd
+from policy.evaluation import EvaluationConfig, PolicyEvaluator
 from policy.model import InpaintPolicy
 from policy.replay import StepRows, replay_rows
 from policy.trainer import DDPOTrainer
@@ -230,17 +230,6 @@ def test_trainer_needs_an_adapter_and_unique_request_ids() -> None:
 def test_config_refuses_inconsistent_sizes(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tiny_config(**changes)
-
-
-def test_paired_gain_and_within_request_sd_by_hand() -> None:
-    base = torch.tensor([[0.0, 2.0], [1.0, 1.0]], dtype=torch.float64)
-    # var of [0, 2] = 2, of [1, 1] = 0 -> pooled sd sqrt(1) = 1
-    assert within_request_sd(base) == pytest.approx(1.0)
-    values = torch.tensor([[1.0, 3.0], [0.0, 1.0]], dtype=torch.float64)  # per-request gains 1 and -0.5
-    gain = paired_gain(values, base, scale=0.5)
-    assert gain["gain"] == pytest.approx(0.25) and gain["gain_sd"] == pytest.approx(0.5)
-    assert gain["improved"] == 0.5
-    assert gain["gain_se"] == pytest.approx(torch.tensor([1.0, -0.5]).std().item() / 2**0.5)
 
 
 def test_training_writes_adapter_plot_and_checkpoint(tmp_path: Path) -> None:

@@ -1,0 +1,126 @@
+"""Evaluation during training: paired gains, best-of-n, the evaluator's state, studio requests and gold."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from offline_data.simulator import SimulatorConfig, StudioWorld, WorldConfig
+from offline_data.splits import assign
+from policy.evaluation import (
+    EvaluationConfig,
+    PolicyEvaluator,
+    best_of_n,
+    best_of_n_kl_bound,
+    paired_gain,
+    plot_overoptimisation,
+    within_request_sd,
+)
+from policy.studio import StudioGold, StudioRequestsConfig, studio_requests
+
+from .test_trainer import SAMPLER, red_background, tiny_policy, tiny_requests
+
+
+def test_paired_gain_and_within_request_sd_by_hand() -> None:
+    base = torch.tensor([[0.0, 2.0], [1.0, 1.0]], dtype=torch.float64)
+    # var of [0, 2] = 2, of [1, 1] = 0 -> pooled sd sqrt(1) = 1
+    assert within_request_sd(base) == pytest.approx(1.0)
+    values = torch.tensor([[1.0, 3.0], [0.0, 1.0]], dtype=torch.float64)  # per-request gains 1 and -0.5
+    gain = paired_gain(values, base, scale=0.5)
+    assert gain["gain"] == pytest.approx(0.25) and gain["gain_sd"] == pytest.approx(0.5)
+    assert gain["improved"] == 0.5
+    assert gain["gain_se"] == pytest.approx(torch.tensor([1.0, -0.5]).std().item() / 2**0.5)
+    with pytest.raises(ValueError, match="K >= 2"):
+        within_request_sd(torch.zeros(3, 1))
+
+
+def test_best_of_n_picks_the_proxy_maximum() -> None:
+    policy = tiny_policy()
+    requests = tiny_requests(3, offset=20)
+
+    def gold(images: torch.Tensor, batch) -> torch.Tensor:
+        return -red_background(images, batch).double()  # gold disagrees with the proxy
+
+    result = best_of_n(policy, requests, n=4, reward_fn=red_background, gold_fn=gold, sampler=SAMPLER, first_seed=5)
+    assert result.proxy.shape == (3, 4) and result.gold.shape == (3, 4)
+    assert torch.equal(result.chosen, result.proxy.argmax(dim=1))
+    torch.testing.assert_close(result.chosen_gold, -result.proxy.max(dim=1).values.double(), rtol=1e-6, atol=1e-7)
+    assert best_of_n_kl_bound(16) == pytest.approx(math.log(16) - 15 / 16)
+    assert best_of_n_kl_bound(1) == 0.0
+
+
+def test_evaluator_state_round_trips_and_the_base_scores_zero_gain() -> None:
+    policy = tiny_policy()
+    evaluator = PolicyEvaluator(
+        tiny_requests(2, offset=30), reward_fn=red_background, gold_fn=red_background, sampler=SAMPLER,
+        config=EvaluationConfig(seeds_per_request=3),
+    )  # fmt: skip
+    metrics = evaluator.evaluate(policy)
+    # A fresh adapter is the base: the same noise gives the same samples, so every gain and the KL are 0.
+    assert metrics["gold/gain"] == 0.0 and metrics["eval/proxy_gain_sd"] == 0.0 and metrics["eval/kl_nats"] == 0.0
+    assert metrics["gold/engagement"] == metrics["gold/base_engagement"]
+    state = json.loads(json.dumps(evaluator.state_dict()))
+    restored = PolicyEvaluator(
+        tiny_requests(2, offset=30), reward_fn=red_background, gold_fn=red_background, sampler=SAMPLER,
+        config=EvaluationConfig(seeds_per_request=3),
+    )  # fmt: skip
+    restored.load_state_dict(state)
+    assert torch.equal(restored.base(policy)["gold"], evaluator.base(policy)["gold"])
+    other = PolicyEvaluator(tiny_requests(2), reward_fn=red_background, gold_fn=None, sampler=SAMPLER)
+    with pytest.raises(ValueError, match="requests x seeds"):
+        other.load_state_dict(state)
+
+
+def test_overoptimisation_plot(tmp_path: Path) -> None:
+    history = [
+        {"epoch": e, "eval/kl_nats": kl, "eval/proxy_gain_sd": p, "gold/gain_sd": g, "gold/gain_se": 0.05,
+         "gold/base_within_sd": 0.5}
+        for e, kl, p, g in [(0, 0.0, 0.0, 0.0), (10, 5.0, 0.8, 0.4), (20, 12.0, 1.5, 0.2)]
+    ] + [{"epoch": 5, "policy/kl": 0.1}]  # fmt: skip
+    path = plot_overoptimisation(history, tmp_path / "curve.png")
+    assert path.stat().st_size > 5000
+
+
+@pytest.fixture(scope="module")
+def small_world() -> StudioWorld:
+    return StudioWorld(SimulatorConfig(world=WorldConfig(products=40)))
+
+
+def test_studio_requests_split_products_like_data_split(small_world: StudioWorld) -> None:
+    config = StudioRequestsConfig(eval_products=2, prompts_per_product=2)
+    requests = studio_requests(config, small_world)
+    split = assign(pa.array(small_world.product_ids), config.split_fractions, config.split_seed)
+    train_ids = {pid for pid, s in zip(small_world.product_ids, split) if s == 0}
+    test_ids = [pid for pid, s in zip(small_world.product_ids, split) if s == 2][:2]
+    assert set(requests.train_products) == train_ids and list(requests.eval_products) == test_ids
+    assert len(requests.train) == 2 * len(train_ids) and len(requests.evaluation) == 2
+    assert not {r.product_id for r in requests.train} & {r.product_id for r in requests.evaluation}
+    assert len({r.request_id for r in requests.train}) == len(requests.train)
+    assert [r.segment for r in requests.train[:4]] == ["warm", "cool", "minimal", "warm"]
+    first = requests.evaluation[0]
+    index = small_world.product_ids.index(first.product_id)
+    # What a user of the logs has: the catalogue shot and the segmenter's (noisy) mask with its confidence.
+    assert np.array_equal(first.product_mask.numpy(), small_world.noisy_masks[index])
+    assert np.array_equal(first.product_rgb.permute(1, 2, 0).numpy(), small_world.products[index].photo())
+    assert first.confidence is not None and first.prompt == small_world.product_prompts[index][0]
+
+
+def test_studio_gold_uses_the_exact_mask_and_the_request_segment(small_world: StudioWorld) -> None:
+    requests = studio_requests(StudioRequestsConfig(eval_products=2), small_world).evaluation
+    images = torch.stack([r.product_rgb for r in requests])
+    got = StudioGold(small_world)(images, requests)
+    indices = [small_world.product_ids.index(r.product_id) for r in requests]
+    expected = small_world.gold(
+        images.permute(0, 2, 3, 1).numpy(), small_world.exact_masks[indices], [r.prompt for r in requests],
+        [r.segment for r in requests],
+    )  # fmt: skip
+    assert np.array_equal(got.numpy(), expected)
+    stranger = tiny_requests(1)[0]
+    with pytest.raises(ValueError, match="not in the studio world"):
+        StudioGold(small_world)(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), [stranger])
