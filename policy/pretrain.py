@@ -164,7 +164,12 @@ def pretrain(
     device = torch.device(device)
     data = render_data(config.data, model_config.resolution, progress=progress)
     policy = InpaintPolicy.from_config(model_config, device=device)
-    style = StyleConditioning(config.denoiser.style, policy.text_encoder.config.hidden_size).to(device)
+    # The style adapter, then (after the VAE) the mask decoder's context branch, are initialised from one stream
+    # seeded with `seed`, independent of whatever used the global generator before (exact resumes, repeat runs).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        style = StyleConditioning(config.denoiser.style, policy.text_encoder.config.hidden_size).to(device)
+        init_state = torch.get_rng_state()
     modules: dict[str, torch.nn.Module] = {
         "vae": policy.vae, "unet": policy.unet, "text_encoder": policy.text_encoder, "style": style
     }  # fmt: skip
@@ -177,7 +182,7 @@ def pretrain(
         checkpointer.scaling_factor = fit_scaling
     decoder = None
     if config.mask_decoder.steps > 0 and position >= STAGES.index("mask_decoder"):
-        decoder = MaskAwareDecoder.from_vae(policy.vae, config.mask_decoder.context)
+        decoder = _new_mask_decoder(policy, config, init_state)
         modules["mask_decoder"] = decoder
     if state is not None:
         load_checkpoint(resume, modules)  # weights only; each stage restores its own optimiser below
@@ -200,7 +205,7 @@ def pretrain(
         checkpointer.scaling_factor = fit_scaling_factor(policy.vae, data.scenes.images[:1024])
         logger.info("VAE latent scaling factor: %.4f", checkpointer.scaling_factor)
         if config.mask_decoder.steps > 0:
-            decoder = MaskAwareDecoder.from_vae(policy.vae, config.mask_decoder.context)
+            decoder = _new_mask_decoder(policy, config, init_state)
             modules["mask_decoder"] = decoder
         checkpointer.save("mask_decoder", 0)
         seconds["vae"] = time.perf_counter() - started
@@ -235,6 +240,13 @@ def pretrain(
     )  # fmt: skip
     policy.vae.to(memory_format=torch.contiguous_format)
     return PretrainResult(policy=final, style=style.eval().requires_grad_(False), seconds=seconds, metrics=metrics)
+
+
+def _new_mask_decoder(policy: InpaintPolicy, config: PretrainConfig, init_state: torch.Tensor) -> MaskAwareDecoder:
+    """The mask-aware decoder, its context branch initialised from the global generator state ``init_state``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(init_state)
+        return MaskAwareDecoder.from_vae(policy.vae, config.mask_decoder.context)
 
 
 def _generator(seed: int, stage: str) -> torch.Generator:

@@ -136,7 +136,8 @@ def random_known_masks(
     """Random known-region masks ``[count, size, size]`` bool (True = kept, False = painted).
 
     The painted region is one of boxes (1-3 rectangles), blobs (smooth noise above a random quantile) or
-    strokes (1-4 polylines 3-10 px thick), each covering roughly 15-85 % of the image, or, with
+    strokes (1-4 polylines 3-10 px thick), covering from a few percent (one thin stroke) to most of the image
+    (about 40 % on average), or, with
     ``full_probability``, the whole image (text-to-image on the scene). Every non-full mask keeps at least
     one pixel and paints at least one. Drawn in numpy (tiny torch ops are slow with several threads) from a
     seed taken from ``generator``.

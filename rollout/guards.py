@@ -184,7 +184,7 @@ class PromptGuard:
             if blocked is not None:
                 kind = "pattern" if blocked in self.config.patterns else "word"
                 verdicts.append(GuardVerdict(prompt=prompt, allowed=False, blocked=blocked,
-                                             reason=f"contains the blocked {kind} {blocked!r}"))  # fmt: skip
+                                             reason=f"contains the blocked {kind} '{blocked}'"))  # fmt: skip
             elif not prompt.strip() or not self.config.check_distribution:
                 verdicts.append(GuardVerdict(prompt=prompt, allowed=True))
             else:

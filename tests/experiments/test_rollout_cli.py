@@ -1,0 +1,154 @@
+"""``backdrop rollout sample``: real photos with a mask file, native size, best-of-N, style, guards, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.cbook
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments.cli import main
+from offline_data.simulator import load_product_photo
+from policy.config import InpaintModelConfig
+from policy.model import STUDIO_TINY, InpaintPolicy
+from policy.style import StyleConditioning, StyleConfig
+from policy.vae import MaskAwareDecoder
+from rollout.trajectory import Trajectory
+
+FAST = ["--steps", "2", "--threads", "1", "--no-progress", "--no-guard"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model in the shipped layout (diffusers folder + mask_decoder/ + style/)."""
+    folder = tmp_path_factory.mktemp("model")
+    policy = InpaintPolicy.from_config(InpaintModelConfig())
+    policy.mask_decoder = MaskAwareDecoder.from_vae(policy.vae)
+    policy.save_pretrained(folder)
+    StyleConditioning(StyleConfig(), policy.text_encoder.config.hidden_size).save(folder / "style")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray]:
+    """matplotlib's 128 px RGBA product photo split into an RGB file and a mask file (alpha >= 128)."""
+    folder = tmp_path_factory.mktemp("photo")
+    with matplotlib.cbook.get_sample_data("Minduka_Present_Blue_Pack.png") as handle:
+        rgba = np.asarray(Image.open(handle).convert("RGBA"))
+    mask = rgba[..., 3] >= 128
+    Image.fromarray(rgba[..., :3]).save(folder / "gift.png")
+    Image.fromarray((mask * 255).astype(np.uint8)).save(folder / "gift_mask.png")
+    return folder / "gift.png", folder / "gift_mask.png", np.dstack([rgba[..., :3], mask * np.uint8(255)])
+
+
+def read(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_real_photo_with_a_mask_file(model: Path, photo, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rgb_path, mask_path, rgba = photo
+    prompts = ["white marble tabletop, soft window light", "oak wood floor"]
+    code = main(["rollout", "sample", "--model", str(model), "--products", str(rgb_path), "--masks", str(mask_path),
+                 "--prompts", *prompts, "--n", "2", "--out", str(tmp_path / "out"), *FAST])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "max |diff| 0, 0 differing pixel(s)" in out
+    # The expected product: the photo with its binary mask, fitted to 64 px as the simulator fits photos.
+    staged = tmp_path / "staged.png"
+    Image.fromarray(rgba, mode="RGBA").save(staged)
+    product = load_product_photo(staged, 64)
+    images = sorted((tmp_path / "out" / "images").glob("*.png"))
+    assert len(images) == 4
+    for path in images:
+        pixels = read(path)
+        assert pixels.shape == (64, 64, 3)
+        np.testing.assert_array_equal(pixels[product.mask], product.rgb[product.mask])
+        assert (pixels[~product.mask] != 0).any()  # a background was painted
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["preservation"] == {"ok": True, "max_abs_diff": 0, "mask_pixels": 4 * int(product.mask.sum()),
+                                      "differing_pixels": 0}  # fmt: skip
+    assert {r["prompt"] for r in report["images"]} == set(prompts)
+    trajectory = Trajectory.load(tmp_path / "out" / "trajectories" / "gift-p0.safetensors")
+    assert trajectory.batch_size == 2 and trajectory.num_steps == 2 and trajectory.prompts[0] == prompts[0]
+    assert (tmp_path / "out" / "contact_sheet.png").is_file()
+
+
+def test_native_size_keeps_the_users_own_pixels(model: Path, photo, tmp_path: Path) -> None:
+    rgb_path, mask_path, rgba = photo
+    code = main(["rollout", "sample", "--model", str(model), "--products", str(rgb_path), "--masks", str(mask_path),
+                 "--prompts", "oak wood floor", "--n", "1", "--native", "--out", str(tmp_path), *FAST])  # fmt: skip
+    assert code == 0
+    (path,) = (tmp_path / "images").glob("*.png")
+    pixels, mask = read(path), rgba[..., 3] == 255
+    assert pixels.shape == (128, 128, 3)
+    np.testing.assert_array_equal(pixels[mask], rgba[..., :3][mask])
+
+
+def test_best_of_with_the_gold_reward_and_a_style_board(model: Path, tmp_path: Path) -> None:
+    board = tmp_path / "board.png"
+    Image.fromarray(np.full((40, 50, 3), (200, 120, 60), dtype=np.uint8)).save(board)
+    code = main(["rollout", "sample", "--model", str(model), "--products", "studio:bottle:3", "studio:mug",
+                 "--prompts", "navy marble floor, moody low light", "--n", "2", "--best-of", "3", "--reward", "gold",
+                 "--style", str(board), "--out", str(tmp_path / "out"), *FAST])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["best_of"] == 3 and report["style_board"] == [str(board)]
+    by_request: dict[str, list[float]] = {}
+    for record in report["images"]:
+        by_request.setdefault(record["request_id"], []).append(record["reward"])
+    assert sorted(by_request) == ["studio-bottle-3-p0", "studio-mug-0-p0"]
+    for rewards in by_request.values():
+        assert len(rewards) == 2 and rewards == sorted(rewards, reverse=True)
+    trajectory = Trajectory.load(tmp_path / "out" / "trajectories" / "studio-mug-0-p0.safetensors")
+    # Style tokens extend the conditioning: 16 text tokens + 4 style tokens.
+    assert trajectory.prompt_embeds.shape[1] == 20 and trajectory.batch_size == 2
+
+
+def test_guard_refuses_a_blocklisted_prompt(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["rollout", "sample", "--model", str(model), "--products", "studio:can", "--prompts",
+                 "nike logo on marble", "--out", str(tmp_path / "out"), "--steps", "2"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "prompt 1 'nike logo on marble': contains the blocked word 'nike'" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--products", "studio:vase"], "studio:vase: expected studio:KIND[:SEED] with KIND in bottle"),
+        (["--products", "missing.png"], "missing.png: product photo not found"),
+        (["--products", "studio:can", "--masks", "a.png", "b.png"], "--masks has 2 entries but --products has 1"),
+        (["--products", "studio:can", "--best-of", "2"], "--best-of needs --reward"),
+        (["--products", "studio:can", "--reward", "gold:nobody", "--best-of", "2"], "unknown segment"),
+        (["--products", "studio:can", "--eta", "0"], "invalid option: eta must be in (0, 1]"),
+    ],
+)
+def test_input_errors(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: list, message: str) -> None:
+    code = main(["rollout", "sample", "--model", str(model), "--prompts", "oak wood floor", "--out", str(tmp_path),
+                 *args, *FAST])  # fmt: skip
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_mask_of_the_wrong_size(model: Path, photo, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rgb_path, _, _ = photo
+    small = tmp_path / "small_mask.png"
+    Image.fromarray(np.full((10, 12), 255, dtype=np.uint8)).save(small)
+    code = main(["rollout", "sample", "--model", str(model), "--products", str(rgb_path), "--masks", str(small),
+                 "--prompts", "oak wood floor", "--out", str(tmp_path / "o"), *FAST])  # fmt: skip
+    assert code == 2
+    assert "small_mask.png: mask is 12x10 but its photo is 128x128" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not STUDIO_TINY.is_dir(), reason="shipped weights not present")
+def test_default_model_is_the_shipped_base(tmp_path: Path) -> None:
+    code = main(["rollout", "sample", "--products", "studio:jar:1", "--prompts", "sage linen backdrop", "--n", "1",
+                 "--out", str(tmp_path), *FAST])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert Path(report["model"]) == STUDIO_TINY and report["preservation"]["ok"]
+    assert report["preservation"]["max_abs_diff"] == 0
