@@ -406,7 +406,7 @@ def train_denoiser(
         if step % 10 == 0 or step == config.steps - 1:
             log_metrics({"denoiser/loss": float(loss.detach()), "denoiser/grad_norm": float(grad_norm),
                          "denoiser/lr": optimizer.param_groups[0]["lr"], "denoiser/stage": stage}, step)  # fmt: skip
-            bar.set_postfix(loss=f"{float(loss):.4f}", stage=stage)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", stage=stage)
         if (step + 1) % config.validate_every == 0:
             log_metrics({"denoiser/val_loss": _validation_loss(policy, style, validation, config)}, step)
         checkpointer.maybe_save("denoiser", step + 1, optimizer=optimizer, ema=ema.shadow if ema else None,

@@ -135,7 +135,7 @@ def train_vae(
         if step % 10 == 0 or step == config.steps - 1:
             values = {f"vae/{k}": float(v.detach()) for k, v in terms.items()}
             log_metrics(values | {"vae/lr": optimizer.param_groups[0]["lr"]}, step)
-            bar.set_postfix(loss=f"{float(terms['loss']):.4f}")
+            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}")
         checkpointer.maybe_save("vae", step + 1, optimizer=optimizer, generator=generator)
     vae.eval().requires_grad_(False)
 
@@ -234,6 +234,6 @@ def train_mask_decoder(
         optimizer.step()
         if step % 10 == 0 or step == config.steps - 1:
             log_metrics({f"mask_decoder/{k}": float(v.detach()) for k, v in terms.items()}, step)
-            bar.set_postfix(loss=f"{float(terms['loss']):.4f}")
+            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}")
         checkpointer.maybe_save("mask_decoder", step + 1, optimizer=optimizer, generator=generator)
     decoder.eval().requires_grad_(False)

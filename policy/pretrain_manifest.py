@@ -84,7 +84,7 @@ def evaluate_model(
     policy = InpaintPolicy.from_pretrained(folder, device=device)
     style = StyleConditioning.load(folder / "style").to(device)
     size, data_seed = policy.resolution, config.data.seed
-    data = build_evaluation_data(data_seed, size, max(config.evaluation.samples, 64))
+    data = build_evaluation_data(data_seed, size, max(config.evaluation.samples, 16))
     classifier = fit_prompt_classifier(style.encoder, data_seed, size, config.evaluation.classifier_scenes)
     metrics = evaluate_reconstruction(policy, data)
     seam_metrics, seam_examples = evaluate_seams(policy, data)

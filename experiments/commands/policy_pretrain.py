@@ -103,7 +103,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
                                           **manifest_args))  # fmt: skip
         return 0
     command = ["backdrop", "policy", "pretrain"]
-    if args.config:
+    if args.resume:  # the run's own config.toml was loaded, whatever --config says
+        command += ["--resume", args.resume]
+    elif args.config:
         command += ["--config", args.config]
     for override in args.overrides:
         command += ["--set", override]
