@@ -176,10 +176,9 @@ def pretrain(
     checkpointer = Checkpointer(checkpoint_dir, modules, config.checkpoint_every)
     state = read_state(resume) if resume is not None else None
     position = STAGES.index(state.stage) if state is not None else 0
-    if state is not None and position > 0:
-        fit_scaling = state.scaling_factor
-        policy.vae.register_to_config(scaling_factor=fit_scaling)
-        checkpointer.scaling_factor = fit_scaling
+    if state is not None and position > 0:  # the VAE is trained: its scaling factor lives in the checkpoint
+        policy.vae.register_to_config(scaling_factor=state.scaling_factor)
+        checkpointer.scaling_factor = state.scaling_factor
     decoder = None
     if config.mask_decoder.steps > 0 and position >= STAGES.index("mask_decoder"):
         decoder = _new_mask_decoder(policy, config, init_state)
@@ -209,11 +208,11 @@ def pretrain(
             modules["mask_decoder"] = decoder
         checkpointer.save("mask_decoder", 0)
         seconds["vae"] = time.perf_counter() - started
-    product_latents = _scaled_latents(policy, masked_images(data.products.rgb, data.products.masks))
 
     if config.mask_decoder.steps > 0 and position <= STAGES.index("mask_decoder"):
         started = time.perf_counter()
         resume_from, start = stage_start("mask_decoder")
+        product_latents = _scaled_latents(policy, masked_images(data.products.rgb, data.products.masks))
         decoder.set_scaling_factor(policy.vae.config.scaling_factor)
         train_mask_decoder(decoder, policy.vae, data.scenes, data.products, product_latents, config.mask_decoder,
                            generator=_generator(seed, "mask_decoder"), checkpointer=checkpointer,
@@ -224,10 +223,10 @@ def pretrain(
     if decoder is not None:
         decoder.set_scaling_factor(policy.vae.config.scaling_factor)
 
-    cache = build_cache(policy, style, data.scenes, data.products)
     if position <= STAGES.index("denoiser"):
         started = time.perf_counter()
         resume_from, start = stage_start("denoiser")
+        cache = build_cache(policy, style, data.scenes, data.products)
         validation = build_cache(policy, style, data.validation_scenes, data.validation_products)
         metrics |= train_denoiser(policy, style, data, cache, validation, config.denoiser, seed=seed,
                                   checkpointer=checkpointer, log_metrics=log_metrics, resume=resume_from,
