@@ -273,9 +273,10 @@ def compare_methods(
     rwr: Sequence[str | Path] = (),
     best_of: int = 16,
     stack: bool = True,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Build the comparison (module docstring) and write ``compare.md`` / ``compare.json`` into ``out_dir``."""
+    """Build the comparison (module docstring) and write ``compare.md`` / ``compare.json`` into ``out_dir``
+    (default: a fresh ``runs/policy_compare/<timestamp>``, made once the table is computed)."""
     if not ddpo:
         raise ComparisonError("give at least one DDPO run (--ddpo RUN ...)")
     try:
@@ -301,8 +302,13 @@ def compare_methods(
         f"({scale:.3f} raw units)",
         "matched KL": f"offline runs at the evaluation closest to DDPO's mean final KL ({ddpo_line.kl_nats:.2f} nats)",
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:
+        from experiments.tracking import new_run_dir
+
+        out = new_run_dir("runs", "policy_compare")
+    else:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
     markdown = format_markdown(rows, context)
     (out / "compare.md").write_text(markdown, encoding="utf-8")
     payload = {
@@ -311,6 +317,7 @@ def compare_methods(
         "context": context,
         "details": details,
         "argv": sys.argv,
+        "out_dir": str(out),
     }
     (out / "compare.json").write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     return payload

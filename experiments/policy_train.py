@@ -155,15 +155,23 @@ def load_reward_model(model_dir: Path, *, head_weights: dict[str, float] | None 
     return StudioRewardFn(scorer, kinds)
 
 
-def resolve_reward_dir(config: PolicyTrainCommandConfig, override: str | None) -> Path:
-    """``--reward`` if given, else ``[reward] model_dir``; refuses with the commands to make one otherwise."""
+def resolve_reward_dir(config: Any, override: str | None) -> Path:
+    """``--reward`` if given, else ``[reward] model_dir``; checked before any run directory is made.
+
+    Raises:
+        RewardModelMissingError: neither is given, or the folder does not exist (with the commands to make one).
+    """
     if override:
-        return Path(override)
-    if config.reward.model_dir is not None:
-        return config.reward.model_dir
-    raise RewardModelMissingError(
-        f"no reward model: pass --reward MODEL_DIR or set [reward] model_dir; {REWARD_TRAIN_HINT}"
-    )
+        folder = Path(override)
+    elif config.reward.model_dir is not None:
+        folder = config.reward.model_dir
+    else:
+        raise RewardModelMissingError(
+            f"no reward model: pass --reward MODEL_DIR or set [reward] model_dir; {REWARD_TRAIN_HINT}"
+        )
+    if not folder.is_dir():
+        raise RewardModelMissingError(f"reward model folder {folder} not found; {REWARD_TRAIN_HINT}")
+    return folder
 
 
 def build_policy(config: PolicyConfig, runtime: Any, device: Any = None) -> Any:

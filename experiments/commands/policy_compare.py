@@ -1,7 +1,7 @@
 """``backdrop policy compare``: DDPO vs best-of-n reranking vs offline DPO / RWR on held-out products, at matched KL.
 
 Writes compare.md (the table) and compare.json into a fresh run directory (``runs/policy_compare/<timestamp>``, or
-``--out``) and prints the table.
+``--out``) and prints the table. Device, dtype and threads are the first DDPO run's [run] settings.
 """
 
 from __future__ import annotations
@@ -29,23 +29,18 @@ def add_parser(subparsers: Any) -> None:
         "--no-stack", dest="stack", action="store_false", help="skip best-of-n on top of the first DDPO policy"
     )
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/policy_compare/<timestamp>)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.set_defaults(handler=run_policy_compare)
 
 
 def run_policy_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from experiments.compare_methods import compare_methods
-    from experiments.tracking import new_run_dir
 
-    torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else new_run_dir("runs", "policy_compare")
     payload = compare_methods(
-        args.ddpo, dpo=args.dpo, rwr=args.rwr, best_of=args.best_of, stack=args.stack, out_dir=out
+        args.ddpo, dpo=args.dpo, rwr=args.rwr, best_of=args.best_of, stack=args.stack, out_dir=args.out
     )
+    out = Path(payload["out_dir"])
     print((out / "compare.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'compare.md'} and {out / 'compare.json'} ({len(payload['rows'])} rows)")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from experiments.cli import main
 from experiments.config import load_config
@@ -12,6 +13,14 @@ from experiments.policy_offline import PolicyOfflineCommandConfig
 from experiments.policy_train import PolicyTrainCommandConfig, truncate_metrics
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """A command that got as far as setup_runtime would leave [run] threads set for every later test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_shipped_configs_load_and_agree_on_the_evaluation() -> None:
@@ -38,6 +47,7 @@ def test_train_with_a_missing_reward_folder(tmp_path: Path, capsys: pytest.Captu
     code = main(["policy", "train", "--reward", str(tmp_path / "nope"), "--set", f"run.output_dir={tmp_path}"])
     assert code == 2
     assert f"reward model folder {tmp_path / 'nope'} not found" in capsys.readouterr().err
+    assert not (tmp_path / "policy_train").exists()
 
 
 @pytest.mark.parametrize(
