@@ -75,7 +75,8 @@ def score_rewards(
     batch = images.shape[0]
     if len(requests) != batch:
         raise ValueError(f"got {batch} images but {len(requests)} requests")
-    out: Any = reward_fn(images, requests)
+    with torch.no_grad():  # rewards are constants to the policy (and the worker thread has grad on by default)
+        out: Any = reward_fn(images, requests)
     if isinstance(out, torch.Tensor):
         proxy, uncertainty, heads = out, torch.zeros(batch), {}
     elif isinstance(out, ScoredOutput):
