@@ -2,10 +2,12 @@
 
 VAE loss per crop x (all terms means over elements), with x̂ = D(z), z ~ q(z | x):
 
-    L = |x - x̂| + λ_∇ (|∂_x x - ∂_x x̂| + |∂_y x - ∂_y x̂|) + β KL(q(z | x) || N(0, I)) / dim(z)
+    L = |x - x̂| + λ_∇ (|∂_x x - ∂_x x̂| + |∂_y x - ∂_y x̂|) + λ_c (P₄x - P₄x̂)² + β KL(q(z | x) || N(0, I)) / dim(z)
 
-The gradient term penalises lost edges and texture directly (an L1 on pixels alone is satisfied by a blur);
-it stands in for the perceptual and adversarial losses of SD's autoencoder, which need pretrained networks.
+with P₄ a 4x4 average pool. The gradient term penalises lost edges and texture directly (an L1 on pixels alone
+is satisfied by a blur); it stands in for the perceptual and adversarial losses of SD's autoencoder, which need
+pretrained networks. The pooled MSE weighs large errors in the colour of a region quadratically (rare saturated
+colours were otherwise reconstructed desaturated).
 
 Mask-aware decoder loss: the same L1 + gradient terms over background pixels only (the product is
 composited back anyway), weighted 1 + band_weight in the ring of ``band`` pixels around the product.
@@ -101,9 +103,10 @@ def vae_loss(vae: AutoencoderKL, images: torch.Tensor, config: VAETrainConfig, g
     reconstruction = vae.decode(latents).sample
     l1 = (reconstruction - images).abs().mean()
     grad = gradient_l1(reconstruction, images)
+    colour = (F.avg_pool2d(reconstruction, 4) - F.avg_pool2d(images, 4)).pow(2).mean()
     kl = posterior.kl().mean() / latents[0].numel()
-    loss = l1 + config.gradient_weight * grad + config.kl_weight * kl
-    return {"loss": loss, "l1": l1, "gradient": grad, "kl": kl}
+    loss = l1 + config.gradient_weight * grad + config.colour_weight * colour + config.kl_weight * kl
+    return {"loss": loss, "l1": l1, "gradient": grad, "colour": colour, "kl": kl}
 
 
 def train_vae(

@@ -48,7 +48,7 @@ class PretrainDataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class VAETrainConfig:
-    """Stage 1: the autoencoder. loss = |x - x̂| + gradient_weight |∇x - ∇x̂| + kl_weight KL (means per element)."""
+    """Stage 1: the autoencoder (loss in ``policy.pretrain_autoencoder``'s docstring; means per element)."""
 
     steps: int = 600
     """Optimiser steps (0 keeps the VAE as built, e.g. to resume a denoiser on a trained VAE)."""
@@ -67,6 +67,10 @@ class VAETrainConfig:
     """Weight of the L1 loss on horizontal and vertical pixel differences: keeps fine texture, fights blur."""
     kl_weight: float = 1e-4
     """Weight of the KL(q(z|x) || N(0, I)) term, averaged over latent elements."""
+    colour_weight: float = 0.0
+    """Weight of an MSE between 4x4-average-pooled input and reconstruction: the colour of regions. L1's
+    gradient does not grow with the error, and rare saturated colours (blush, terracotta) were reconstructed
+    desaturated without it."""
 
     def __post_init__(self) -> None:
         _check_optimiser(self.steps, self.batch_size, self.learning_rate, self.warmup_steps)
@@ -74,8 +78,8 @@ class VAETrainConfig:
             raise ValueError(f"crop must be >= 8 pixels, got {self.crop}")
         if not 0 <= self.composite_fraction <= 1:
             raise ValueError(f"composite_fraction must be in [0, 1], got {self.composite_fraction}")
-        if self.gradient_weight < 0 or self.kl_weight < 0:
-            raise ValueError("gradient_weight and kl_weight must be >= 0")
+        if self.gradient_weight < 0 or self.kl_weight < 0 or self.colour_weight < 0:
+            raise ValueError("gradient_weight, kl_weight and colour_weight must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)

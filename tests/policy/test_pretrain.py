@@ -184,6 +184,25 @@ def test_ema_by_hand() -> None:
     assert float(param) == 2.0
 
 
+def test_vae_colour_term_by_hand() -> None:
+    # An identity "VAE" whose decoder adds 0.2 everywhere: every pooled colour is off by 0.2, so the term is 0.04.
+    class Shifted(torch.nn.Module):
+        def encode(self, x):
+            from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+            return type(
+                "Out", (), {"latent_dist": DiagonalGaussianDistribution(torch.cat([x, x.new_full(x.shape, -30)], 1))}
+            )
+
+        def decode(self, z):
+            return type("Out", (), {"sample": z + 0.2})
+
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    terms = vae_loss(Shifted(), images, VAETrainConfig(colour_weight=1.0), torch.Generator().manual_seed(0))
+    assert float(terms["colour"]) == pytest.approx(0.04, rel=1e-3)
+    assert float(terms["l1"]) == pytest.approx(0.2, rel=1e-3)
+
+
 def test_gradient_loss_and_psnr_by_hand() -> None:
     target = torch.zeros(1, 1, 2, 3)
     prediction = torch.tensor([[[[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]]])
