@@ -233,6 +233,10 @@ def pretrain(
                                   start_step=start, progress=progress)  # fmt: skip
         checkpointer.save("done", config.denoiser.steps)
         seconds["denoiser"] = time.perf_counter() - started
+    # Tokenising with padding/truncation leaves those settings on the fast tokenizer, and tokenizer.json would
+    # record them; reset them so the written folder does not depend on which stages ran in this process.
+    policy.tokenizer.backend_tokenizer.no_truncation()
+    policy.tokenizer.backend_tokenizer.no_padding()
     final = InpaintPolicy(
         unet=policy.unet, vae=policy.vae, text_encoder=policy.text_encoder, tokenizer=policy.tokenizer,
         scheduler=policy.scheduler, device=device, mask_decoder=decoder,
