@@ -235,11 +235,17 @@ def final_weights(result) -> dict[str, torch.Tensor]:
     return {f"{k}.{n}": t.clone() for k, m in modules.items() for n, t in m.state_dict().items()}
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    return pretrain(InpaintModelConfig(), tiny_config(), seed=0, checkpoint_dir=folder, log_metrics=lambda m, s: None)
+
+
 @pytest.mark.parametrize("stage_key", ["vae/loss", "denoiser/val_loss"])
-def test_resume_from_a_checkpoint_is_exact(tmp_path: Path, stage_key: str) -> None:
+def test_resume_from_a_checkpoint_is_exact(tmp_path: Path, stage_key: str, uninterrupted) -> None:
     config = tiny_config()
     model = InpaintModelConfig()
-    full = pretrain(model, config, seed=0, checkpoint_dir=tmp_path / "a", log_metrics=lambda m, s: None)
+    full = uninterrupted
 
     seen = {"count": 0}
 
