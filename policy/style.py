@@ -24,7 +24,7 @@ satisfies :class:`StyleImageEncoder` (``reward.encoders.ImageEncoder`` does stru
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -35,6 +35,7 @@ from torch import nn
 
 from offline_data.errors import AssetError
 from policy.component_files import load_state, read_component, save_component
+from policy.pretrain_config import StyleConfig
 from rollout.protocols import InpaintingModel
 
 WEIGHTS_NAME = "style.safetensors"
@@ -53,29 +54,6 @@ class StyleImageEncoder(Protocol):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, 3, H, W]`` -> float32 ``[B, D_s]``."""
         ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class StyleConfig:
-    """The style adapter and its frozen encoder."""
-
-    num_tokens: int = 4
-    """K, extra conditioning tokens appended to the text tokens (each costs cross-attention time like a word)."""
-    hidden_size: int = 128
-    """Width of the adapter's MLP."""
-    encoder_filters: int = 8
-    """Filters of the encoder's fixed random bank; the embedding has 12 + 6 + F + F(F+1)/2 dimensions."""
-    encoder_seed: int = 0
-    """Seed of the random filter bank (the bank is also saved with the weights)."""
-
-    def __post_init__(self) -> None:
-        if self.num_tokens < 1 or self.hidden_size < 1 or self.encoder_filters < 1:
-            raise ValueError(
-                f"num_tokens, hidden_size and encoder_filters must be >= 1, got {self.num_tokens}, "
-                f"{self.hidden_size}, {self.encoder_filters}"
-            )
-        if self.encoder_seed < 0:
-            raise ValueError(f"encoder_seed must be >= 0, got {self.encoder_seed}")
 
 
 class StudioStyleEncoder(nn.Module):

@@ -36,21 +36,10 @@ from torch import nn
 
 from offline_data.errors import AssetError
 from policy.component_files import load_state, read_component, save_component
+from policy.pretrain_config import MaskDecoderConfig
 
 WEIGHTS_NAME = "mask_decoder.safetensors"
 FORMAT = "backdrop.mask_decoder"
-
-
-@dataclass(frozen=True, kw_only=True)
-class MaskDecoderConfig:
-    """The context branch of :class:`MaskAwareDecoder` (the decoder itself mirrors the VAE's)."""
-
-    context_channels: int = 16
-    """Width of the context branch at full resolution; each coarser level doubles it (capped at 4x)."""
-
-    def __post_init__(self) -> None:
-        if self.context_channels < 1:
-            raise ValueError(f"context_channels must be >= 1, got {self.context_channels}")
 
 
 @dataclass(frozen=True, kw_only=True)

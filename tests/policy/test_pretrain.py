@@ -29,11 +29,12 @@ from policy.pretrain_config import (
     PretrainConfig,
     PretrainDataConfig,
     PretrainEvalConfig,
+    StyleConfig,
     VAETrainConfig,
 )
 from policy.pretrain_data import random_known_masks, render_scene_pool, to_unit_range
 from policy.pretrain_optim import WeightEMA, learning_rate_at
-from policy.style import StyleConditioning, StyleConfig
+from policy.style import StyleConditioning
 
 TINY_DATA = PretrainDataConfig(scenes=64, products=16, validation=16)
 

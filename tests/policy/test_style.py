@@ -10,8 +10,9 @@ import torch
 from offline_data.errors import AssetError
 from policy.config import InpaintModelConfig
 from policy.model import InpaintPolicy
+from policy.pretrain_config import StyleConfig
 from policy.pretrain_data import render_scene_pool
-from policy.style import StudioStyleEncoder, StyleConditioning, StyleConfig, StyledModel, StyleImageEncoder
+from policy.style import StudioStyleEncoder, StyleConditioning, StyledModel, StyleImageEncoder
 from rollout.config import SamplerConfig
 from rollout.denoise import conditioning_from_trajectory, denoise_step
 from rollout.protocols import InpaintingModel
