@@ -1,0 +1,316 @@
+"""``backdrop reward train`` and ``backdrop reward eval``: learn a reward model from logs, and measure it.
+
+train: without --data, simulate the default studio world into the run directory, validate it and split it by
+product; with --data, take a folder of logs (raw tables are validated first; a folder with train/, validation/
+and test/ splits is used as is; a validated folder is split). Then train the ensemble (early-stopped on
+validation), calibrate the click head on validation, save the model to ``<run>/model`` (safetensors + config
++ metrics) and report its logs-only metrics on the test split.
+
+eval: score a saved model on a folder of validated logs and write ``eval.json`` and PNG plots (reliability
+diagram, examination per slot, pairwise accuracy slices); with --truth (a ``backdrop simulate`` output), also
+the Bayes ceilings, examination estimated vs true and accuracy against the hidden gold.
+
+(``backdrop reward audit`` is planned as a further subcommand of this group.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "reward.toml"
+SPLITS = ("train", "validation", "test")
+
+
+@functools.cache
+def command_config_class() -> type:
+    """The root config of ``backdrop reward train`` ([run], [data], [reward]); built on first use so that
+    importing this module stays cheap (command modules import only argparse at module level)."""
+    import dataclasses
+
+    from experiments.config import RunConfig
+    from reward.config import RewardConfig, RewardDataConfig
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class RewardRunConfig(RunConfig):
+        """[run] of ``backdrop reward train``: RunConfig with the reward's defaults."""
+
+        name: str = "reward"
+        """Run name; results go to ``<output_dir>/<name>/<timestamp>``."""
+
+    # make_dataclass with real type objects: string annotations of a class defined in a function would not
+    # resolve in this module's namespace (the config loader reads them with typing.get_type_hints).
+    RewardCommandConfig = dataclasses.make_dataclass(
+        "RewardCommandConfig",
+        [
+            ("run", RewardRunConfig, dataclasses.field(default=RewardRunConfig())),
+            ("data", RewardDataConfig, dataclasses.field(default=RewardDataConfig())),
+            ("reward", RewardConfig, dataclasses.field(default=RewardConfig())),
+        ],
+        frozen=True,
+        kw_only=True,
+    )
+    RewardCommandConfig.__doc__ = (
+        "Root config of backdrop reward train: [run] (run directory, seed, device; member k uses seed + k * 1009), "
+        "[data] (simulated world without --data, leak-free split) and [reward] (the model and its training)."
+    )
+    return RewardCommandConfig
+
+
+def register(subparsers: Any) -> None:
+    from experiments.commands.arguments import add_config_arguments, group_parser
+
+    commands = group_parser(subparsers, "reward", "train and evaluate reward models from engagement logs")
+    train = commands.add_parser(
+        "train",
+        help="train a reward model (click, dwell, preference heads; ensemble; calibration)",
+        description=__doc__.split("\n\n")[1],
+    )
+    train.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="logs to learn from: raw tables, a 'backdrop data validate' folder, or a folder with train/, "
+        "validation/ and test/ splits (default: simulate the default studio world into the run directory)",
+    )
+    add_config_arguments(train, default_config="experiments/configs/reward.toml")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a trained reward model on held-out logs", description=__doc__.split("\n\n")[2]
+    )
+    evaluate.add_argument("model", type=Path, metavar="MODEL", help="model folder (or the run folder holding model/)")
+    evaluate.add_argument(
+        "--data", type=Path, required=True, metavar="DIR", help="folder of validated logs, e.g. <run>/splits/test"
+    )
+    evaluate.add_argument(
+        "--truth",
+        type=Path,
+        metavar="DIR",
+        help="simulation folder with the evaluation-only truth/ sidecar (adds ceilings and gold metrics)",
+    )
+    evaluate.add_argument(
+        "--out", type=Path, metavar="DIR", help="where eval.json and the plots go (default: MODEL/eval)"
+    )
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    evaluate.set_defaults(handler=run_eval)
+
+
+def _has_splits(directory: Path) -> bool:
+    return all((directory / s / "impressions.parquet").is_file() or (directory / s / "preferences.parquet").is_file()
+               for s in SPLITS)  # fmt: skip
+
+
+def _is_validated(directory: Path) -> bool:
+    return (directory / "summary.json").is_file() and (directory / "assets.parquet").is_file()
+
+
+def prepare_splits(data: Path | None, run_dir: Path, config: Any, *, progress: bool) -> tuple[Path, Path | None]:
+    """The folder holding train/validation/test, and the simulation folder when one was simulated."""
+    from offline_data.errors import InputUnreadableError
+    from offline_data.splits import SplitConfig, split_logs
+
+    split_config = SplitConfig(
+        by=config.data.split_by, fractions=config.data.split_fractions, seed=config.data.split_seed
+    )
+    simulated = None
+    if data is None:
+        simulated = run_dir / "world"
+        validated = _simulate_world(config.data.world_config, simulated, progress=progress)
+    elif not data.is_dir():
+        raise InputUnreadableError(f"{data}: folder not found")
+    elif _has_splits(data):
+        return data, None
+    elif _has_splits(data / "splits" / config.data.split_by):
+        return data / "splits" / config.data.split_by, None
+    elif _is_validated(data):
+        validated = data
+    elif _is_validated(data / "validated"):
+        validated = data / "validated"
+    else:
+        validated = _validate(data, run_dir / "validated")
+    out = run_dir / "splits"
+    report = split_logs(validated, out, split_config)
+    record_asset_root(validated, out)
+    print(report.render())
+    return out, simulated
+
+
+def record_asset_root(validated: Path, splits: Path) -> None:
+    """Give each split's assets table the ``backdrop.asset_root`` of the validated table it came from.
+
+    Workaround: ``split_logs`` writes the split tables without that metadata, so their relative asset paths
+    would resolve against the split folder (reported to the offline_data owner).
+    """
+    import os
+
+    import pyarrow.parquet as pq
+
+    from offline_data.assets import ASSET_ROOT_KEY
+
+    source = validated / "assets.parquet"
+    relative = (pq.read_schema(source).metadata or {}).get(ASSET_ROOT_KEY.encode())
+    root = (validated / relative.decode()).resolve() if relative is not None else validated.resolve()
+    for split in SPLITS:
+        path = splits / split / "assets.parquet"
+        table = pq.read_table(path)
+        if ASSET_ROOT_KEY.encode() in (table.schema.metadata or {}):
+            continue
+        metadata = {
+            **(table.schema.metadata or {}),
+            ASSET_ROOT_KEY.encode(): os.path.relpath(root, path.parent.resolve()).encode(),
+        }
+        pq.write_table(table.replace_schema_metadata(metadata), path)
+
+
+def _simulate_world(world_config: str, out: Path, *, progress: bool) -> Path:
+    from experiments.commands.simulate import DEFAULT_CONFIG as WORLD_CONFIG
+    from experiments.config import dump_toml, load_config
+    from offline_data.simulator import SimulatorConfig
+    from offline_data.simulator.simulation import simulate
+
+    path = world_config or str(WORLD_CONFIG)
+    config = load_config(SimulatorConfig, path)
+    summary = simulate(config, out, progress=progress)
+    (out / "config.toml").write_text(dump_toml(config), encoding="utf-8")
+    print(summary.format_table())
+    return _validate(out, out / "validated")
+
+
+def _validate(directory: Path, out: Path) -> Path:
+    from offline_data.errors import InputUnreadableError
+    from offline_data.io import find_table
+    from offline_data.validation import validate_logs
+
+    sources = {t: s for t in ("assets", "impressions", "dwell", "preferences") if (s := find_table(directory, t))}
+    if "assets" not in sources:
+        raise InputUnreadableError(
+            f"{directory}: no assets table (assets.parquet|.csv|.jsonl); reward models need images"
+        )
+    summary = validate_logs(sources, out)
+    print(summary.render_table())
+    if summary.rejected:
+        print(f"note: {summary.rejected:,} rows rejected (see {out}/*.rejects.parquet); training on the rest")
+    return out
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import json
+
+    from experiments.commands.arguments import load_root_config
+    from experiments.config import dump_toml
+    from experiments.runtime import setup_runtime
+    from experiments.tracking import start_run
+    from reward.evaluation import evaluate
+    from reward.pipeline import fit_reward_model
+    from reward.plots import write_plots
+
+    if args.config == "experiments/configs/reward.toml" and not Path(args.config).is_file():
+        args.config = str(DEFAULT_CONFIG)  # run from outside the repository: the copy installed with the package
+    config = load_root_config(command_config_class(), args)
+    progress = not args.no_progress
+    with start_run(config.run, config, command="reward train") as run:
+        _forward_package_logs()
+        runtime = setup_runtime(config.run)
+        splits, simulated = prepare_splits(args.data, run.dir, config, progress=progress)
+        scorer, metrics = fit_reward_model(
+            config.reward,
+            splits / "train",
+            splits / "validation",
+            seed=runtime.seed,
+            device=runtime.device,
+            log_metrics=run.log_metrics,
+            progress=progress,
+        )
+        model_dir = run.dir / "model"
+        test_metrics, plots = evaluate(scorer, splits / "test")
+        metrics["test"] = test_metrics
+        metrics["splits"] = str(splits)
+        scorer.save(model_dir, metrics=metrics)
+        (model_dir / "config.toml").write_text(dump_toml(config), encoding="utf-8")
+        write_plots(test_metrics, plots, model_dir / "plots")
+        run.log_metrics({f"test/{k}": v for k, v in test_metrics.items() if isinstance(v, float)}, step=0)
+        run.write_json("reward_train.json", json.loads(json.dumps(metrics, default=float)))
+    print(_summary(metrics, test_metrics))
+    print(f"\nmodel: {model_dir}")
+    truth = f" --truth {simulated}" if simulated is not None else ""
+    print(f"evaluate: backdrop reward eval {model_dir} --data {splits / 'test'}{truth}")
+    return 0
+
+
+def _forward_package_logs() -> None:
+    """Send the reward and offline_data loggers to the run's handlers (console and log.txt)."""
+    import logging
+
+    handlers = logging.getLogger("backdrop").handlers
+    for name in ("reward", "offline_data"):
+        package = logging.getLogger(name)
+        package.setLevel(logging.INFO)
+        package.propagate = False
+        for handler in handlers:
+            if handler not in package.handlers:
+                package.addHandler(handler)
+
+
+def _summary(metrics: dict, test: dict) -> str:
+    lines = [f"trained {len(metrics['members'])} member(s) in {metrics['seconds']:.0f} s"]
+    for k, member in enumerate(metrics["members"]):
+        lines.append(f"  member {k}: best epoch {member['best_epoch']} of {member['epochs_run']}, "
+                     f"validation loss {member['best_validation_loss']:.4f}")  # fmt: skip
+    lines.append("examination (θ_k / θ_1): " + "  ".join(f"{t:.3f}" for t in metrics["examination"]))
+    for key in ("click_auc", "click_ece", "pairwise_accuracy"):
+        if key in test:
+            lines.append(f"test {key}: {test[key]:.4f}")
+    return "\n".join(lines)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from experiments.runtime import resolve_device
+    from reward.evaluation import evaluate
+    from reward.plots import write_plots
+    from reward.scorer import RewardScorer
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model = args.model / "model" if (args.model / "model" / "reward.json").is_file() else args.model
+    scorer = RewardScorer.load(model, device=resolve_device(args.device))
+    metrics, plots = evaluate(scorer, args.data, truth_dir=args.truth)
+    out = args.out or model / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
+    written = write_plots(metrics, plots, out)
+    print(format_eval(metrics))
+    print(f"\nwrote {out / 'eval.json'} and {', '.join(p.name for p in written)}")
+    return 0
+
+
+def format_eval(metrics: dict) -> str:
+    """The headline numbers of an evaluation as text."""
+    lines = [f"data: {metrics['data']} ({metrics['impressions']:,} impressions, {metrics['pairs']:,} pairs)"]
+    for key in ("click_auc", "click_log_loss", "click_ece", "click_ece_uncalibrated", "pairwise_accuracy",
+                "pairwise_accuracy_utility_only"):  # fmt: skip
+        if key in metrics:
+            lines.append(f"{key:32s} {metrics[key]:.4f}")
+    lines.append(f"{'examination (θ_k / θ_1)':32s} " + "  ".join(f"{t:.3f}" for t in metrics["examination"]))
+    truth = metrics.get("truth")
+    if truth:
+        ceilings = truth["ceilings"]
+        lines.append(f"{'examination true':32s} " + "  ".join(f"{t:.3f}" for t in truth["examination_true"]))
+        lines.append(f"{'examination max relative error':32s} {truth['examination_max_relative_error']:.4f}")
+        if "pairwise_accuracy_expected" in truth:
+            lines.append(
+                f"{'pairwise accuracy (expected)':32s} {truth['pairwise_accuracy_expected']:.4f} of Bayes ceiling "
+                f"{ceilings['pairwise_accuracy']:.4f} = {truth['pairwise_accuracy_ratio']:.2%} "
+                f"(realised {truth['pairwise_accuracy_realised_ratio']:.2%})"
+            )
+        if "click_auc_ratio" in truth:
+            lines.append(
+                f"{'click AUC':32s} {metrics['click_auc']:.4f} of ceiling {ceilings['click_auc']:.4f} = "
+                f"{truth['click_auc_ratio']:.2%}"
+            )
+    return "\n".join(lines)
