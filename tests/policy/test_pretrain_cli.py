@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 
 from experiments.cli import main
-from policy.model import InpaintPolicy
+from policy.model import STUDIO_TINY, InpaintPolicy
 from policy.style import StyleConditioning
 
 SMOKE = "experiments/configs/pretrain_smoke.toml"
@@ -84,3 +84,19 @@ def test_resume_of_a_finished_run_and_re_evaluation(run: tuple[Path, Path], tmp_
 def test_resume_needs_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["policy", "pretrain", "--resume", str(tmp_path)]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (STUDIO_TINY / "manifest.json").is_file(), reason="shipped weights not present")
+def test_shipped_weights_match_their_manifest() -> None:
+    manifest = json.loads((STUDIO_TINY / "manifest.json").read_text())
+    assert manifest["reproduce"] == (
+        "backdrop policy pretrain --config experiments/configs/pretrain_studio.toml "
+        "--export policy/weights/studio_tiny"
+    )
+    for relative, entry in manifest["files"].items():
+        data = (STUDIO_TINY / relative).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, relative
+    assert manifest["total_bytes"] < 8_000_000  # "a few MB"
+    assert manifest["metrics"]["samples/preservation_max_abs_diff"] == 0
+    policy = InpaintPolicy.studio_base()
+    assert policy.mask_decoder is not None and policy.resolution == 64
