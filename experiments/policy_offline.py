@@ -27,7 +27,8 @@ from rollout.config import SamplerConfig
 
 logger = logging.getLogger("backdrop")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "studio_dpo.toml"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+"""The shipped configs: studio_dpo.toml and studio_rwr.toml (the default of --method dpo / rwr)."""
 CHOICE_NAMES = {0: "a", 1: "b", 2: "tie"}
 """reward.data's choice codes (0 a, 1 b, 2 tie)."""
 

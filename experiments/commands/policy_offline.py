@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="MODEL_DIR",
         help="reward model folder (RWR weights, evaluation proxy); overrides [reward] model_dir",
     )
-    add_config_arguments(parser, default_config="experiments/configs/studio_dpo.toml")
+    add_config_arguments(parser, default_config="experiments/configs/studio_<method>.toml")
     parser.set_defaults(handler=run_policy_offline)
 
 
@@ -45,12 +45,15 @@ def run_policy_offline(args: argparse.Namespace) -> int:
 
     from experiments.commands.arguments import load_root_config
     from experiments.config import ConfigError
-    from experiments.policy_offline import DEFAULT_CONFIG, PolicyOfflineCommandConfig, train_offline
+    from experiments.policy_offline import CONFIGS, PolicyOfflineCommandConfig, train_offline
     from experiments.policy_train import describe_evaluation, resolve_reward_dir
     from experiments.tracking import start_run
 
-    if args.config == "experiments/configs/studio_dpo.toml" and not Path(args.config).is_file():
-        args.config = str(DEFAULT_CONFIG)
+    if args.config == "experiments/configs/studio_<method>.toml":
+        # The shipped config of the method (repository copy, else the one installed with the package).
+        name = f"studio_{args.method or 'dpo'}.toml"
+        local = Path("experiments/configs") / name
+        args.config = str(local if local.is_file() else CONFIGS / name)
     if args.method:
         args.overrides = [*args.overrides, f"offline.method={args.method}"]
     config = load_root_config(PolicyOfflineCommandConfig, args)
