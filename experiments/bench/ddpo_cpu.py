@@ -52,13 +52,16 @@ def measure(args: argparse.Namespace, rows_per_forward: int, reward_fn: Any) -> 
     import torch
 
     from policy.config import InpaintModelConfig, LoraConfig
-    from policy.model import InpaintPolicy
+    from policy.model import STUDIO_TINY, InpaintPolicy
     from policy.trainer import DDPOTrainer
     from policy.trainer_config import DDPOConfig, OptimConfig
     from rollout.config import SamplerConfig
 
     torch.manual_seed(0)
-    policy = InpaintPolicy.from_config(InpaintModelConfig(), lora=LoraConfig())
+    if STUDIO_TINY.is_dir():
+        policy = InpaintPolicy.studio_base(lora=LoraConfig())  # the shipped base, mask-aware decoder included
+    else:
+        policy = InpaintPolicy.from_config(InpaintModelConfig(), lora=LoraConfig())  # same UNet, random init
     config = DDPOConfig(
         epochs=args.epochs + 1,
         requests_per_epoch=2,
@@ -79,6 +82,7 @@ def measure(args: argparse.Namespace, rows_per_forward: int, reward_fn: Any) -> 
     timed = records[1:]
     parts = (*PARTS, "time/epoch_cpu_s")
     return {
+        "model": "studio_tiny (shipped)" if STUDIO_TINY.is_dir() else "default architecture, random init",
         "rows_per_forward": rows_per_forward,
         "median_s": {part: statistics.median(r[part] for r in timed) for part in parts},
         "runs_s": {part: [r[part] for r in timed] for part in parts},
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nDDPO epoch on CPU: tiny model (64 px), batch {args.batch}, {args.steps} steps, CFG 5, training on every "
         f"step + KL reference; {args.threads} thread(s); reward: {reward_name}"
     )
+    print(f"model: {results[0]['model']}")
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores")
     header = (
         f"{'rows/forward':>12} {'sample+score':>13} {'reference':>10} {'update':>8} {'epoch':>8} {'CPU':>8}  target"
