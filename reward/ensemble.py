@@ -76,23 +76,27 @@ class RewardEnsemble(nn.Module):
         *,
         image_ids: Sequence[str] | None = None,
         features: Tensor | None = None,
+        inverse: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Raw head scores of every member: {"click", "dwell", "preference"} -> [K, B].
 
         Args:
-            pixels: [B, 3, H, W] uint8 (None when ``features`` is given).
-            masks: [B, H, W] bool for mask-aware encoders.
+            pixels: [U, 3, H, W] uint8 (None when ``features`` is given).
+            masks: [U, H, W] bool for mask-aware encoders.
             context: B indexed contexts.
-            image_ids: B ids (precomputed embeddings).
-            features: [B, D] precomputed features of the shared frozen encoder.
+            image_ids: U ids (precomputed embeddings).
+            features: [U, D] precomputed features of the shared frozen encoder.
+            inverse: [B] int64 image of each row among the U (None: U = B, row i is image i); each distinct
+                image is encoded once.
         """
         if features is None and self.shared_encoder is not None:
             features = self.shared_encoder.encode(pixels, masks, image_ids)
         out: dict[str, list[Tensor]] = {"click": [], "dwell": [], "preference": []}
         for member in self.members:
-            raw = (
-                features.to(member.preference_segment.device) if features is not None else member.encode(pixels, masks)
-            )
+            device = member.preference_segment.device
+            raw = features.to(device) if features is not None else member.encode(pixels, masks)
+            if inverse is not None:
+                raw = raw[inverse.to(device)]
             for name, value in member.head_scores(raw, context).items():
                 out[name].append(value)
         return {name: torch.stack(values) for name, values in out.items()}
@@ -207,15 +211,11 @@ def score_rows(
             words=indexed.image_words[rows],
             kind=indexed.image_kind[rows],
         ).to(device)
-        features = indexed.features[unique].to(device)[inverse] if indexed.features is not None else None
-        pixels = data.images.pixels[unique].to(device)[inverse] if features is None else None
-        masks = (
-            data.images.masks[unique].to(device)[inverse]
-            if features is None and data.images.masks is not None
-            else None
-        )
-        ids = [data.images.image_ids[i] for i in rows.tolist()]
-        scores = ensemble.member_scores(pixels, masks, context, image_ids=ids, features=features)
+        features = indexed.features[unique].to(device) if indexed.features is not None else None
+        pixels = data.images.pixels[unique].to(device) if features is None else None
+        masks = data.images.masks[unique].to(device) if features is None and data.images.masks is not None else None
+        ids = [data.images.image_ids[i] for i in unique.tolist()]
+        scores = ensemble.member_scores(pixels, masks, context, image_ids=ids, features=features, inverse=inverse)
         for name, value in scores.items():
             out[name].append(value.float().cpu())
     return {

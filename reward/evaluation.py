@@ -12,7 +12,9 @@ From the logs alone (``data_dir``, a folder of validated tables such as the test
 With ``truth_dir`` (a ``backdrop simulate`` output; EVALUATION ONLY, never read by training), also:
 
 - the Bayes ceilings of the same judgements and impressions (``offline_data.simulator.ceilings``), the
-  expected pairwise accuracy given the true choice probabilities, and the ratios to the ceilings;
+  expected pairwise accuracy given the true choice probabilities and its ratio to the (expected) Bayes ceiling,
+  the realised accuracy's ratio to the Bayes predictor's realised accuracy on the same choices, and the click
+  AUC's ratio to the AUC of the true click probabilities;
 - examination estimated vs true, with relative errors;
 - per segment: accuracy of the click score at ordering the judged pairs by that segment's gold, and the
   Spearman correlation of head scores with gold over the images.
@@ -216,7 +218,8 @@ def _truth_metrics(
         expected = expected_pairwise_accuracy(plots["log_odds"][decisive], p_a, p_b)
         truth["pairwise_accuracy_expected"] = expected
         truth["pairwise_accuracy_ratio"] = expected / ceilings.pairwise_accuracy
-        truth["pairwise_accuracy_realised_ratio"] = metrics["pairwise_accuracy"] / ceilings.pairwise_accuracy
+        # Realised against realised: the Bayes predictor's own accuracy on the same drawn choices.
+        truth["pairwise_accuracy_realised_ratio"] = metrics["pairwise_accuracy"] / ceilings.pairwise_accuracy_realised
     if "click_auc" in metrics:
         truth["click_auc_ratio"] = metrics["click_auc"] / ceilings.click_auc
     images = read_truth_table(truth_dir, "images")

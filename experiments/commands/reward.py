@@ -306,7 +306,8 @@ def format_eval(metrics: dict) -> str:
             lines.append(
                 f"{'pairwise accuracy (expected)':32s} {truth['pairwise_accuracy_expected']:.4f} of Bayes ceiling "
                 f"{ceilings['pairwise_accuracy']:.4f} = {truth['pairwise_accuracy_ratio']:.2%} "
-                f"(realised {truth['pairwise_accuracy_realised_ratio']:.2%})"
+                f"(realised {metrics['pairwise_accuracy']:.4f} = {truth['pairwise_accuracy_realised_ratio']:.2%} "
+                f"of the Bayes predictor's realised {ceilings['pairwise_accuracy_realised']:.4f})"
             )
         if "click_auc_ratio" in truth:
             lines.append(

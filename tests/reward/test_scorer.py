@@ -87,3 +87,27 @@ def test_adapter_is_a_rollout_reward_fn(trained, small_splits: Path):
     direct = scorer(images, [ScoringRequest("warm", r.prompt, data.images.kinds[i], r.product_mask)
                              for i, r in enumerate(requests)])  # fmt: skip
     assert rewards.dtype == torch.float32 and torch.allclose(rewards, direct.reward, atol=1e-5)
+
+
+def test_other_likelihoods_and_a_learned_cnn_branch_train(small_splits: Path):
+    config = fast_config(
+        encoder={"channels": 4},
+        click={"mode": "ips", "examination": (1.0, 0.7, 0.5, 0.4)},
+        dwell={"distribution": "weibull"},
+        preference={"ties": "rao_kupper"},
+        train={"epochs": 1, "steps_per_epoch": 3, "patience": 0},
+        ensemble={"members": 1},
+    )
+    from reward.encoders import StudioCNN
+
+    initial = StudioCNN(4).conv1.weight.detach().clone()
+    torch.manual_seed(0)
+    scorer, metrics = fit_reward_model(
+        config, small_splits / "train", small_splits / "validation", seed=0, device=torch.device("cpu"), progress=False
+    )
+    member = scorer.ensemble.members[0]
+    assert scorer.ensemble.shared_encoder is None and member.encoder is not None
+    assert not torch.equal(member.encoder.conv1.weight, initial)  # the learned branch trained with the heads
+    assert metrics["examination"] == pytest.approx([1.0, 0.7, 0.5, 0.4])
+    _, images, requests = _batch(small_splits)
+    assert torch.isfinite(scorer(images, requests).reward).all()
