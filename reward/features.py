@@ -90,10 +90,8 @@ def box_sums(maps: Tensor, radii: Sequence[int]) -> list[Tensor]:
 
 def _gradient_magnitude(maps: Tensor, step: int) -> Tensor:
     """sqrt(dx² + dy²) of forward differences ``step`` px apart (0 where the step leaves the image)."""
-    dx = torch.zeros_like(maps)
-    dy = torch.zeros_like(maps)
-    dx[..., :, :-step] = maps[..., :, step:] - maps[..., :, :-step]
-    dy[..., :-step, :] = maps[..., step:, :] - maps[..., :-step, :]
+    dx = F.pad(maps[..., :, step:] - maps[..., :, :-step], (0, step))
+    dy = F.pad(maps[..., step:, :] - maps[..., :-step, :], (0, 0, 0, step))
     return torch.sqrt(dx * dx + dy * dy + 1e-8)
 
 

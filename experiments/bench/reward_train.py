@@ -9,7 +9,7 @@
 Untimed setup simulates a small studio world (64 px) and trains each scorer for one short epoch. Every timing is
 the median of ``--repeats`` runs after a warm-up. Prints a table and writes JSON.
 
-    python -m experiments.bench.reward_train                     # 2 threads, 5 repeats
+    python -m experiments.bench.reward_train                     # 2 threads, 15 repeats
     python -m experiments.bench.reward_train --threads 1 --out bench_reward.json
 """
 
@@ -114,8 +114,7 @@ def bench_scoring(splits: Path, embeddings: Path, name: str, *, repeats: int) ->
     config = _config(ENCODERS[name], embeddings, epochs=1, steps_per_epoch=2, patience=0)
     scorer, _ = fit_reward_model(config, splits / "train", splits / "validation", seed=0,
                                  device=torch.device("cpu"), progress=False)  # fmt: skip
-    data = load_reward_data(splits / "test")
-    images = data.images
+    images = load_reward_data(splits / "train").images  # any 64 composites: the test split has fewer
     requests = [ScoringRequest("warm", images.prompts[i], images.kinds[i], images.masks[i]) for i in range(64)]
     ids = list(images.image_ids[:64])
     results = {}
@@ -128,7 +127,7 @@ def bench_scoring(splits: Path, embeddings: Path, name: str, *, repeats: int) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (default: 5)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement (default: 15)")
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed run (default: 20)")
     parser.add_argument("--out", type=Path, default=Path("bench_reward_train.json"), help="JSON output")
     args = parser.parse_args(argv)

@@ -10,7 +10,7 @@ eval: score a saved model on a folder of validated logs and write ``eval.json`` 
 diagram, examination per slot, pairwise accuracy slices); with --truth (a ``backdrop simulate`` output), also
 the Bayes ceilings, examination estimated vs true and accuracy against the hidden gold.
 
-(``backdrop reward audit`` is planned as a further subcommand of this group.)
+Further subcommands live in ``experiments/commands/reward_<name>.py`` (``backdrop reward audit``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def command_config_class() -> type:
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments, group_parser
+    from experiments.commands.arguments import add_config_arguments, add_discovered_subcommands, group_parser
 
     commands = group_parser(subparsers, "reward", "train and evaluate reward models from engagement logs")
     train = commands.add_parser(
@@ -97,6 +97,7 @@ def register(subparsers: Any) -> None:
     )
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     evaluate.set_defaults(handler=run_eval)
+    add_discovered_subcommands(commands, "reward")
 
 
 def _has_splits(directory: Path) -> bool:
