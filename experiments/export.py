@@ -1,0 +1,507 @@
+"""``backdrop export``: turn a policy run into an A/B candidate bundle, behind gates.
+
+:func:`export_candidate`, top to bottom:
+
+1. read the run (``backdrop policy train`` layout: config.toml, environment.json, metrics.jsonl, adapter/ or the
+   latest checkpoint's adapter) and load the candidate: the run's base model + its adapter;
+2. sample the run's held-out evaluation requests (``[export.evaluation]``) and measure what the gates need: the
+   product pixels of every output (pixel verifier), the KL to the base recomputed on those samples, the OPE
+   lift on the logs (``experiments/export_ope.py``), the reward model's audit (``reward/audit.py``);
+3. :func:`experiments.gates.check_gates`: refuse with the reasons, or continue with ``override`` recorded;
+4. write the bundle::
+
+       <out>/adapter/pytorch_lora_weights.safetensors   LoRA (diffusers format: load_lora_weights loads it)
+       <out>/merged_unet/                              --merge: the base UNet with the adapter fused in
+       <out>/base/                                     only when the base was built from a config (no folder)
+       <out>/reference/ref-<i>.png                     reference images (hashes in the manifest)
+       <out>/contact_sheet.png                         product | base | candidate for a few requests
+       <out>/audit/                                    audit.html, audit.json, plots/
+       <out>/ope.json                                  the OPE report
+       <out>/manifest.json  <out>/MODEL_CARD.md
+
+5. reload the bundle (a fresh policy, and a plain diffusers pipeline with ``load_lora_weights``) and reproduce
+   the reference images bit-identically (``experiments/export_reload.py``), or fail loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from experiments.config import ConfigError, dump_toml, load_config, to_dict
+from experiments.export_config import ExportConfig
+from experiments.gates import GateResult, audit_gate, check_gates, kl_gate, ope_gate, preservation_gate
+from experiments.policy_train import PolicyTrainCommandConfig
+from offline_data.errors import BackdropError, InputUnreadableError
+
+logger = logging.getLogger("backdrop")
+
+
+class ExportInputError(BackdropError):
+    """The run folder, the bundle folder or the reward model cannot be used."""
+
+    exit_code = 2
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PolicyRun:
+    """A ``backdrop policy train`` run directory, read."""
+
+    directory: Path
+    config: PolicyTrainCommandConfig
+    environment: dict
+    records: list[dict]
+    adapter: Path
+    adapter_source: str
+    """"final adapter" or the checkpoint the adapter was taken from."""
+    reward_dir: Path
+
+
+def read_run(run_dir: Path, reward_dir: Path | None = None) -> PolicyRun:
+    """Read a policy run; the adapter is ``adapter/`` or, for an unfinished run, the latest checkpoint's.
+
+    Raises:
+        ExportInputError: not a run folder, no adapter, or no reward model found.
+    """
+    from policy.checkpoint import CheckpointError, latest_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise ExportInputError(f"{run_dir}: not a 'backdrop policy train' run directory (no config.toml)")
+    try:
+        config = load_config(PolicyTrainCommandConfig, run_dir / "config.toml")
+    except ConfigError as exc:
+        raise ExportInputError(f"{run_dir / 'config.toml'}: not a policy train config: {exc}") from None
+    environment_path = run_dir / "environment.json"
+    environment = json.loads(environment_path.read_text(encoding="utf-8")) if environment_path.is_file() else {}
+    records = []
+    if (run_dir / "metrics.jsonl").is_file():
+        from experiments.tracking import read_metrics
+
+        records = read_metrics(run_dir)
+    adapter, source = run_dir / "adapter", "final adapter"
+    if not (adapter / "pytorch_lora_weights.safetensors").is_file():
+        try:
+            checkpoint = latest_checkpoint(run_dir / "checkpoints")
+        except CheckpointError:
+            raise ExportInputError(f"{run_dir}: no adapter/ and no checkpoint to export") from None
+        adapter, source = checkpoint / "adapter", f"checkpoint {checkpoint.name} (the run has no final adapter)"
+    reward = reward_dir or environment.get("reward_model") or config.reward.model_dir
+    if reward is None or not (Path(reward) / "reward.json").is_file():
+        raise ExportInputError(
+            f"{run_dir}: reward model {reward} not found; pass --reward MODEL_DIR (a 'backdrop reward train' model)"
+        )
+    return PolicyRun(run_dir, config, environment, records, adapter, source, Path(reward))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ExportResult:
+    """A written bundle."""
+
+    bundle: Path
+    gates: list[GateResult]
+    failed: list[GateResult]
+    manifest: dict
+
+
+def export_candidate(
+    run_dir: Path,
+    out: Path,
+    config: ExportConfig,
+    *,
+    merge: bool = False,
+    override: str | None = None,
+    reward_dir: Path | None = None,
+    progress: bool = False,
+) -> ExportResult:
+    """Gate and export the candidate of ``run_dir`` into the new folder ``out`` (module docstring).
+
+    Raises:
+        ExportInputError: unusable run, reward model, or an ``out`` folder that already holds files.
+        GateRefusedError: a gate failed and ``override`` is None (nothing is written).
+        ReproducibilityError: the written bundle did not reproduce its reference images.
+    """
+    from experiments.model_card import write_model_card
+    from experiments.policy_train import load_world
+    from experiments.runtime import resolve_device, resolve_dtype, seed_everything
+    from policy.model import InpaintPolicy
+    from policy.studio import studio_requests
+    from reward.scorer import RewardScorer
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ExportInputError(f"{out}: already holds files; export into a new folder")
+    run = read_run(run_dir, reward_dir)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(run.config.run.dtype, device)
+    seed_everything(run.config.run.seed)
+    candidate = InpaintPolicy.from_config(run.config.policy.model, device=device, dtype=dtype)
+    candidate.load_adapter(run.adapter)
+    world = load_world(run.config.world)
+    held_out = studio_requests(run.config.requests, world).evaluation[: config.evaluation.requests]
+    sampler = dataclasses.replace(run.config.trainer.sampler, enforce_preservation=False)
+    scorer = RewardScorer.load(run.reward_dir, device=device)
+
+    logger.info("sampling %d evaluation request(s) x %d seed(s)", len(held_out), config.evaluation.seeds_per_request)
+    measured = _measure(candidate, held_out, sampler, config, run, progress=progress)
+    logs_dir = config.ope.logs or _default_logs(run.reward_dir)
+    ope_result, ope_gate_result = _ope(candidate, scorer, logs_dir, sampler, config, progress)
+    audit, audit_gate_result = _audit(scorer, logs_dir, run, config)
+    gates = [measured["preservation"], measured["kl"], ope_gate_result, audit_gate_result]
+    for gate in gates:
+        logger.info("gate %-12s %s: %s", gate.name, "passed" if gate.passed else "FAILED", gate.message)
+    failed = check_gates(gates, override)
+    evidence = GateEvidence(gates, failed, override, measured, ope_result, audit, logs_dir)
+
+    files = _write_bundle(out, candidate, run, scorer, world, held_out, sampler, config, evidence, merge=merge)
+    manifest = _manifest(run, config, evidence, files)
+    _write_manifest(out, manifest)
+    write_model_card(out, manifest)
+    manifest["reload"] = _reload(manifest, files, sampler, device, dtype)
+    _write_manifest(out, manifest)
+    write_model_card(out, manifest)
+    return ExportResult(bundle=out, gates=gates, failed=failed, manifest=manifest)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GateEvidence:
+    """What the gates were decided on, and the decision."""
+
+    gates: list[GateResult]
+    failed: list[GateResult]
+    override: str | None
+    measured: dict
+    """Evaluation samples: the preservation and KL gates, sample count, seeds, the run's last evaluation."""
+    ope: Any
+    """``experiments.export_ope.CandidateOPE``, or None when OPE was impossible."""
+    audit: dict | None
+    """{"result": AuditResult, "truth": ...} (audited now) or {"metrics": ..., "source": ...} (read)."""
+    logs_dir: Path | None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BundleFiles:
+    """What was written, and the reference images the reloaded bundle must reproduce."""
+
+    out: Path
+    base_folder: Path
+    merged: Path | None
+    references: list
+    reference_seeds: list[int]
+    hashes: list[str]
+    contact: Path
+    audit_files: dict[str, str]
+
+
+def _write_bundle(
+    out: Path, candidate, run: PolicyRun, scorer, world, held_out, sampler, config: ExportConfig,
+    evidence: GateEvidence, *, merge: bool,
+) -> BundleFiles:  # fmt: skip
+    """Adapter, base (when built from a config), merged UNet, reference images, contact sheet, audit, OPE."""
+    from experiments.export_reload import image_sha256, merge_adapter, sample_references
+
+    out.mkdir(parents=True, exist_ok=True)
+    candidate.save_adapter(out / "adapter")
+    base_folder = _base_folder(candidate, run, out)
+    merged = merge_adapter(base_folder, out / "adapter", out / "merged_unet") if merge else None
+    references = list(held_out[: config.reference.requests])
+    reference_seeds = [config.reference.seed + i for i in range(len(references))]
+    reference_images = sample_references(candidate, references, reference_seeds, sampler)
+    _write_pngs(reference_images, out / "reference")
+    contact = _contact_sheet(candidate, scorer, world, held_out[: config.contact_sheet_requests], sampler, config, out)
+    audit_files = _write_audit(evidence.audit, out / "audit")
+    if evidence.ope is not None:
+        (out / "ope.json").write_text(json.dumps(_json(evidence.ope), indent=2) + "\n", encoding="utf-8")
+    return BundleFiles(
+        out, base_folder, merged, references, reference_seeds, image_sha256(reference_images), contact, audit_files
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measurements behind the gates
+
+
+def _measure(candidate, requests, sampler, config: ExportConfig, run: PolicyRun, *, progress: bool) -> dict[str, Any]:
+    from policy.replay import background_dims, stepwise_kl
+    from rollout.request import expand_requests
+    from rollout.sampler import sample_trajectories
+
+    expanded, seeds = expand_requests(requests, config.evaluation.seeds_per_request, config.evaluation.first_seed)
+    rollout = sample_trajectories(candidate, expanded, seeds, sampler, progress=progress)
+    originals = torch.stack([r.product_rgb for r in expanded])
+    masks = torch.stack([r.product_mask for r in expanded])
+    preservation = preservation_gate(originals, rollout.images, masks, [r.request_id for r in expanded], seeds)
+    kl = stepwise_kl(candidate, rollout.trajectory, 64)
+    kl_nats = (kl.sum(dim=1) * background_dims(rollout.trajectory)).double().numpy()
+    evaluations = [r for r in run.records if "eval/kl_nats" in r]
+    run_kl = float(evaluations[-1]["eval/kl_nats"]) if evaluations else None
+    return {
+        "preservation": preservation,
+        "kl": kl_gate(kl_nats, config.gates.max_kl_nats, run_kl_nats=run_kl),
+        "samples": len(expanded),
+        "seeds": {"first": config.evaluation.first_seed, "count": len(seeds)},
+        "run_final_eval": evaluations[-1] if evaluations else None,
+    }
+
+
+def _default_logs(reward_dir: Path) -> Path | None:
+    from experiments.export_manifest import reward_test_split
+
+    return reward_test_split(reward_dir)
+
+
+def _ope(candidate, scorer, logs_dir: Path | None, sampler, config: ExportConfig, progress: bool):
+    from experiments.export_ope import evaluate_candidate
+
+    estimator = config.ope.ope.primary
+    threshold = config.gates.min_lift_lower_bound
+    if logs_dir is None or not Path(logs_dir).is_dir():
+        refusal = f"no logs to evaluate on ({logs_dir}); set [export.ope] logs to a folder of validated logs"
+        return None, ope_gate(None, None, None, threshold, estimator=estimator, refusal=refusal)
+    try:
+        result = evaluate_candidate(candidate, scorer, Path(logs_dir), config.ope, sampler, progress=progress)
+    except (BackdropError, ValueError) as exc:
+        return None, ope_gate(None, None, None, threshold, estimator=estimator, refusal=str(exc))
+    lift = result.report.result(f"lift:{estimator}", "request")
+    details = {"ess": lift.ess, "logs": str(logs_dir), "candidate": result.diagnostics}
+    return result, ope_gate(lift.value, lift.ci_low, lift.ci_high, threshold, estimator=estimator, details=details)
+
+
+def _audit(scorer, logs_dir: Path | None, run: PolicyRun, config: ExportConfig):
+    """The audit's result (None when read from a file) and its gate."""
+    from experiments.export_manifest import find_truth
+    from reward.audit import audit_reward_model
+
+    tolerated = config.gates.tolerated_flags
+    if config.audit_report is not None:
+        try:
+            metrics = json.loads(Path(config.audit_report).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputUnreadableError(f"{config.audit_report}: cannot read the audit report: {exc}") from None
+        return {"metrics": metrics, "source": str(config.audit_report)}, audit_gate(
+            metrics.get("flags", []), tolerated
+        )
+    if logs_dir is None or not Path(logs_dir).is_dir():
+        gate = GateResult("audit", False, None, 0.0, f"no logs to audit the reward model on ({logs_dir})")
+        return None, gate
+    truth = config.truth or (find_truth(Path(logs_dir)) if config.truth_search else None)
+    result = audit_reward_model(scorer, logs_dir, truth_dir=truth, run_dir=run.directory, config=config.audit)
+    return {"result": result, "truth": str(truth) if truth else None}, audit_gate(result.flags, tolerated)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _base_folder(candidate, run: PolicyRun, out: Path) -> Path:
+    """The base model's folder; a base built from a config has none, so it is written into the bundle."""
+    from policy.model import resolve_model_folder
+
+    pretrained = run.config.policy.model.pretrained
+    if pretrained is not None:
+        return resolve_model_folder(pretrained).resolve()
+    with candidate.reference():
+        candidate.save_pretrained(out / "base")
+    return out / "base"
+
+
+def _write_pngs(images: torch.Tensor, folder: Path) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"ref-{i}.png"
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+        paths.append(path)
+    return paths
+
+
+def _contact_sheet(candidate, scorer, world, requests, sampler, config: ExportConfig, out: Path) -> Path:
+    """product | base | candidate for a few evaluation requests, same seed, proxy reward in the captions."""
+    from experiments.policy_train import StudioRewardFn
+    from policy.contact_sheet import draw_contact_sheet
+    from rollout.sampler import sample_trajectories
+
+    seeds = [config.evaluation.first_seed + i * config.evaluation.seeds_per_request for i in range(len(requests))]
+    after = sample_trajectories(candidate, list(requests), seeds, sampler).images
+    with candidate.reference():
+        before = sample_trajectories(candidate, list(requests), seeds, sampler).images
+    reward = StudioRewardFn(scorer, {p.product_id: p.kind for p in world.products})
+    reward_before = reward(before, list(requests)).reward.tolist()
+    reward_after = reward(after, list(requests)).reward.tolist()
+    rows = []
+    for i, request in enumerate(requests):
+        product = torch.where(
+            request.product_mask[None], request.product_rgb, torch.full_like(request.product_rgb, 255)
+        )
+        rows.append(
+            (
+                f"{request.product_id} {request.segment}",
+                [
+                    (product.permute(1, 2, 0).numpy(), "product"),
+                    (before[i].permute(1, 2, 0).numpy(), f"base {reward_before[i]:+.2f}"),
+                    (after[i].permute(1, 2, 0).numpy(), f"cand {reward_after[i]:+.2f}"),
+                ],
+            )
+        )
+    return draw_contact_sheet(rows, out / "contact_sheet.png", scale=2)
+
+
+def _write_audit(audit: dict | None, folder: Path) -> dict[str, str]:
+    if audit is None:
+        return {}
+    if "result" in audit:
+        from reward.report import write_audit
+
+        written = write_audit(audit["result"], folder)
+        return {k: str(v.relative_to(folder.parent)) for k, v in written.items() if not k.startswith("plot:")}
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(audit["source"], folder / "audit.json")
+    return {"json": "audit/audit.json"}
+
+
+def _json(ope_result) -> dict:
+    from experiments.ope import to_json_safe
+
+    return to_json_safe({"report": ope_result.report.to_dict(), "candidate": ope_result.diagnostics})
+
+
+def _manifest(run: PolicyRun, config: ExportConfig, evidence: GateEvidence, files: BundleFiles) -> dict:
+    """The bundle's manifest.json (``experiments/export_manifest.py`` has the identities and hashes)."""
+    from experiments.export_manifest import (
+        FORMAT,
+        VERSION,
+        base_identity,
+        reward_identity,
+        reward_training_data,
+        table_digests,
+    )
+    from experiments.tracking import git_state, package_versions
+    from offline_data.assets import file_sha256
+
+    audit, measured = evidence.audit, evidence.measured
+    audit_metrics = None
+    if audit is not None:
+        audit_metrics = audit["result"].metrics if "result" in audit else audit["metrics"]
+    pretrained = run.config.policy.model.pretrained
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "candidate": {
+            "run": str(run.directory),
+            "adapter_source": run.adapter_source,
+            "adapter": "adapter/pytorch_lora_weights.safetensors",
+            "adapter_sha256": file_sha256(files.out / "adapter" / "pytorch_lora_weights.safetensors"),
+            "lora": to_dict(run.config.policy.lora),
+            "merged_unet": "merged_unet/" if files.merged is not None else None,
+        },
+        "base_model": base_identity(files.base_folder, pretrained=str(pretrained) if pretrained is not None else None),
+        "reward_model": reward_identity(run.reward_dir),
+        "training": {
+            "config": to_dict(run.config),
+            "command": " ".join(run.environment.get("argv", [])) or None,
+            "git": run.environment.get("git"),
+            "final_eval": measured["run_final_eval"],
+        },
+        "data": {
+            "reward_training": reward_training_data(run.reward_dir),
+            "ope_logs": {
+                "folder": str(evidence.logs_dir) if evidence.logs_dir else None,
+                "tables": table_digests(evidence.logs_dir),
+            },
+            "world": {"config": str(run.config.world.config) if run.config.world.config else "default studio world"},
+        },
+        "seeds": {
+            "run": run.config.run.seed,
+            "evaluation": measured["seeds"],
+            "reference": files.reference_seeds,
+            "ope": config.ope.seed,
+            "audit": config.audit.seed,
+        },
+        "export": {
+            "config": to_dict(config),
+            "config_toml": dump_toml(config),
+            "git": git_state(),
+            "packages": dict(package_versions()),
+        },
+        "metrics": {
+            "evaluation_samples": measured["samples"],
+            "kl_nats_mean": measured["kl"].value,
+            "preservation_changed_pixels": measured["preservation"].value,
+            "ope": None if evidence.ope is None else _ope_summary(evidence.ope, config),
+            "audit_headline": None if audit_metrics is None else audit_metrics.get("headline"),
+        },
+        "gates": [g.to_dict() for g in evidence.gates],
+        "override": None
+        if evidence.override is None
+        else {"reason": evidence.override, "failed_gates": [g.name for g in evidence.failed]},
+        "audit": {
+            "files": files.audit_files,
+            "truth": audit.get("truth") if audit else None,
+            "flags": [] if audit_metrics is None else audit_metrics.get("flags", []),
+        },
+        "reference_images": [
+            {
+                "request_id": r.request_id,
+                "seed": s,
+                "sha256": h,
+                "file": f"reference/ref-{i}.png",
+                "shape": [3, *r.size],
+            }
+            for i, (r, s, h) in enumerate(zip(files.references, files.reference_seeds, files.hashes))
+        ],
+        "sampler": to_dict(run.config.trainer.sampler),
+        "contact_sheet": files.contact.name,
+    }
+    return manifest
+
+
+def _ope_summary(ope_result, config: ExportConfig) -> dict:
+    estimator = config.ope.ope.primary
+    out = {}
+    for key in (estimator, f"lift:{estimator}", f"relative_lift:{estimator}", "on_policy", "dm"):
+        try:
+            res = ope_result.report.result(key, "request")
+        except KeyError:
+            continue
+        out[key] = {"value": res.value, "ci_low": res.ci_low, "ci_high": res.ci_high, "ess": res.ess}
+    return out
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=2, default=_default) + "\n"
+    (out / "manifest.json").write_text(text, encoding="utf-8")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to the manifest")
+
+
+def _reload(manifest: dict, files: BundleFiles, sampler, device, dtype) -> dict:
+    from experiments.export_reload import ReproducibilityError, verify_reload
+
+    try:
+        return verify_reload(
+            files.hashes, files.references, files.reference_seeds, sampler, base_folder=files.base_folder,
+            adapter_folder=files.out / "adapter", device=device, dtype=dtype, merged_unet=files.merged,
+        )  # fmt: skip
+    except ReproducibilityError as exc:
+        manifest["reload"] = {"identical": False, "error": str(exc)}
+        _write_manifest(files.out, manifest)
+        raise

@@ -1,0 +1,136 @@
+"""Configuration of ``backdrop export`` (experiments/configs/export.toml): the candidate bundle and its gates.
+
+[export]               device, threads, where the audit's truth comes from
+[export.evaluation]    the held-out requests and seeds every gate sample is drawn from
+[export.gates]         thresholds: KL budget, OPE lift lower bound, which audit flags may be tolerated
+[export.ope]           logs, the candidate's propensities over logged variants, and the OPE settings
+[export.audit]         the reward-model audit (``reward/audit_config.py``)
+[export.reference]     the reference images the reloaded bundle must reproduce bit-identically
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from experiments.ope import OPEConfig
+from reward.audit_config import AuditConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvaluationSetConfig:
+    """The held-out requests the preservation and KL gates sample (the run's own evaluation requests)."""
+
+    requests: int = 32
+    """Evaluation requests used (the first ones of the run's held-out requests: products unseen in training)."""
+    seeds_per_request: int = 2
+    """Samples per request; every sample's product pixels are verified."""
+    first_seed: int = 2_000_000_011
+    """Seed of the first sample (request r, sample k gets first_seed + r * seeds_per_request + k); far from the
+    training seeds and from the training evaluation's seeds."""
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or self.seeds_per_request < 1 or self.first_seed < 0:
+            raise ValueError("requests and seeds_per_request must be >= 1 and first_seed >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GateConfig:
+    """Thresholds of the export gates (``experiments/gates.py``). Preservation has none: zero violations."""
+
+    max_kl_nats: float = 400.0
+    """KL(candidate || base) per sample in nats, recomputed on the evaluation samples (sum over steps of the
+    per-step Gaussian KL times the background latent dims, as ``eval/kl_nats`` of a policy run)."""
+    min_lift_lower_bound: float = -0.01
+    """The lower end of the OPE interval of the candidate's lift over the logging policy (clicks per request,
+    estimator ``[export.ope.ope] primary``) must be at or above this: a non-inferiority margin. 0 demands a
+    lift the logs can already prove."""
+    tolerated_flags: tuple[str, ...] = ()
+    """Audit flag ids (e.g. "tamper_not_noticed") that do not fail the audit gate; they are still reported."""
+
+    def __post_init__(self) -> None:
+        if not self.max_kl_nats > 0:
+            raise ValueError(f"max_kl_nats must be > 0, got {self.max_kl_nats}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CandidateOPEConfig:
+    """How the candidate is evaluated off-policy on logs of the production generator's variants.
+
+    A generative candidate does not choose among logged images, so it is given propensities over them
+    (``experiments/export_ope.py``): the logging policy's choices re-weighted by the candidate's likelihood ratio
+    to the base model, ρ(v) = exp(ELBO_candidate(v) − ELBO_base(v)), normalised per product.
+    """
+
+    logs: Path | None = None
+    """Validated logs with impressions (with propensities) and the assets of the logged images; unset = the test
+    split the reward model was evaluated on (its metrics.json ``splits`` + /test)."""
+    elbo_draws: int = 2
+    """Forward-noising draws averaged per logged image in the ELBO log-ratio (Monte Carlo noise falls as 1/√n)."""
+    ratio_temperature: float = 1.0
+    """τ in π_e ∝ π_0 ρ^(1/τ); 1 is the self-normalised importance resampling of the candidate's distribution
+    from the logged images, > 1 flattens it (less variance, biased toward the logging policy)."""
+    batch_size: int = 32
+    """Logged images per ELBO forward chunk."""
+    seed: int = 0
+    """Seeds the forward-noising draws and the bootstrap."""
+    ope: OPEConfig = OPEConfig(n_bootstrap=1000)
+    """Estimators, intervals and overlap refusals (``experiments/ope.py``)."""
+
+    def __post_init__(self) -> None:
+        if self.elbo_draws < 1 or self.batch_size < 1 or self.seed < 0:
+            raise ValueError("elbo_draws and batch_size must be >= 1 and seed >= 0")
+        if not self.ratio_temperature > 0:
+            raise ValueError(f"ratio_temperature must be > 0, got {self.ratio_temperature}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReferenceConfig:
+    """Reference images: sampled before writing, reproduced bit-identically after reloading the bundle."""
+
+    requests: int = 4
+    """Evaluation requests sampled (one image each)."""
+    seed: int = 7
+    """Seed of the first reference image (request r uses seed + r)."""
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or self.seed < 0:
+            raise ValueError("requests must be >= 1 and seed >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    """Everything ``backdrop export`` does besides choosing the run and the bundle folder (section [export])."""
+
+    device: str = "cpu"
+    """"auto", "cpu", "cuda" or "cuda:N"; the candidate runs in its training run's dtype."""
+    threads: int = 0
+    """torch intra-op threads (0 = torch's default)."""
+    truth: Path | None = None
+    """Simulation folder with the evaluation-only truth/ sidecar for the audit (ceilings, gold); unset = look for
+    one above the OPE logs folder (``truth_search``)."""
+    truth_search: bool = True
+    """Look for truth/world.json in the OPE logs folder and up to five folders above it when ``truth`` is unset."""
+    audit_report: Path | None = None
+    """An audit.json written by ``backdrop reward audit`` for this reward model; unset = run the audit now."""
+    contact_sheet_requests: int = 6
+    """Evaluation requests shown before (base) / after (candidate) in the bundle's contact sheet."""
+    evaluation: EvaluationSetConfig = EvaluationSetConfig()
+    gates: GateConfig = GateConfig()
+    ope: CandidateOPEConfig = CandidateOPEConfig()
+    audit: AuditConfig = AuditConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.contact_sheet_requests < 1:
+            raise ValueError(f"contact_sheet_requests must be >= 1, got {self.contact_sheet_requests}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExportCommandConfig:
+    """Root config of ``backdrop export``: the single section [export]."""
+
+    export: ExportConfig = ExportConfig()
+    """The bundle's gates, evaluation and reload check."""
