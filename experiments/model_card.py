@@ -110,7 +110,11 @@ def render_model_card(manifest: dict) -> str:
     headline = metrics.get("audit_headline") or {}
     if headline:
         lines += ["", "| number | value |", "|---|---|"]
-        lines += [f"| {k} | {_number(v) if not isinstance(v, dict) else v} |" for k, v in headline.items()]
+        for key, value in headline.items():
+            shown = (
+                ", ".join(f"{k} {_number(v)}" for k, v in value.items()) if isinstance(value, dict) else _number(value)
+            )
+            lines.append(f"| {key} | {shown} |")
     files = manifest["audit"]["files"]
     if files.get("html"):
         lines += ["", f"Full report: [{files['html']}]({files['html']})"]

@@ -24,7 +24,6 @@ renders both as HTML.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -33,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from offline_data.errors import InputUnreadableError
 from reward.audit_config import TAMPERS, AuditConfig
 from reward.audit_flags import collect_flags
 from reward.audit_metrics import concordance_index, d_calibration, dwell_cdf, slice_table, spearman
+from reward.audit_run import read_overoptimisation
+from reward.audit_truth import AuditTruth, gold_function, read_truth
 from reward.data import RewardData, load_reward_data
 from reward.ensemble import score_rows
 from reward.errors import RewardDataError
@@ -70,17 +70,6 @@ class AuditResult:
     examples: dict[str, np.ndarray]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Truth:
-    """The parts of the truth sidecar the audit reads (evaluation only)."""
-
-    directory: Path
-    click_probability: dict[str, float]
-    pair_probability: dict[str, tuple[float, float]]
-    image_gold: dict[str, dict[str, float]]
-    exact_masks: dict[str, np.ndarray]
-
-
 def audit_reward_model(
     scorer: RewardScorer,
     data_dir: str | Path,
@@ -100,7 +89,7 @@ def audit_reward_model(
     base, base_plots = evaluate(scorer, data_dir, truth_dir=truth_dir, bins=config.bins)
     data, masks_note = _load_data(data_dir, scorer)
     indexed = index_for(scorer, data)
-    truth = _read_truth(Path(truth_dir), data) if truth_dir is not None else None
+    truth = read_truth(Path(truth_dir), data) if truth_dir is not None else None
     metrics: dict = {
         "model": {"members": scorer.members, "encoder": scorer.config.encoder.kind},
         "data": str(data_dir),
@@ -115,7 +104,7 @@ def audit_reward_model(
         plots["examination_true"] = base_plots["examination_true"]
     metrics["calibration"], metrics["discrimination"] = {}, {}
     if len(data.impressions):
-        _click_sections(scorer, indexed, base, truth, config, metrics, plots)
+        _click_sections(scorer, indexed, base, truth, metrics)
         _dwell_sections(scorer, indexed, config, metrics, plots)
     if "log_odds" in base_plots:
         _preference_sections(indexed, base_plots["log_odds"], truth, config, metrics, plots)
@@ -154,54 +143,14 @@ def _load_data(data_dir: Path, scorer: RewardScorer) -> tuple[RewardData, str | 
         return load_reward_data(data_dir, load_masks=False), note
 
 
-def _read_truth(truth_dir: Path, data: RewardData) -> _Truth:
-    from PIL import Image
-
-    from offline_data.simulator.truth import TRUTH_DIR, read_truth_table
-
-    impressions = read_truth_table(truth_dir, "impressions", ["event_id", "click_probability"])
-    click = dict(zip(impressions["event_id"].tolist(), impressions["click_probability"].tolist()))
-    pairs = read_truth_table(truth_dir, "preferences", ["pair_id", "p_a", "p_b"])
-    pair_probability = {
-        pid: (float(a), float(b)) for pid, a, b in zip(pairs["pair_id"].tolist(), pairs["p_a"], pairs["p_b"])
-    }
-    images = read_truth_table(truth_dir, "images")
-    gold_columns = [c for c in images if c.startswith("gold_")]
-    wanted = set(data.images.image_ids)
-    image_gold = {
-        iid: {c.removeprefix("gold_"): float(images[c][i]) for c in gold_columns}
-        for i, iid in enumerate(images["image_id"].tolist())
-        if iid in wanted
-    }
-    products = read_truth_table(truth_dir, "products", ["product_id", "mask_path"])
-    needed = set(data.images.product_ids)
-    exact_masks = {}
-    for pid, path in zip(products["product_id"].tolist(), products["mask_path"].tolist()):
-        if pid in needed:
-            file = truth_dir / TRUTH_DIR / path
-            try:
-                exact_masks[pid] = np.asarray(Image.open(file).convert("L")) >= 128
-            except OSError as exc:
-                raise InputUnreadableError(f"{file}: cannot read the exact mask of product {pid!r}: {exc}") from None
-    missing = sorted(needed - set(exact_masks))
-    if missing:
-        raise InputUnreadableError(f"{truth_dir}: the truth sidecar has no exact mask for product(s) {missing[:5]}")
-    return _Truth(truth_dir, click, pair_probability, image_gold, exact_masks)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Calibration and discrimination from the logged rows
 
 
 def _click_sections(
-    scorer: RewardScorer,
-    indexed: IndexedData,
-    base: dict,
-    truth: _Truth | None,
-    config: AuditConfig,
-    metrics: dict,
-    plots: dict,
+    scorer: RewardScorer, indexed: IndexedData, base: dict, truth: AuditTruth | None, metrics: dict
 ) -> None:
+    """Click calibration (from ``reward.evaluation``) and click AUC by slice, with each slice's ceiling."""
     data = indexed.data
     imp = data.impressions
     scores = score_rows(scorer.ensemble, indexed, imp.image, indexed.impression_segment)
@@ -243,6 +192,7 @@ def _click_sections(
 def _dwell_sections(
     scorer: RewardScorer, indexed: IndexedData, config: AuditConfig, metrics: dict, plots: dict
 ) -> None:
+    """D-calibration of the ensemble's dwell distribution (the mixture of its members') and Harrell's C."""
     data = indexed.data
     rows = data.dwell_rows
     if rows.numel() == 0:
@@ -279,7 +229,12 @@ def _dwell_sections(
 
 
 def _preference_sections(
-    indexed: IndexedData, log_odds: np.ndarray, truth: _Truth | None, config: AuditConfig, metrics: dict, plots: dict
+    indexed: IndexedData,
+    log_odds: np.ndarray,
+    truth: AuditTruth | None,
+    config: AuditConfig,
+    metrics: dict,
+    plots: dict,
 ) -> None:
     data = indexed.data
     pairs = data.pairs
@@ -400,7 +355,7 @@ def _image_disagreement(
     scores: dict[str, np.ndarray],
     data: RewardData,
     sample: _ImageSample,
-    truth: _Truth | None,
+    truth: AuditTruth | None,
     metrics: dict,
     plots: dict,
 ) -> None:
@@ -430,7 +385,7 @@ def _probe_section(
     scorer: RewardScorer,
     data: RewardData,
     sample: _ImageSample,
-    truth: _Truth | None,
+    truth: AuditTruth | None,
     config: AuditConfig,
     masks_note: str | None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
@@ -446,7 +401,7 @@ def _probe_section(
     else:
         masks = data.images.masks[rows].numpy()
         tampers = TAMPERS
-    gold_fn = _gold_fn(truth, data, sample) if truth is not None else None
+    gold_fn = gold_function(truth, data, sample.rows.tolist(), sample.segments) if truth is not None else None
     outcome: ProbeOutcome = run_probes(
         images, masks, _score_fn(scorer, data, sample), probes, tampers=tampers, gold_fn=gold_fn
     )
@@ -461,71 +416,6 @@ def _probe_section(
     if masks_note:
         section["note"] = masks_note
     return section, outcome.examples
-
-
-def _gold_fn(truth: _Truth, data: RewardData, sample: _ImageSample):
-    from offline_data.simulator.engagement import gold_engagement
-
-    rows = sample.rows.tolist()
-    exact = np.stack([truth.exact_masks[data.images.product_ids[r]] for r in rows])
-    prompts = [data.images.prompts[r] or "" for r in rows]
-
-    def gold(images: np.ndarray) -> np.ndarray:
-        return gold_engagement(images, exact, prompts, list(sample.segments))
-
-    return gold
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The policy run
-
-
-def read_overoptimisation(run_dir: Path) -> dict:
-    """Proxy and gold gains and KL per evaluation, and the training reward and KL per epoch, of a policy run.
-
-    Reads ``<run_dir>/metrics.jsonl`` (``backdrop policy train``): evaluation records carry ``eval/kl_nats``,
-    ``eval/proxy_gain_sd`` and, with gold, ``gold/gain_sd``, ``gold/gain_se`` and ``gold/base_within_sd``.
-
-    Raises:
-        InputUnreadableError: no metrics.jsonl, a line that is not JSON, or no evaluation record.
-    """
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise InputUnreadableError(f"{path}: not found; --run takes a 'backdrop policy train' run directory")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputUnreadableError(f"{path}: line {number} is not JSON: {exc}") from None
-    evaluations = [r for r in records if "eval/kl_nats" in r and "eval/proxy_gain_sd" in r]
-    if not evaluations:
-        raise InputUnreadableError(f"{path}: no evaluation record (eval/kl_nats, eval/proxy_gain_sd)")
-    points = []
-    for record in evaluations:
-        point = {
-            "epoch": int(record["step"]),
-            "kl_nats": record["eval/kl_nats"],
-            "proxy_gain_sd": record["eval/proxy_gain_sd"],
-        }
-        if record.get("gold/gain_sd") is not None:
-            sd = record.get("gold/base_within_sd") or math.nan
-            point |= {
-                "gold_gain_sd": record["gold/gain_sd"],
-                "gold_gain_se_sd": record.get("gold/gain_se", math.nan) / sd,
-            }
-        points.append(point)
-    training = [r for r in records if "reward/mean" in r]
-    return {
-        "run": str(run_dir),
-        "evaluations": points,
-        "training": {
-            "epoch": [int(r["step"]) for r in training],
-            "reward_mean": [r["reward/mean"] for r in training],
-            "kl": [r.get("policy/kl", math.nan) for r in training],
-        },
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -589,6 +479,9 @@ def audit_summary(metrics: dict) -> Sequence[str]:
     for key, value in metrics.get("headline", {}).items():
         if key == "flags" or value is None:
             continue
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if isinstance(value, dict):
+            shown = ", ".join(f"{k} {v:+.3f}" for k, v in value.items())
+        else:
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"  {key:28s} {shown}")
     return lines

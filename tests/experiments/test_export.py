@@ -281,3 +281,31 @@ def test_existing_bundle_folder_and_missing_reward_are_input_errors(run_dir: Pat
     assert f"reward model {tmp_path / 'nope'} not found" in error and "--reward MODEL_DIR" in error
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
     assert "not a 'backdrop policy train' run directory" in capsys.readouterr().err
+
+
+def test_shipped_export_config_is_the_default() -> None:
+    from experiments.config import load_config
+    from experiments.export_config import ExportCommandConfig
+
+    shipped = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "export.toml"
+    assert load_config(ExportCommandConfig, shipped) == ExportCommandConfig()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("export.gates.max_kl_nats=0", "max_kl_nats must be > 0, got 0.0"),
+        ("export.ope.ratio_temperature=0", "ratio_temperature must be > 0, got 0.0"),
+        ("export.ope.elbo_draws=0", "elbo_draws and batch_size must be >= 1"),
+        ("export.evaluation.requests=0", "requests and seeds_per_request must be >= 1"),
+        ("export.reference.requests=0", "requests must be >= 1 and seed >= 0"),
+        ("export.ope.ope.n_bootstrap=50", "n_bootstrap must be 0 \\(no intervals\\) or >= 100, got 50"),
+        ("export.gates.max_kl=3", "unknown key 'export.gates.max_kl' \\(did you mean 'max_kl_nats'\\?\\)"),
+    ],
+)
+def test_bad_export_config_values_are_named(override: str, message: str) -> None:
+    from experiments.config import ConfigError, load_config
+    from experiments.export_config import ExportCommandConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(ExportCommandConfig, None, [override])

@@ -14,9 +14,11 @@ import torch
 
 from experiments.cli import main
 from offline_data.errors import InputUnreadableError
-from reward.audit import _read_truth, audit_reward_model, read_overoptimisation
+from reward.audit import audit_reward_model
 from reward.audit_config import AuditConfig, AuditThresholds, ProbeConfig
 from reward.audit_flags import collect_flags
+from reward.audit_run import read_overoptimisation
+from reward.audit_truth import read_truth
 from reward.data import load_reward_data
 from reward.report import write_audit
 
@@ -94,7 +96,7 @@ def test_gold_recomputed_from_exact_masks_matches_the_truth_table(trained: dict)
     from offline_data.simulator.engagement import gold_engagement
 
     data = load_reward_data(trained["test"], load_masks=False)
-    truth = _read_truth(trained["world"], data)
+    truth = read_truth(trained["world"], data)
     rows = list(range(min(12, len(data.images))))
     images = data.images.pixels[rows].permute(0, 2, 3, 1).numpy()
     masks = np.stack([truth.exact_masks[data.images.product_ids[r]] for r in rows])
