@@ -374,7 +374,13 @@ def _write_audit(audit: dict | None, folder: Path) -> dict[str, str]:
 def _json(ope_result) -> dict:
     from experiments.ope import to_json_safe
 
-    return to_json_safe({"report": ope_result.report.to_dict(), "candidate": ope_result.diagnostics})
+    return to_json_safe(
+        {
+            "report": ope_result.report.to_dict(),
+            "candidate": ope_result.diagnostics,
+            "log_ratio_nats": ope_result.log_ratio,
+        }
+    )
 
 
 def _manifest(run: PolicyRun, config: ExportConfig, evidence: GateEvidence, files: BundleFiles) -> dict:

@@ -181,6 +181,9 @@ def test_bundle_files_manifest_and_override(bundle: Path) -> None:
     assert manifest["training"]["final_eval"]["eval/kl_nats"] == 12.5
     assert manifest["audit"]["truth"] is not None  # found above the logs
     assert len(manifest["reference_images"]) == 2
+    ope = json.loads((bundle / "ope.json").read_text())
+    assert len(ope["log_ratio_nats"]) == ope["candidate"]["images"] > 0
+    assert manifest["gates"][2]["details"]["ess"] > 0
 
 
 def test_reload_reproduces_the_reference_images(bundle: Path, run_dir: Path) -> None:
