@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 import types
 import typing
@@ -26,6 +27,13 @@ from typing import Any, Literal, TypeVar
 from offline_data.errors import BackdropError
 
 T = TypeVar("T")
+
+
+UNSET_KEY = "_unset"
+"""Reserved top-level key: a list of dotted keys whose value is None (TOML has no null). ``dump_toml`` writes it so
+that a field set to None where its default is not None survives the round trip through ``config.toml``."""
+
+_NONE = object()  # marks a key listed in `_unset` until it is coerced
 
 
 class ConfigError(BackdropError):
@@ -100,6 +108,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "<dict>", 
         raise TypeError(f"{cls!r} is not a dataclass")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<root>'}' must be a table, got {_show(data)}")
+    if not prefix and UNSET_KEY in data:
+        data = _apply_unset(data, source)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
@@ -111,13 +121,36 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "<dict>", 
         if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
             # A partial table overrides the field's own default instance, not the section class's defaults:
             # `run: RunConfig = RunConfig(name="ope")` keeps name="ope" when the file only sets [run] seed.
-            value = _deep_merge(to_dict(default), value)
+            value = _deep_merge(_plain(default, none=_NONE), value)
         kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}", source)
     try:
         return cls(**kwargs)
     except ValueError as exc:
         where = prefix.rstrip(".") or cls.__name__
         raise ConfigError(f"{source}: {where}: {exc}") from None
+
+
+def _apply_unset(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    data = dict(data)
+    keys = data.pop(UNSET_KEY)
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise ConfigError(f"{source}: '{UNSET_KEY}' must be a list of dotted keys, got {_show(keys)}")
+    for dotted in keys:
+        node = data
+        parts = _split_key(dotted)
+        for part in parts[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, Mapping) else {}
+            node[part] = child
+            node = child
+        node[parts[-1]] = _NONE
+    return data
+
+
+def _split_key(dotted: str) -> list[str]:
+    """Split ``a."b.c".d`` into ``["a", "b.c", "d"]`` (TOML's quoting of keys that contain dots)."""
+    parts = re.findall(r'"([^"]*)"|([^."]+)', dotted)
+    return [quoted or bare for quoted, bare in parts]
 
 
 def _field_default(field: dataclasses.Field) -> Any:
@@ -201,6 +234,10 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check ``value`` against annotation ``tp``; convert lists to tuples and tables to dataclasses."""
     origin = typing.get_origin(tp)
+    if value is _NONE:
+        if origin in (types.UnionType, typing.Union) and type(None) in typing.get_args(tp):
+            return None
+        raise ConfigError(f"{source}: key '{key}' is listed in '{UNSET_KEY}' but expects {_type_name(tp)}")
     fail = ConfigError(f"{source}: key '{key}' expects {_type_name(tp)}, got {_show(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
@@ -270,31 +307,45 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 
 def to_dict(config: Any) -> dict[str, Any]:
     """The config as plain TOML-compatible data (tuples become lists, paths strings, None keys omitted)."""
-
-    def convert(value: Any) -> Any:
-        if dataclasses.is_dataclass(value):
-            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
-        if isinstance(value, tuple | list):
-            return [convert(v) for v in value]
-        if isinstance(value, dict):
-            return {str(k): convert(v) for k, v in value.items()}
-        if isinstance(value, Path):
-            return str(value)
-        return value
-
-    return _drop_none(convert(config))
+    return _plain(config, none=None)
 
 
-def _drop_none(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _drop_none(v) for k, v in data.items() if v is not None}
-    return data
+def _plain(value: Any, *, none: Any) -> Any:
+    """Plain data; None values are dropped (``none=None``) or replaced by the ``none`` marker."""
+    if dataclasses.is_dataclass(value):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, dict):
+        items = {str(k): _plain(v, none=none) for k, v in value.items() if v is not None or none is not None}
+        return {k: (none if v is None else v) for k, v in items.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v, none=none) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return none if value is None else value
+
+
+def _none_paths(data: Mapping[str, Any], marker: Any, prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in data.items():
+        part = f'"{key}"' if "." in key else key
+        if value is marker:
+            paths.append(f"{prefix}{part}")
+        elif isinstance(value, Mapping):
+            paths.extend(_none_paths(value, marker, f"{prefix}{part}."))
+    return paths
 
 
 def dump_toml(config: Any) -> str:
-    """Serialise a config dataclass (or nested dict) to TOML that :func:`load_config` reads back unchanged."""
-    data = to_dict(config) if dataclasses.is_dataclass(config) else _drop_none(dict(config))
+    """Serialise a config dataclass (or nested dict) to TOML that :func:`load_config` reads back unchanged.
+
+    Keys whose value is None are listed in the top-level ``_unset`` array (TOML has no null).
+    """
+    marked = _plain(config, none=_NONE)
+    unset = _none_paths(marked, _NONE)
+    data = _plain(config, none=None)
     lines: list[str] = []
+    if unset:
+        lines.append(f"{UNSET_KEY} = {_toml_value(unset)}  # keys whose value is None")
     _emit_table(data, [], lines)
     return "\n".join(lines).strip() + "\n"
 

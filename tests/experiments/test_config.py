@@ -141,3 +141,44 @@ def test_optional_section_reports_the_sections_own_error(tmp_path: Path) -> None
         load_config(OptionalSection, None, ["lora.rank=0"])
     with pytest.raises(ConfigError, match=r"unknown key 'lora.rnak' \(did you mean 'rank'\?\)"):
         load_config(OptionalSection, None, ["lora.rnak=2"])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSection:
+    pretrained: Path | None = None
+    kl_budget: float | None = 0.5
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RootWithNonNoneDefault:
+    model: ModelSection = ModelSection(pretrained=Path("studio_tiny"))
+
+
+def test_none_survives_the_round_trip_where_the_default_is_not_none(tmp_path: Path) -> None:
+    cfg = RootWithNonNoneDefault(model=ModelSection(pretrained=None, kl_budget=None))
+    text = dump_toml(cfg)
+    assert text.startswith('_unset = ["model.pretrained", "model.kl_budget"]')
+    assert load_config(RootWithNonNoneDefault, write(tmp_path, text)) == cfg
+    assert load_config(RootWithNonNoneDefault).model.pretrained == Path("studio_tiny")
+
+
+def test_unset_of_a_key_that_cannot_be_none_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="key 'policy.lora.rank' is listed in '_unset' but expects int"):
+        load_config(Root, write(tmp_path, '_unset = ["policy.lora.rank"]\n'))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Param:
+    low: float | None = 1.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Space:
+    params: dict[str, Param] = dataclasses.field(default_factory=dict)
+
+
+def test_unset_keys_inside_tables_with_dotted_names(tmp_path: Path) -> None:
+    cfg = Space(params={"policy.lr": Param(low=None), "rank": Param()})
+    text = dump_toml(cfg)
+    assert '_unset = ["params.\\"policy.lr\\".low"]' in text
+    assert load_config(Space, write(tmp_path, text)) == cfg
