@@ -23,9 +23,9 @@ N(√a_t' x0 + √(1 − a_t' − σ_t²) (x_t − √a_t x0) / √(1 − a_t), 
 Diffusion-DPO (Wallace et al. 2023) without its β. The inner expectation over x_t' is taken exactly: both
 transitions are Gaussians with the same σ_t, so E_q[log p_θ(x_t' | x_t) − log p_ref(x_t' | x_t)] is the difference
 evaluated at the posterior mean of q(x_t' | x_t, x0), (‖m − μ_ref‖² − ‖m − μ_θ‖²) / (2σ_t²), the diffusion ELBO's
-usual L_t term. Each transition is scored by ``rollout.denoise.denoise_step`` (the function sampling and training
-use) over the background latents only, with the product latents replaced as the sampler replaces them;
-``elbo_draws`` draws of the chain x_T, ..., x_1 are averaged. The ELBO gap is not the
+usual L_t term. Each transition is scored by ``policy.replay.replay_rows`` (through ``rollout.denoise.denoise_step``,
+the function sampling and training use) over the background latents only, with the product latents replaced as
+the sampler replaces them; ``elbo_draws`` draws of the chain x_T, ..., x_1 are averaged. The ELBO gap is not the
 exact log-likelihood ratio (the posteriors' KLs differ), which is one reason the OPE gate has a margin.
 
 The direct method uses the reward model: q̂(x, k, a) = θ_k · P̂(click | slot 1, segment, image a).
@@ -47,10 +47,9 @@ from experiments.export_config import CandidateOPEConfig
 from experiments.ope import CandidatePolicy, OPEReport, build_candidate, evaluate
 from offline_data.errors import BackdropError
 from policy.model import InpaintPolicy
-from policy.replay import StepRows, rows_conditioning
+from policy.replay import StepRows, replay_rows
 from rollout.config import SamplerConfig
 from rollout.ddim_logprob import ddim_step_std, step_alphas
-from rollout.denoise import denoise_step
 from rollout.masks import latent_product_mask
 from rollout.preservation import noise_product_latents, replace_product_latents, replacement_alphas
 from rollout.trajectory import Trajectory
@@ -189,27 +188,12 @@ def elbo_log_ratios(
                 # Scored at the posterior mean: E_q[log p_θ − log p_ref | x_t] exactly (both Gaussians share σ_t),
                 # which removes the step noise's share of the Monte Carlo variance.
                 target = posterior_means[part.sample.to(device), part.step.to(device)]
-                candidate = _transition_log_prob(policy, trajectory, part, target)
+                candidate = replay_rows(policy, trajectory, part, target).log_prob
                 with policy.reference():
-                    base = _transition_log_prob(policy, trajectory, part, target)
+                    base = replay_rows(policy, trajectory, part, target).log_prob
                 difference.index_add_(0, part.sample, (candidate - base).double().cpu())
             out[start:stop] += (difference * background_dims).numpy() / draws
     return out
-
-
-def _transition_log_prob(policy: InpaintPolicy, trajectory: Trajectory, rows: StepRows, target: torch.Tensor):
-    """log p(target | x_t) of the rows' transitions under ``policy`` as it is (mean over background dims)."""
-    device = trajectory.latents.device
-    sample, step = rows.sample.to(device), rows.step.to(device)
-    conditioning = rows_conditioning(trajectory, rows, policy.dtype)
-    return denoise_step(
-        policy,
-        trajectory.latents[sample, step],
-        trajectory.timesteps[step],
-        conditioning,
-        eta=trajectory.eta,
-        prev_sample=target,
-    ).log_prob
 
 
 def _draw_seed(seed: int, draw: int, index: int) -> int:

@@ -70,8 +70,13 @@ def rows_conditioning(trajectory: Trajectory, rows: StepRows, dtype: torch.dtype
     )
 
 
-def replay_rows(policy: InpaintPolicy, trajectory: Trajectory, rows: StepRows) -> DDIMStepOutput:
+def replay_rows(
+    policy: InpaintPolicy, trajectory: Trajectory, rows: StepRows, target: torch.Tensor | None = None
+) -> DDIMStepOutput:
     """Score the stored transitions of ``rows`` under ``policy`` as it is now (grad follows the caller's mode).
+
+    ``target`` [N, C, h, w] replaces the stored next latents x_{t-1} as the point the log-prob is taken at (the
+    exporter scores the posterior mean); None scores the transitions that were sampled.
 
     ``policy.scheduler.set_timesteps(trajectory.num_steps)`` must have been called (the step size of t -> t').
 
@@ -88,7 +93,7 @@ def replay_rows(policy: InpaintPolicy, trajectory: Trajectory, rows: StepRows) -
         trajectory.timesteps[step],
         conditioning,
         eta=trajectory.eta,
-        prev_sample=trajectory.latents[sample, step + 1],
+        prev_sample=trajectory.latents[sample, step + 1] if target is None else target,
     )
 
 
