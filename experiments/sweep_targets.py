@@ -11,19 +11,30 @@ Targets are registered by name -> ``"package.module:ATTRIBUTE"`` (a module-level
 object, because ``--workers N`` starts fresh processes that import the target themselves. A space file may also
 name such a reference directly (``target = "my_project.targets:TARGET"``).
 
-Registration point for the trainers: when ``backdrop policy train`` (policy/trainer.py) and ``backdrop reward
-train`` (reward/train.py) expose their in-process entry points, add them to :data:`BUILTIN_TARGETS`, e.g.
-``"policy train": "experiments.sweep_targets:POLICY_TRAIN"`` with ``POLICY_TRAIN = SweepTarget(name="policy
-train", config_class=PolicyTrainCommandConfig, run=train_policy)`` defined below. None exists yet, so the table is
-empty and ``backdrop sweep`` lists that.
+Built-in targets (:data:`BUILTIN_TARGETS`), defined lazily by this module's ``__getattr__`` so that importing the
+registry does not import torch:
+
+- ``"policy train"``: :data:`POLICY_TRAIN`, root config ``experiments.policy_train.PolicyTrainCommandConfig`` (a
+  file like experiments/configs/studio_ddpo.toml with ``[reward] model_dir`` set), run =
+  ``experiments.policy_train.train_policy`` without checkpoints; returns the last held-out evaluation
+  (``gold/engagement``, ``eval/kl_nats``, ...).
+- ``"reward train"``: :data:`REWARD_TRAIN`, root config :class:`RewardSweepConfig` (the ``backdrop reward train``
+  config, e.g. experiments/configs/reward.toml, whose ``[data]`` also takes ``logs``, the folder ``--data`` would
+  name), run = the command's in-process training (``experiments.commands.reward.fit_from_logs``); returns the
+  test-split metrics (``test/pairwise_accuracy``, ``test/click_auc``, ...).
+
+Neither writes a model: a trial's run directory keeps its config.toml and metrics; retrain the best trial's
+config with the command itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from experiments.config import ConfigError
@@ -53,7 +64,10 @@ class TargetError(ConfigError):
     """A space file names a target that is not registered or cannot be imported."""
 
 
-BUILTIN_TARGETS: dict[str, str] = {}
+BUILTIN_TARGETS: dict[str, str] = {
+    "policy train": "experiments.sweep_targets:POLICY_TRAIN",
+    "reward train": "experiments.sweep_targets:REWARD_TRAIN",
+}
 """Built-in targets: command name -> "module:ATTRIBUTE" of its SweepTarget (see the module docstring)."""
 
 _registered: dict[str, str] = {}
@@ -110,3 +124,88 @@ def load_target(name_or_reference: str) -> SweepTarget:
         found = "nothing" if target is None else type(target).__name__
         raise TargetError(f"sweep target '{name_or_reference}': {reference} is {found}, expected a SweepTarget")
     return target
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Built-in targets (built on first access: the trainers import torch)
+
+
+class _MetricsOnlyRun:
+    """The run handle ``train_policy`` writes through, reduced to the sweep's ``log_metrics``: no directory, so no
+    checkpoints or adapter (the trial's run directory already holds its config and metrics)."""
+
+    dir = None
+
+    def __init__(self, log_metrics: LogMetrics) -> None:
+        self.log_metrics = log_metrics
+
+    def write_json(self, name: str, payload: Any) -> None:
+        return None
+
+
+def run_policy_train(config: Any, log_metrics: LogMetrics) -> dict[str, float]:
+    """``backdrop policy train`` in-process: DDPO against ``[reward] model_dir``; returns the last evaluation.
+
+    Raises:
+        RewardModelMissingError: ``[reward] model_dir`` is unset or missing (every trial would fail the same way).
+    """
+    from experiments.policy_train import resolve_reward_dir, train_policy
+
+    history = train_policy(
+        config, reward_dir=resolve_reward_dir(config, None), run=_MetricsOnlyRun(log_metrics), progress=False
+    )
+    evaluations = [h for h in history if "gold/engagement" in h]
+    final = evaluations[-1] if evaluations else history[-1]
+    return {k: float(v) for k, v in final.items() if k != "epoch"}
+
+
+def run_reward_train(config: Any, log_metrics: LogMetrics) -> dict[str, float]:
+    """``backdrop reward train`` in-process on ``[data] logs`` (simulated when unset); returns test metrics.
+
+    Raw or validated logs are split into a temporary folder per trial; give a folder that already holds
+    train/validation/test (``backdrop data split``) to skip that work.
+    """
+    import tempfile
+
+    from experiments.commands.reward import fit_from_logs
+
+    with tempfile.TemporaryDirectory(prefix="reward-trial-") as work:
+        result = fit_from_logs(config, config.data.logs, Path(work), log_metrics=log_metrics, progress=False)
+    return {f"test/{k}": float(v) for k, v in result.test_metrics.items() if isinstance(v, float)}
+
+
+@functools.cache
+def reward_sweep_config_class() -> type:
+    """The root config of the ``reward train`` target: the command's, with ``[data] logs`` (what --data names)."""
+    from experiments.commands.reward import command_config_class
+    from reward.config import RewardDataConfig
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class RewardSweepDataConfig(RewardDataConfig):
+        """[data] of a reward sweep: ``backdrop reward train``'s, plus the logs every trial trains on."""
+
+        logs: Path | None = None
+        """Folder of logs (raw, validated, or with train/validation/test splits); unset = simulate
+        ``world_config`` into each trial's temporary folder (slow: simulate once and point here instead)."""
+
+    command = command_config_class()
+    fields = [
+        (f.name, RewardSweepDataConfig, dataclasses.field(default=RewardSweepDataConfig()))
+        if f.name == "data"
+        else (f.name, f.type, dataclasses.field(default=f.default))
+        for f in dataclasses.fields(command)
+    ]
+    config_class = dataclasses.make_dataclass("RewardSweepConfig", fields, frozen=True, kw_only=True)
+    config_class.__doc__ = f"{command.__doc__} As a sweep target, [data] also takes logs (the folder of --data)."
+    return config_class
+
+
+def __getattr__(name: str) -> SweepTarget:
+    """``POLICY_TRAIN`` and ``REWARD_TRAIN``, built on first access (module ``__getattr__``, PEP 562)."""
+    if name == "POLICY_TRAIN":
+        from experiments.policy_train import PolicyTrainCommandConfig
+
+        return SweepTarget(name="policy train", config_class=PolicyTrainCommandConfig, run=run_policy_train)
+    if name == "REWARD_TRAIN":
+        return SweepTarget(name="reward train", config_class=reward_sweep_config_class(), run=run_reward_train)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

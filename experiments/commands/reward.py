@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "reward.toml"
 SPLITS = ("train", "validation", "test")
@@ -198,47 +198,103 @@ def _validate(directory: Path, out: Path) -> Path:
     return out
 
 
+class RewardFit(NamedTuple):
+    """What :func:`fit_from_logs` trained and measured."""
+
+    scorer: Any
+    """The calibrated ``reward.scorer.RewardScorer``."""
+    metrics: dict
+    """Training metrics (``reward.pipeline.fit_reward_model``) with ``test`` and ``splits`` added."""
+    test_metrics: dict
+    """Logs-only metrics on the test split (``reward.evaluation.evaluate``)."""
+    plots: Any
+    """The data of the test-split plots."""
+    splits: Path
+    """The folder holding train/, validation/ and test/."""
+    simulated: Path | None
+    """The simulated world, when no logs were given."""
+
+
+def fit_from_logs(
+    config: Any, data: Path | None, work_dir: Path | None, *, log_metrics: Any = None, progress: bool = True
+) -> RewardFit:
+    """``backdrop reward train`` without the CLI: splits from ``data`` (simulated when None), then train and test.
+
+    Under ``accelerate launch`` every process trains (the global batch is split between them, reward/train.py);
+    process 0 alone simulates/validates/splits into ``work_dir`` (other processes pass None and receive the
+    paths) and should be the only one given ``log_metrics``.
+    """
+    from experiments.runtime import setup_runtime
+    from reward.evaluation import evaluate
+    from reward.pipeline import fit_reward_model
+
+    runtime = setup_runtime(config.run)
+    splits, simulated = _from_main_process(
+        lambda: prepare_splits(data, work_dir, config, progress=progress) if work_dir is not None else None
+    )
+    scorer, metrics = fit_reward_model(
+        config.reward,
+        splits / "train",
+        splits / "validation",
+        seed=runtime.seed,
+        device=runtime.device,
+        log_metrics=log_metrics,
+        progress=progress,
+    )
+    test_metrics, plots = evaluate(scorer, splits / "test")
+    metrics["test"] = test_metrics
+    metrics["splits"] = str(splits)
+    return RewardFit(scorer, metrics, test_metrics, plots, splits, simulated)
+
+
+def _from_main_process(make: Any) -> Any:
+    """``make()`` on process 0, its result sent to the other processes of a launch (just ``make()`` without one)."""
+    from experiments.policy_train import is_main_process, launched_processes
+
+    if launched_processes() == 1:
+        return make()
+    from accelerate.utils import broadcast_object_list
+
+    payload = [make() if is_main_process() else None]
+    return broadcast_object_list(payload, from_process=0)[0]
+
+
 def run_train(args: argparse.Namespace) -> int:
     import json
 
     from experiments.commands.arguments import load_root_config
     from experiments.config import dump_toml
-    from experiments.runtime import setup_runtime
+    from experiments.policy_train import ProcessRun, is_main_process, launched_processes
+    from experiments.runtime import resolve_device
     from experiments.tracking import start_run
-    from reward.evaluation import evaluate
-    from reward.pipeline import fit_reward_model
     from reward.plots import write_plots
 
     if args.config == "experiments/configs/reward.toml" and not Path(args.config).is_file():
         args.config = str(DEFAULT_CONFIG)  # run from outside the repository: the copy installed with the package
     config = load_root_config(command_config_class(), args)
-    progress = not args.no_progress
-    with start_run(config.run, config, command="reward train") as run:
+    progress = not args.no_progress and is_main_process()
+    if launched_processes() > 1:
+        # `accelerate launch --num_processes N`: join the process group before process 0 prepares the data.
+        from accelerate import PartialState
+
+        PartialState(cpu=resolve_device(config.run.device).type == "cpu")
+    run = start_run(config.run, config, command="reward train") if is_main_process() else ProcessRun()
+    with run:
         _forward_package_logs()
-        runtime = setup_runtime(config.run)
-        splits, simulated = prepare_splits(args.data, run.dir, config, progress=progress)
-        scorer, metrics = fit_reward_model(
-            config.reward,
-            splits / "train",
-            splits / "validation",
-            seed=runtime.seed,
-            device=runtime.device,
-            log_metrics=run.log_metrics,
-            progress=progress,
-        )
+        fit = fit_from_logs(config, args.data, run.dir, log_metrics=run.log_metrics, progress=progress)
+        if not is_main_process():
+            return 0  # the other processes of a launch trained the same model; process 0 writes it
+        metrics, test_metrics = fit.metrics, fit.test_metrics
         model_dir = run.dir / "model"
-        test_metrics, plots = evaluate(scorer, splits / "test")
-        metrics["test"] = test_metrics
-        metrics["splits"] = str(splits)
-        scorer.save(model_dir, metrics=metrics)
+        fit.scorer.save(model_dir, metrics=metrics)
         (model_dir / "config.toml").write_text(dump_toml(config), encoding="utf-8")
-        write_plots(test_metrics, plots, model_dir / "plots")
+        write_plots(test_metrics, fit.plots, model_dir / "plots")
         run.log_metrics({f"test/{k}": v for k, v in test_metrics.items() if isinstance(v, float)}, step=0)
         run.write_json("reward_train.json", json.loads(json.dumps(metrics, default=float)))
     print(_summary(metrics, test_metrics))
     print(f"\nmodel: {model_dir}")
-    truth = f" --truth {simulated}" if simulated is not None else ""
-    print(f"evaluate: backdrop reward eval {model_dir} --data {splits / 'test'}{truth}")
+    truth = f" --truth {fit.simulated}" if fit.simulated is not None else ""
+    print(f"evaluate: backdrop reward eval {model_dir} --data {fit.splits / 'test'}{truth}")
     return 0
 
 
