@@ -40,7 +40,7 @@ from reward.audit_truth import AuditTruth, gold_function, read_truth
 from reward.data import RewardData, load_reward_data
 from reward.ensemble import score_rows
 from reward.errors import RewardDataError
-from reward.evaluation import _prompt_family, evaluate, index_for
+from reward.evaluation import evaluate, index_for, prompt_family
 from reward.losses import CHOICE_A, CHOICE_TIE
 from reward.metrics import binary_auc, expected_calibration_error, expected_pairwise_accuracy, reliability_bins
 from reward.probes import ProbeOutcome, run_probes
@@ -169,7 +169,7 @@ def _click_sections(
         "segment": np.asarray(imp.segment, dtype=object),
         "slot": position + 1,
         "product_kind": np.asarray([data.images.kinds[i] or "unknown" for i in images], dtype=object),
-        "prompt_family": np.asarray([_prompt_family(data.images.prompts[i]) for i in images], dtype=object),
+        "prompt_family": np.asarray([prompt_family(data.images.prompts[i]) for i in images], dtype=object),
     }
     ceiling = None
     if truth is not None:
@@ -252,7 +252,7 @@ def _preference_sections(
     a = pairs.image_a.numpy()[decisive]
     labels = {
         "product_kind": np.asarray([data.images.kinds[i] or "unknown" for i in a], dtype=object),
-        "prompt_family": np.asarray([_prompt_family(data.images.prompts[i]) for i in a], dtype=object),
+        "prompt_family": np.asarray([prompt_family(data.images.prompts[i]) for i in a], dtype=object),
     }
     probabilities = None
     if truth is not None:

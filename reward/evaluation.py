@@ -47,7 +47,7 @@ from reward.train import IndexedData, encode_frozen, index_data
 logger = logging.getLogger(__name__)
 
 
-def _prompt_family(prompt: str | None) -> str:
+def prompt_family(prompt: str | None) -> str:
     from offline_data.simulator.prompts import PromptError, prompt_family
 
     if not prompt:
@@ -171,7 +171,7 @@ def _preference_metrics(scorer: RewardScorer, indexed: IndexedData, metrics: dic
     metrics["pairwise_accuracy_utility_only"] = pairwise_accuracy(gap[decisive], is_a)
     metrics["pairs_decisive"] = int(decisive.sum())
     kinds = np.asarray([data.images.kinds[i] or "unknown" for i in a.tolist()], dtype=object)
-    families = np.asarray([_prompt_family(data.images.prompts[i]) for i in a.tolist()], dtype=object)
+    families = np.asarray([prompt_family(data.images.prompts[i]) for i in a.tolist()], dtype=object)
     for name, labels in (("by_product_kind", kinds), ("by_prompt_family", families)):
         table = {}
         for label in sorted(set(labels[decisive])):
