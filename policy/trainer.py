@@ -2,8 +2,9 @@
 
 One epoch, top to bottom (:meth:`DDPOTrainer.run_epoch`):
 
-1. draw the epoch's requests from the training pool and one seed per sample (derived from (seed, epoch,
-   process), so an epoch is reproducible on its own and a resumed run draws what the uninterrupted run drew);
+1. draw the epoch's requests from the training pool and one seed per sample (derived from (seed, epoch), so an
+   epoch is reproducible on its own and a resumed run draws what the uninterrupted run drew); with several
+   processes these are drawn for the global batch and each process takes its contiguous share;
 2. sample trajectories with the current policy (background-only latents and log-probs; the sampler composites
    and verifies the product pixels) while a worker thread scores finished chunks with the reward model;
 3. stop with ``PreservationError`` if any product pixel changed;
@@ -12,16 +13,24 @@ One epoch, top to bottom (:meth:`DDPOTrainer.run_epoch`):
 5. the base model's Gaussian means mu_ref of every trained (sample, step) row, once, without grad;
 6. ``inner_epochs`` passes over the samples in minibatches of ``samples_per_step``: for each, the rows' current
    log-probs and means (stacked ``rows_per_forward`` at a time), the clipped surrogate + kl_coef x Gaussian KL,
-   gradients accumulated over the minibatch, averaged over processes, clipped, one AdamW step on the LoRA
+   gradients accumulated over the minibatch, summed over processes, clipped, one AdamW step on the LoRA
    weights;
-7. the KL controller sees the epoch's KL; metrics go to ``log_metrics``.
+7. the KL controller sees the epoch's KL (over all processes); metrics go to ``log_metrics``.
+
+Several processes (``accelerate launch``) train exactly what one process trains with the same global batch
+(``requests_per_epoch`` and ``samples_per_step`` x the number of processes), up to float rounding: requests,
+seeds and the minibatch plan are drawn for the global batch; a process samples only its share and trains the
+rows of each global minibatch that belong to its samples, each row weighted by 1 / (rows in the global
+minibatch), and the gradients are summed over processes; metrics are reduced over processes. A process's share
+of a minibatch is random (the global shuffle), so its work varies between optimiser steps.
 
 Adapted from kvablack/ddpo-pytorch, ``scripts/train.py`` (commit 1958463); our rewrite. Modifications: per-request
 instead of per-prompt statistics; a closed-form KL penalty to the base model (adapters disabled) with an optional
 adaptive coefficient; rows of several timesteps per UNet call instead of a loop over timesteps (same gradient);
 reference means computed once per epoch; pessimistic / certainty-weighted rewards; product preservation checked
-every epoch; gradients averaged across processes explicitly (the UNet is not wrapped in DDP, so the model the
-sampler uses is the one that trains); checkpoints hold every RNG and optimiser state for exact resume.
+every epoch; gradients reduced across processes explicitly (the UNet is not wrapped in DDP, so the model the
+sampler uses is the one that trains) with a global batch that does not depend on the process count; checkpoints
+hold every RNG and optimiser state for exact resume.
 """
 
 from __future__ import annotations
@@ -95,10 +104,11 @@ class DDPOTrainer:
     ) -> None:
         if not policy.has_adapter:
             raise ValueError("the policy has no LoRA adapter to train; build it with lora=LoraConfig(...)")
-        if len(requests) < config.requests_per_epoch:
+        processes = 1 if accelerator is None else int(accelerator.num_processes)
+        if len(requests) < config.requests_per_epoch * processes:
             raise ValueError(
                 f"the training pool has {len(requests)} request(s) but requests_per_epoch = "
-                f"{config.requests_per_epoch}; lower it or add products"
+                f"{config.requests_per_epoch} x {processes} process(es); lower it or add products"
             )
         if len({r.request_id for r in requests}) != len(requests):
             raise ValueError("request ids must be unique: advantages are normalised per request id")
@@ -156,6 +166,25 @@ class DDPOTrainer:
             return tensor
         return self.accelerator.gather(tensor.to(self.policy.device)).cpu()
 
+    def _sum_over_processes(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sums of ``values`` over processes (float64 on the CPU, the values themselves with one)."""
+        if self.num_processes == 1:
+            return [float(v) for v in values]
+        local = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.policy.device)
+        return [float(v) for v in self.accelerator.reduce(local, reduction="sum").cpu()]
+
+    def _gather_signal(self, signal: RewardSignal) -> RewardSignal:
+        """Every process's rewards, in process order (the global batch's order)."""
+        if self.num_processes == 1:
+            return signal
+        return RewardSignal(
+            proxy=self._gather(signal.proxy),
+            uncertainty=self._gather(signal.uncertainty),
+            reward=self._gather(signal.reward),
+            weights=self._gather(signal.weights),
+            heads={name: self._gather(value) for name, value in signal.heads.items()},
+        )
+
     def _gather_keys(self, keys: Sequence[str]) -> list[str]:
         if self.num_processes == 1:
             return list(keys)
@@ -163,12 +192,13 @@ class DDPOTrainer:
 
         return list(gather_object(list(keys)))
 
-    def _average_gradients(self) -> None:
-        """Mean of the LoRA gradients over processes (one all-reduce of the flattened gradients)."""
+    def _sum_gradients(self) -> None:
+        """Sum of the LoRA gradients over processes (one all-reduce of the flattened gradients); each process's
+        rows are already weighted by 1 / (rows of the global minibatch)."""
         if self.num_processes == 1:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+        flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
         offset = 0
         for param, grad in zip(self.params, grads):
             param.grad = flat[offset : offset + grad.numel()].view_as(grad).clone()
@@ -225,16 +255,18 @@ class DDPOTrainer:
 
         # 4. per-request advantages over every process's samples, then this process's share
         keys = self._gather_keys(trajectory.request_ids)
-        normalised = self.tracker.update(keys, self._gather(signal.reward))
-        start = self.process_index * trajectory.batch_size
-        mine = normalised.advantages[start : start + trajectory.batch_size]
-        advantages = clip_advantages(mine, config.optim.advantage_clip) * signal.weights
+        # certainty weights are normalised over the global batch, so they are recomputed on the gathered signal
+        everyone = reweight(self._gather_signal(signal), config.reward)
+        normalised = self.tracker.update(keys, everyone.reward)
+        share = slice(self.process_index * trajectory.batch_size, (self.process_index + 1) * trajectory.batch_size)
+        mine = normalised.advantages[share]
+        advantages = clip_advantages(mine, config.optim.advantage_clip) * everyone.weights[share]
 
-        # 5. which (sample, step) rows each inner epoch trains on, and their reference means
+        # 5. which (sample, step) rows of this process each inner epoch trains on, and their reference means
         plan = self._plan_rows(trajectory.batch_size, trajectory.num_steps)
         needed = torch.zeros(trajectory.batch_size, trajectory.num_steps, dtype=torch.bool)
         for minibatches in plan:
-            for rows in minibatches:
+            for rows, _ in minibatches:
                 needed[rows.sample, rows.step] = True
         wanted = torch.nonzero(needed)
         wanted_rows = StepRows(sample=wanted[:, 0].contiguous(), step=wanted[:, 1].contiguous())
@@ -249,24 +281,28 @@ class DDPOTrainer:
         totals = self._update(trajectory, advantages.to(policy.device), ref_table, plan)
         trained = time.perf_counter()
 
-        # 7. KL coefficient and metrics
+        # 7. KL coefficient and metrics (over every process's samples)
         kl_coef_used = self.kl_controller.value
         self.kl_controller.update(totals["policy/kl"])
+        log_prob_sum, log_prob_count = self._sum_over_processes(
+            [trajectory.log_probs.double().sum(), trajectory.log_probs.numel()]
+        )
+        all_advantages = normalised.advantages
         metrics = {
-            "reward/mean": float(signal.proxy.mean()),
-            "reward/std": float(signal.proxy.std()) if signal.proxy.numel() > 1 else 0.0,
-            "reward/pessimistic_mean": float(signal.reward.mean()),
-            "reward/uncertainty_mean": float(signal.uncertainty.mean()),
-            **{f"reward/head/{name}": float(value.mean()) for name, value in signal.heads.items()},
-            "advantages/abs_mean": float(mine.abs().mean()),
-            "advantages/clipped_frac": float((mine.abs() > config.optim.advantage_clip).float().mean()),
+            "reward/mean": float(everyone.proxy.mean()),
+            "reward/std": float(everyone.proxy.std()) if everyone.proxy.numel() > 1 else 0.0,
+            "reward/pessimistic_mean": float(everyone.reward.mean()),
+            "reward/uncertainty_mean": float(everyone.uncertainty.mean()),
+            **{f"reward/head/{name}": float(value.mean()) for name, value in everyone.heads.items()},
+            "advantages/abs_mean": float(all_advantages.abs().mean()),
+            "advantages/clipped_frac": float((all_advantages.abs() > config.optim.advantage_clip).float().mean()),
             "advantages/fallback_requests": float(len(normalised.fallback_keys)),
-            "rollout/log_prob_mean": float(trajectory.log_probs.mean()),
+            "rollout/log_prob_mean": log_prob_sum / log_prob_count,
             **totals,
             "policy/kl_coef": kl_coef_used,
             "policy/kl_coef_next": self.kl_controller.value,
             "policy/optimizer_steps": float(self.optimizer_steps),
-            **self._preservation,
+            **self._reduce_preservation(),
             "time/sample_score_s": sampled - started,
             "time/reference_s": referenced - sampled,
             "time/update_s": trained - referenced,
@@ -277,15 +313,24 @@ class DDPOTrainer:
     # ------------------------------------------------------------------------------------------------------
     # Steps of an epoch
 
+    def _epoch_key(self, epoch: int) -> list[int]:
+        """Root of the epoch's draws. The trailing 0 stands where the process index once was: draws are global
+        now, and one-process runs keep the streams they had."""
+        return [self.seed, epoch, 0]
+
     def _epoch_requests(self, epoch: int) -> tuple[list[InpaintRequest], list[int]]:
-        """The epoch's requests (without replacement, each repeated samples_per_request times) and seeds."""
+        """This process's share of the epoch's requests (drawn for the global batch without replacement, each
+        repeated samples_per_request times) and seeds: the contiguous block ``process_index``."""
         config = self.config
-        key = [self.seed, epoch, self.process_index]
+        key = self._epoch_key(epoch)
         rng = np.random.default_rng([*key, _STREAM_REQUESTS])
-        chosen = rng.choice(len(self.requests), size=config.requests_per_epoch, replace=False)
+        chosen = rng.choice(len(self.requests), size=config.requests_per_epoch * self.num_processes, replace=False)
         requests = [self.requests[int(i)] for i in chosen for _ in range(config.samples_per_request)]
         seeds = np.random.SeedSequence([*key, _STREAM_SEEDS]).generate_state(len(requests), dtype=np.uint32)
-        return requests, [int(s) for s in seeds]
+        share = slice(
+            self.process_index * config.samples_per_epoch, (self.process_index + 1) * config.samples_per_epoch
+        )
+        return requests[share], [int(s) for s in seeds[share]]
 
     def _sample_and_score(self, requests: list[InpaintRequest], seeds: list[int]) -> tuple[Trajectory, RewardSignal]:
         """Sample in chunks of ``sampler.batch_size``; each finished chunk is scored (in a worker thread when
@@ -323,35 +368,48 @@ class DDPOTrainer:
         trajectory = trajectories[0] if len(trajectories) == 1 else Trajectory.concat(trajectories)
         return trajectory, reweight(RewardSignal.concat(signals), config.reward)
 
+    def _reduce_preservation(self) -> dict[str, float]:
+        """The epoch's preservation metrics over every process (max of the maxima, sums of the counts)."""
+        names = sorted(self._preservation)
+        if self.num_processes == 1 or not names:
+            return dict(self._preservation)
+        values = self._gather(torch.tensor([[self._preservation[n] for n in names]], dtype=torch.float64))
+        return {
+            n: float(values[:, i].max() if n.endswith("max_abs_diff") else values[:, i].sum())
+            for i, n in enumerate(names)
+        }
+
     def _add_preservation(self, metrics: Mapping[str, float]) -> None:
         """Accumulate a chunk's preservation metrics over the epoch (max of the max, sums of the counts)."""
         for key, value in metrics.items():
             combine = max if key.endswith("max_abs_diff") else (lambda a, b: a + b)
             self._preservation[key] = combine(self._preservation.get(key, 0.0), value)
 
-    def _plan_rows(self, batch: int, steps: int) -> list[list[StepRows]]:
-        """Per inner epoch, its minibatches' rows: samples shuffled, then J random steps per sample (DDPO's
-        per-sample timestep permutation), step-major within a minibatch."""
+    def _plan_rows(self, batch: int, steps: int) -> list[list[tuple[StepRows, int]]]:
+        """Per inner epoch, its minibatches: this process's rows of each and the rows of the global minibatch.
+
+        The plan is drawn for the global batch (``batch`` x processes samples, minibatches of ``samples_per_step``
+        x processes): samples shuffled, then J random steps per sample (DDPO's per-sample timestep permutation),
+        step-major within a minibatch; a process keeps the rows of its own samples (renumbered from 0).
+        """
         config = self.config
-        generator = torch.Generator().manual_seed(
-            int(
-                np.random.SeedSequence([self.seed, self.epoch, self.process_index, _STREAM_SHUFFLE]).generate_state(1)[
-                    0
-                ]
-            )
-        )
+        seed = np.random.SeedSequence([*self._epoch_key(self.epoch), _STREAM_SHUFFLE]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(seed))
         trained = config.trained_steps
+        total, per_step = batch * self.num_processes, config.optim.samples_per_step * self.num_processes
+        first = self.process_index * batch
         plan = []
         for _ in range(config.optim.inner_epochs):
-            order = torch.randperm(batch, generator=generator)
-            step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(batch)])[:, :trained]
+            order = torch.randperm(total, generator=generator)
+            step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(total)])[:, :trained]
             minibatches = []
-            for start in range(0, batch, config.optim.samples_per_step):
-                samples = order[start : start + config.optim.samples_per_step]
+            for start in range(0, total, per_step):
+                samples = order[start : start + per_step]
                 chosen = step_order[samples]  # [m, J]
-                minibatches.append(
-                    StepRows(sample=samples[None, :].expand(trained, -1).reshape(-1), step=chosen.T.reshape(-1))
-                )
+                rows = StepRows(sample=samples[None, :].expand(trained, -1).reshape(-1), step=chosen.T.reshape(-1))
+                own = (rows.sample >= first) & (rows.sample < first + batch)
+                mine = StepRows(sample=rows.sample[own] - first, step=rows.step[own])
+                minibatches.append((mine, len(rows)))
             plan.append(minibatches)
         return plan
 
@@ -360,9 +418,10 @@ class DDPOTrainer:
         trajectory: Trajectory,
         advantages: torch.Tensor,
         ref_table: torch.Tensor,
-        plan: list[list[StepRows]],
+        plan: list[list[tuple[StepRows, int]]],
     ) -> dict[str, float]:
-        """The optimiser steps of one epoch; returns row-weighted means of the losses and diagnostics."""
+        """The optimiser steps of one epoch; returns row-weighted means (over every process's rows) of the losses
+        and diagnostics."""
         config, policy = self.config.optim, self.policy
         kl_coef = self.kl_controller.value
         policy.scheduler.set_timesteps(trajectory.num_steps, device=policy.device)
@@ -375,7 +434,7 @@ class DDPOTrainer:
             sums[name] = sums.get(name, 0.0) + float(value) * weight
 
         for minibatches in plan:
-            for rows in minibatches:
+            for rows, global_rows in minibatches:
                 self.optimizer.zero_grad(set_to_none=True)
                 for part in rows.chunks(config.rows_per_forward):
                     sample, step = part.sample.to(device), part.step.to(device)
@@ -385,7 +444,7 @@ class DDPOTrainer:
                     )
                     kl = gaussian_kl(out.mean, ref_table[sample, step], out.std, trajectory.background[sample]).mean()
                     loss = pg.loss + kl_coef * kl
-                    (loss * (len(part) / len(rows))).backward()
+                    (loss * (len(part) / global_rows)).backward()  # the global minibatch's mean
                     for name, value in (
                         ("policy/loss", loss), ("policy/pg_loss", pg.loss), ("policy/kl", kl),
                         ("policy/ratio_mean", pg.ratio_mean), ("policy/clipfrac", pg.clipfrac),
@@ -393,12 +452,14 @@ class DDPOTrainer:
                     ):  # fmt: skip
                         add(name, value.detach(), len(part))
                     rows_seen += len(part)
-                self._average_gradients()
+                self._sum_gradients()
                 max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, max_norm)))
                 self.optimizer.step()
                 self.optimizer_steps += 1
-        totals = {name: value / rows_seen for name, value in sums.items()}
+        names = sorted(sums)
+        *summed, rows_seen = self._sum_over_processes([*(sums[n] for n in names), rows_seen])
+        totals = {name: value / rows_seen for name, value in zip(names, summed)}
         totals["policy/grad_norm"] = float(np.mean(grad_norms))
         return totals
 
