@@ -260,14 +260,10 @@ def _from_main_process(make: Any) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import json
-
     from experiments.commands.arguments import load_root_config
-    from experiments.config import dump_toml
     from experiments.policy_train import ProcessRun, is_main_process, launched_processes
     from experiments.runtime import resolve_device
     from experiments.tracking import start_run
-    from reward.plots import write_plots
 
     if args.config == "experiments/configs/reward.toml" and not Path(args.config).is_file():
         args.config = str(DEFAULT_CONFIG)  # run from outside the repository: the copy installed with the package
@@ -285,17 +281,30 @@ def run_train(args: argparse.Namespace) -> int:
         if not is_main_process():
             return 0  # the other processes of a launch trained the same model; process 0 writes it
         metrics, test_metrics = fit.metrics, fit.test_metrics
-        model_dir = run.dir / "model"
-        fit.scorer.save(model_dir, metrics=metrics)
-        (model_dir / "config.toml").write_text(dump_toml(config), encoding="utf-8")
-        write_plots(test_metrics, fit.plots, model_dir / "plots")
-        run.log_metrics({f"test/{k}": v for k, v in test_metrics.items() if isinstance(v, float)}, step=0)
-        run.write_json("reward_train.json", json.loads(json.dumps(metrics, default=float)))
+        model_dir = save_reward_model(fit, config, run)
     print(_summary(metrics, test_metrics))
     print(f"\nmodel: {model_dir}")
     truth = f" --truth {fit.simulated}" if fit.simulated is not None else ""
     print(f"evaluate: backdrop reward eval {model_dir} --data {fit.splits / 'test'}{truth}")
     return 0
+
+
+def save_reward_model(fit: RewardFit, config: Any, run: Any) -> Path:
+    """Write ``fit`` into ``<run>/model`` (scorer, config.toml, test-split plots), log its test metrics to ``run``
+    and write ``reward_train.json``; returns the model folder. Shared by ``backdrop reward train`` and
+    ``backdrop demo``."""
+    import json
+
+    from experiments.config import dump_toml
+    from reward.plots import write_plots
+
+    model_dir = run.dir / "model"
+    fit.scorer.save(model_dir, metrics=fit.metrics)
+    (model_dir / "config.toml").write_text(dump_toml(config), encoding="utf-8")
+    write_plots(fit.test_metrics, fit.plots, model_dir / "plots")
+    run.log_metrics({f"test/{k}": v for k, v in fit.test_metrics.items() if isinstance(v, float)}, step=0)
+    run.write_json("reward_train.json", json.loads(json.dumps(fit.metrics, default=float)))
+    return model_dir
 
 
 def _forward_package_logs() -> None:
