@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
@@ -46,6 +47,21 @@ STUDIO_TINY = Path(__file__).resolve().parent / "weights" / "studio_tiny"
 """The tiny base model pretrained on the studio world and shipped with the package (see its manifest.json)."""
 STUDIO_TINY_NAME = "studio_tiny"
 """A ``pretrained`` value that names :data:`STUDIO_TINY` when no folder of that name exists."""
+
+
+class UNetRunnerHook(Protocol):
+    """How :meth:`InpaintPolicy.predict_noise` and :meth:`InpaintPolicy.reference` run the UNet when a runner is
+    installed (``policy.acceleration.UNetRunner``)."""
+
+    def __call__(
+        self, latent_input: torch.Tensor, timestep: torch.Tensor, prompt_embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """``sample [B, C, h, w]``; every argument and the result in the model dtype."""
+        ...
+
+    def reference(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which the UNet computes the base model (the adapter's contribution exactly zero)."""
+        ...
 
 
 class InpaintPolicy:
@@ -112,6 +128,9 @@ class InpaintPolicy:
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.mask_decoder = mask_decoder
+        self.unet_runner: UNetRunnerHook | None = None
+        """Replaces the plain UNet call in :meth:`predict_noise` (``policy.acceleration.accelerate`` installs a
+        compiled one); None calls ``self.unet`` eagerly."""
         self._prompts = PromptEncoder(tokenizer, text_encoder)
 
     # ------------------------------------------------------------------------------------------------------
@@ -322,7 +341,8 @@ class InpaintPolicy:
 
         Use for the KL term: ``with policy.reference(): ref = predict(...)`` under ``torch.no_grad()``.
         """
-        with adapters_disabled(self.unet):
+        switch = adapters_disabled(self.unet) if self.unet_runner is None else self.unet_runner.reference()
+        with switch:
             yield self
 
     # ------------------------------------------------------------------------------------------------------
@@ -394,10 +414,10 @@ class InpaintPolicy:
 
         Gradients flow to the LoRA weights when called with grad enabled.
         """
-        out = self.unet(
-            latent_input.to(self._dtype), timestep, encoder_hidden_states=prompt_embeds.to(self._dtype)
-        ).sample
-        return out.float()
+        latent_input, prompt_embeds = latent_input.to(self._dtype), prompt_embeds.to(self._dtype)
+        if self.unet_runner is not None:
+            return self.unet_runner(latent_input, timestep, prompt_embeds).float()
+        return self.unet(latent_input, timestep, encoder_hidden_states=prompt_embeds).sample.float()
 
     def _check_images(self, images: torch.Tensor) -> None:
         factor = self.vae_scale_factor

@@ -47,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from offline_data.errors import PreservationError
+from policy.acceleration import accelerate
 from policy.advantages import RequestStatTracker, clip_advantages
 from policy.checkpoint import load_checkpoint, save_checkpoint
 from policy.evaluation import PolicyEvaluator, plot_overoptimisation
@@ -124,6 +125,7 @@ class DDPOTrainer:
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.accelerator = accelerator
         self.progress = progress
+        accelerate(policy, config.acceleration)  # no-op with the defaults (the CPU path)
         self.params = policy.trainable_parameters()
         optim = config.optim
         self.optimizer = torch.optim.AdamW(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from policy.acceleration_config import AccelerationConfig
 from rollout.config import SamplerConfig
 
 
@@ -157,6 +158,9 @@ class DDPOConfig:
     """Pessimism and certainty weighting of the reward."""
     advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
     """Per-request normalisation."""
+    acceleration: AccelerationConfig = field(default_factory=AccelerationConfig)
+    """How the UNet is run on a GPU (compile, CUDA graphs, LoRA arithmetic, attention kernel); all off by default.
+    Applied to the policy when the trainer is built (policy.acceleration)."""
     overlap_scoring: bool = True
     """Score a sampled chunk in a worker thread while the next chunk is being sampled (helps when the reward
     model and the UNet can run concurrently: a GPU, or spare CPU cores)."""

@@ -4,7 +4,8 @@ For each chunk of ``config.batch_size`` samples:
 
 1. prompts -> text embeddings (cached by the model), the empty prompt for the unconditional branch;
 2. product images -> the masked image (background zeroed, product kept, SD-inpainting's convention) -> its
-   latents; the pixel mask -> the latent product mask (max-pool);
+   latents (encoded once per distinct request object of the chunk); the pixel mask -> the latent product mask
+   (max-pool);
 3. all the noise of a sample is drawn up front from its own seed (a CPU ``torch.Generator``), so a sample is
    reproducible and independent of the batch it is in: ``noise[:, 0]`` starts the chain and also forward-noises
    the product latents, ``noise[:, i + 1]`` is the DDIM noise of step i;
@@ -158,7 +159,16 @@ def _sample_chunk(
 
     pixels = original.to(device=device, dtype=torch.float32) / 127.5 - 1.0
     masked_image = pixels * product_mask.to(device)[:, None]  # background -> 0 (mid-grey), product kept
-    masked_image_latents = model.encode_images(masked_image)
+    # One VAE encoding per distinct request: the trainer repeats each request samples_per_request times.
+    first: dict[int, int] = {}  # id of each distinct request object -> index of its first occurrence
+    for i, request in enumerate(requests):
+        first.setdefault(id(request), i)
+    if len(first) == batch:
+        masked_image_latents = model.encode_images(masked_image)
+    else:
+        slot = {key: n for n, key in enumerate(first)}
+        index = torch.tensor([slot[id(r)] for r in requests], device=device)
+        masked_image_latents = model.encode_images(masked_image[list(first.values())])[index]
     prompt_embeds = model.encode_prompts([r.prompt for r in requests])
     negative_prompt_embeds = model.encode_prompts([""]).expand(batch, -1, -1)
     conditioning = prepare_conditioning(
