@@ -14,7 +14,13 @@ The loop of :func:`train_member`, top to bottom:
 5. after each epoch, the validation losses (unweighted rows) decide early stopping; the best epoch's weights are
    kept.
 
-Accelerate runs the same code on one CPU or several GPUs (each process takes every k-th sampled row).
+Accelerate runs the same code on one CPU or several GPUs: every process draws the same global batch (the row
+order, flips and bootstrap weights come from one seeded generator) and takes every k-th row of each table. Each
+process's loss is its rows' part of the global batch's weighted mean, times the number of processes, so the
+gradients DDP averages are those of one process given the whole batch; the feature normalisation takes its
+statistics over the global batch's distinct images (``reward/batch_statistics.py``). Dropout masks are the one
+difference left: they come from each process's own random stream (set ``reward.model.dropout = 0`` for results
+equal to one process's up to float rounding).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from reward.batch_statistics import GlobalBatchNorm1d, owned_images
 from reward.config import HEADS, RewardConfig
 from reward.data import RewardData
 from reward.errors import RewardDataError
@@ -151,7 +158,7 @@ def make_batch(
     click_images = imp.image[click_rows]
     dwell_images = imp.image[dwell_rows]
     a, b = data.pairs.image_a[pair_rows], data.pairs.image_b[pair_rows]
-    unique, inverse = torch.unique(torch.cat([click_images, dwell_images, a, b]), return_inverse=True)
+    unique, inverse = torch.unique(row_images(data, click_rows, dwell_rows, pair_rows), return_inverse=True)
     sizes = [len(click_images), len(dwell_images), len(a), len(b)]
     click_i, dwell_i, a_i, b_i = torch.split(inverse, sizes)
     pixels = masks = features = None
@@ -185,6 +192,14 @@ def make_batch(
         pair_context_b=_context(indexed, b, panel),
         pair_annotator=indexed.pair_annotator[pair_rows],
         pair_choice=data.pairs.choice[pair_rows],
+    )
+
+
+def row_images(data: RewardData, click_rows: Tensor, dwell_rows: Tensor, pair_rows: Tensor) -> Tensor:
+    """The image index of every row, in :func:`make_batch`'s order: clicks, dwell, pairs' a, pairs' b ([n+m+2p])."""
+    imp, pairs = data.impressions, data.pairs
+    return torch.cat(
+        [imp.image[click_rows], imp.image[dwell_rows], pairs.image_a[pair_rows], pairs.image_b[pair_rows]]
     )
 
 
@@ -233,12 +248,18 @@ class _Cycler:
         return torch.cat(parts)
 
 
-def _weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+def _share_of_mean(values: Tensor, weights: Tensor | None, total: float) -> Tensor:
+    """This process's part of the global batch's weighted mean: sum_i w_i v_i over its rows / ``total`` (the
+    global batch's sum of weights, or its row count when ``weights`` is None)."""
     if values.numel() == 0:
         return values.new_zeros(())
-    if weights is None:
-        return values.mean()
-    return (values * weights).sum() / weights.sum().clamp(min=1e-8)
+    summed = values.sum() if weights is None else (values * weights).sum()
+    return summed / max(total, 1e-8)
+
+
+def _total_weight(rows: Tensor, weights: Tensor | None) -> float:
+    """The denominator of a head's weighted mean over the global batch's ``rows``."""
+    return float(len(rows)) if weights is None else float(weights[rows].sum())
 
 
 def initial_examination(data: RewardData, slots: int) -> Tensor:
@@ -416,10 +437,12 @@ def train_member(
             model.dwell.score.bias.fill_(float(start))
 
     accelerator = Accelerator(cpu=device.type == "cpu")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if world > 1:
+        model.normalise = GlobalBatchNorm1d(model.normalise)  # statistics of the global batch (module docstring)
     optimizer = _optimizer(model, config)
     scheduler = _schedule(optimizer, tc.epochs * steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    rank, world = accelerator.process_index, accelerator.num_processes
     cyclers = [_Cycler(rows, generator) for rows in (imp_rows, dwell_rows, pair_rows)]
     preference_segment = int(accelerator.unwrap_model(model).preference_segment)
     pair_count = max(len(pair_rows), 1)
@@ -432,23 +455,24 @@ def train_member(
         model.train()
         sums = dict.fromkeys(HEADS, 0.0)
         for _ in range(steps):
-            rows = [
-                c.take(size)[rank::world]
-                for c, size in zip(cyclers, (tc.batch_impressions, tc.batch_dwell, tc.batch_pairs))
+            sampled = [
+                c.take(size) for c, size in zip(cyclers, (tc.batch_impressions, tc.batch_dwell, tc.batch_pairs))
             ]
+            rows = [r[rank::world] for r in sampled]  # this process's share of the global batch
             flip = torch.rand(len(data.images), generator=generator) < 0.5 if tc.flip_augment else None
+            if world > 1:
+                shares = [torch.unique(row_images(data, *[r[q::world] for r in sampled])) for q in range(world)]
+                accelerator.unwrap_model(model).normalise.set_ownership(*owned_images(shares, rank))
             batch = batch_to(
                 make_batch(train, preference_segment, *rows, flip=flip, training=True), accelerator.device
             )
             losses = model(batch)
-            w_click = weights["click"][rows[0]].to(accelerator.device) if weights["click"] is not None else None
-            w_dwell = weights["click"][rows[1]].to(accelerator.device) if weights["click"] is not None else None
-            w_pair = weights["pairs"][rows[2]].to(accelerator.device) if weights["pairs"] is not None else None
-            head_loss = {
-                "click": _weighted_mean(losses["click"], w_click),
-                "dwell": _weighted_mean(losses["dwell"], w_dwell),
-                "preference": _weighted_mean(losses["preference"], w_pair),
-            }
+            row_weights = (weights["click"], weights["click"], weights["pairs"])  # dwell rows are impressions
+            head_loss = {}
+            for h, local, everyone, w in zip(HEADS, rows, sampled, row_weights):
+                local_w = w[local].to(accelerator.device) if w is not None else None
+                # x world: DDP averages the processes' gradients, and their shares add up to the global mean
+                head_loss[h] = world * _share_of_mean(losses[h], local_w, _total_weight(everyone, w))
             total = (
                 sum(tc.weight(h) * head_loss[h] for h in HEADS)
                 + losses["prior"] / pair_count
@@ -462,6 +486,9 @@ def train_member(
             scheduler.step()
             for h in HEADS:
                 sums[h] += float(head_loss[h].detach()) / steps
+        if world > 1:  # each process's sums are world x its share: their mean is the global batch's
+            reduced = accelerator.reduce(torch.tensor([sums[h] for h in HEADS], device=accelerator.device), "mean")
+            sums = dict(zip(HEADS, reduced.tolist()))
         record = {f"train/{k}_nll": v for k, v in sums.items()}
         record["epoch"] = float(epoch)
         if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
@@ -483,6 +510,8 @@ def train_member(
             break
     bar.close()
     final = accelerator.unwrap_model(model)
+    if isinstance(final.normalise, GlobalBatchNorm1d):
+        final.normalise = final.normalise.to_batch_norm()
     if best_state is not None:
         final.load_state_dict(best_state)
     final.eval()
