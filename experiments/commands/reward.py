@@ -224,11 +224,17 @@ def fit_from_logs(
     process 0 alone simulates/validates/splits into ``work_dir`` (other processes pass None and receive the
     paths) and should be the only one given ``log_metrics``.
     """
+    from experiments.policy_train import launched_processes
     from experiments.runtime import setup_runtime
     from reward.evaluation import evaluate
     from reward.pipeline import fit_reward_model
 
     runtime = setup_runtime(config.run)
+    device = runtime.device
+    if launched_processes() > 1 and device.type == "cuda":
+        from accelerate import PartialState
+
+        device = PartialState().device  # this process's GPU (cuda:<local rank>), not cuda:0 for every process
     splits, simulated = _from_main_process(
         lambda: prepare_splits(data, work_dir, config, progress=progress) if work_dir is not None else None
     )
@@ -237,7 +243,7 @@ def fit_from_logs(
         splits / "train",
         splits / "validation",
         seed=runtime.seed,
-        device=runtime.device,
+        device=device,
         log_metrics=log_metrics,
         progress=progress,
     )
