@@ -18,10 +18,11 @@ registry does not import torch:
   file like experiments/configs/studio_ddpo.toml with ``[reward] model_dir`` set), run =
   ``experiments.policy_train.train_policy`` without checkpoints; returns the last held-out evaluation
   (``gold/engagement``, ``eval/kl_nats``, ...).
-- ``"reward train"``: :data:`REWARD_TRAIN`, root config :class:`RewardSweepConfig` (the ``backdrop reward train``
-  config, e.g. experiments/configs/reward.toml, whose ``[data]`` also takes ``logs``, the folder ``--data`` would
-  name), run = the command's in-process training (``experiments.commands.reward.fit_from_logs``); returns the
-  test-split metrics (``test/pairwise_accuracy``, ``test/click_auc``, ...).
+- ``"reward train"``: :data:`REWARD_TRAIN`, root config ``RewardSweepConfig`` (:func:`reward_sweep_config_class`:
+  the ``backdrop reward train`` config, e.g. experiments/configs/reward.toml, whose ``[data]`` also takes ``logs``,
+  the folder ``--data`` would name), run = the command's in-process training
+  (``experiments.commands.reward.fit_from_logs``); returns the test-split metrics (``test/pairwise_accuracy``,
+  ``test/click_auc``, ...).
 
 Neither writes a model: a trial's run directory keeps its config.toml and metrics; retrain the best trial's
 config with the command itself.
