@@ -44,6 +44,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ def bench_requests(resolution: int) -> list:
     return build_requests(REQUESTS, resolution)
 
 
-def baseline_epoch(policy: Any, conditioning: Any, args: argparse.Namespace, optimizer: Any, seed: int) -> None:
+def baseline_epoch(policy: Any, conditioning: Any, steps: int, optimizer: Any, seed: int) -> None:
     """One epoch of plain-diffusers DDPO on ``policy.unet`` (ddpo-pytorch's loops; module docstring).
 
     Sampling: T guided forwards (batch 2B, no grad) and DDIM steps with log-probs; reference: T forwards with
@@ -135,7 +136,7 @@ def baseline_epoch(policy: Any, conditioning: Any, args: argparse.Namespace, opt
     from rollout.ddim_logprob import ddim_step_with_logprob
 
     unet, scheduler, device = policy.unet, policy.scheduler, policy.device
-    steps, batch = args.timed_steps, args.batch
+    batch = conditioning.batch_size
     scheduler.set_timesteps(steps, device=device)
     timesteps = scheduler.timesteps
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -202,7 +203,9 @@ def run_baseline(policy: Any, requests: list, args: argparse.Namespace, sync: Ca
             dtype=policy.dtype,
         )
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=LEARNING_RATE)
-    return time_epochs(lambda epoch: baseline_epoch(policy, conditioning, args, optimizer, seed=epoch), args, sync)
+    return time_epochs(
+        lambda epoch, steps: baseline_epoch(policy, conditioning, steps, optimizer, seed=epoch), args, sync
+    )
 
 
 def run_project(
@@ -218,34 +221,42 @@ def run_project(
     from policy.trainer_config import DDPOConfig, KLConfig, OptimConfig
     from rollout.config import SamplerConfig
 
-    config = DDPOConfig(
-        epochs=args.warmup + args.epochs,
-        requests_per_epoch=REQUESTS,
-        samples_per_request=args.batch // REQUESTS,
-        sampler=SamplerConfig(num_steps=args.timed_steps, eta=1.0, guidance_scale=GUIDANCE, batch_size=args.batch),
-        optim=OptimConfig(
-            learning_rate=LEARNING_RATE,
-            clip_range=CLIP_RANGE,
-            samples_per_step=args.batch,
-            rows_per_forward=args.rows_per_forward,
-            timestep_fraction=timestep_fraction,
-        ),
-        kl=KLConfig(coef=KL_COEF),
-        acceleration=acceleration,
-        overlap_scoring=True,
-        eval_every=0,
-        checkpoint_every=0,
-    )
-    trainer = DDPOTrainer(policy, pixel_reward, requests, config, seed=0)
+    trainers: dict[int, DDPOTrainer] = {}
+
+    def trainer_for(steps: int) -> DDPOTrainer:
+        """One trainer per chain length (warm-up chains may be shorter); all share the policy and its runner."""
+        if steps not in trainers:
+            config = DDPOConfig(
+                epochs=args.warmup + args.epochs,
+                requests_per_epoch=REQUESTS,
+                samples_per_request=args.batch // REQUESTS,
+                sampler=SamplerConfig(num_steps=steps, eta=1.0, guidance_scale=GUIDANCE, batch_size=args.batch),
+                optim=OptimConfig(
+                    learning_rate=LEARNING_RATE,
+                    clip_range=CLIP_RANGE,
+                    samples_per_step=args.batch,
+                    rows_per_forward=args.rows_per_forward,
+                    timestep_fraction=timestep_fraction,
+                ),
+                kl=KLConfig(coef=KL_COEF),
+                acceleration=acceleration,
+                overlap_scoring=True,
+                eval_every=0,
+                checkpoint_every=0,
+            )
+            trainers[steps] = DDPOTrainer(policy, pixel_reward, requests, config, seed=0)
+        return trainers[steps]
+
     records: list[dict[str, float]] = []
 
-    def epoch(_: int) -> None:
+    def epoch(_: int, steps: int) -> None:
+        trainer = trainer_for(steps)
         records.append(trainer.run_epoch())
         trainer.epoch += 1
 
     result = time_epochs(epoch, args, sync)
     last = records[-1]
-    result["trained_steps"] = config.trained_steps
+    result["trained_steps"] = trainer_for(args.timed_steps).config.trained_steps
     result["phases_s"] = {
         part: statistics.median(r[f"time/{part}_s"] for r in records[args.warmup :])
         for part in ("sample_score", "reference", "update")
@@ -255,8 +266,9 @@ def run_project(
     return result
 
 
-def time_epochs(run: Callable[[int], None], args: argparse.Namespace, sync: Callable[[], None]) -> dict[str, Any]:
-    """Wall seconds of ``--warmup`` then ``--epochs`` calls of ``run(epoch)`` (synchronised), and peak memory."""
+def time_epochs(run: Callable[[int, int], None], args: argparse.Namespace, sync: Callable[[], None]) -> dict[str, Any]:
+    """Wall seconds of ``--warmup`` calls of ``run(epoch, warmup_steps)`` then ``--epochs`` calls of
+    ``run(epoch, timed_steps)`` (synchronised), and the peak memory of the timed ones."""
     import torch
 
     cuda = torch.cuda.is_available() and args.device.startswith("cuda")
@@ -266,20 +278,29 @@ def time_epochs(run: Callable[[int], None], args: argparse.Namespace, sync: Call
             torch.cuda.reset_peak_memory_stats()
         sync()
         start = time.perf_counter()
-        run(epoch)
+        run(epoch, args.warmup_steps if epoch < args.warmup else args.timed_steps)
         sync()
-        (warmup if epoch < args.warmup else timed).append(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        (warmup if epoch < args.warmup else timed).append(seconds)
+        print(f"    {'warm-up' if epoch < args.warmup else 'timed'} epoch: {seconds:.2f} s", flush=True)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     return {"epoch_s": statistics.median(timed), "epochs_s": timed, "warmup_s": warmup, "peak_memory_gib": peak}
 
 
-def summarise(result: dict[str, Any], args: argparse.Namespace, flops: dict[str, float]) -> None:
+def summarise(result: dict[str, Any], args: argparse.Namespace, flops: dict[str, float] | None) -> None:
     """Add samples/hour (at ``--steps``), TFLOP/s and % of the limit to a timed row, in place."""
     per_hour_timed = 3600.0 * args.batch / result["epoch_s"]
     result["samples_per_hour_timed_steps"] = per_hour_timed
     result["samples_per_hour"] = per_hour_timed * args.timed_steps / args.steps
-    result["flops_per_sample"] = flops["total"]
-    result["tflops_per_s"] = flops["total"] * args.batch / result["epoch_s"] / 1e12
+    phases = result.get("phases_s")
+    if phases is not None and result.get("trained_steps") == args.timed_steps:
+        # Sampling and the reference make the same UNet calls (same count and shapes), so what sampling takes beyond
+        # the reference is the part that does not grow with the steps (VAE, scoring, compositing).
+        fixed = max(0.0, phases["sample_score"] - phases["reference"])
+        epoch = fixed + (result["epoch_s"] - fixed) * args.steps / args.timed_steps
+        result["samples_per_hour_linear_estimate"] = 3600.0 * args.batch / epoch
+    result["flops_per_sample"] = None if flops is None else flops["total"]
+    result["tflops_per_s"] = None if flops is None else flops["total"] * args.batch / result["epoch_s"] / 1e12
     result["percent_of_limit"] = 100.0 * result["samples_per_hour"] / LIMIT_SAMPLES_PER_HOUR
 
 
@@ -294,8 +315,9 @@ def print_table(rows: list[dict[str, Any]], header: str) -> None:
             continue
         peak = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.1f}"
         speedup = "-" if row.get("speedup") is None else f"{row['speedup']:.2f}x"
+        tflops = "-" if row["tflops_per_s"] is None else f"{row['tflops_per_s']:.1f}"
         print(
-            f"{row['name']:<34} {row['epoch_s']:>8.2f} {row['samples_per_hour']:>10,.0f} {row['tflops_per_s']:>8.1f} "
+            f"{row['name']:<34} {row['epoch_s']:>8.2f} {row['samples_per_hour']:>10,.0f} {tflops:>8} "
             f"{row['percent_of_limit']:>7.1f}% {peak:>9} {speedup:>9} {sum(row['warmup_s']):>10.1f}"
         )
 
@@ -326,6 +348,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help=f"samples per epoch, a multiple of {REQUESTS}")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the recipe reported (default 50)")
     parser.add_argument("--timed-steps", type=int, help="DDIM steps actually run (default --steps); time is scaled")
+    parser.add_argument("--warmup-steps", type=int, help="DDIM steps of the warm-up epochs (default --timed-steps)")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs per row (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs per row before timing (compilation)")
     parser.add_argument(
@@ -343,17 +366,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--timestep-fraction", type=float, help="add a row training on this fraction of the steps")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline row")
+    parser.add_argument(
+        "--no-eager-rows",
+        dest="eager_rows",
+        action="store_false",
+        help="skip the 'project eager' and 'bf16 LoRA' rows",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU dry run)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/ddpo_gpu.json"), help="JSON output path")
     args = parser.parse_args(argv)
     args.timed_steps = args.timed_steps or args.steps
+    args.warmup_steps = args.warmup_steps or args.timed_steps
     args.rows_per_forward = args.rows_per_forward or max(1, args.batch // 2)
     if args.batch < REQUESTS or args.batch % REQUESTS:
         parser.error(f"--batch must be a positive multiple of {REQUESTS}, got {args.batch}")
     if not 1 <= args.timed_steps <= args.steps:
         parser.error(f"--timed-steps must be in [1, --steps = {args.steps}], got {args.timed_steps}")
-    if args.epochs < 1 or args.warmup < 0 or args.rows_per_forward < 1:
-        parser.error("need --epochs >= 1, --warmup >= 0 and --rows-per-forward >= 1")
+    if args.epochs < 1 or args.warmup < 0 or args.rows_per_forward < 1 or args.warmup_steps < 1:
+        parser.error("need --epochs >= 1, --warmup >= 0, --warmup-steps >= 1 and --rows-per-forward >= 1")
     if args.timestep_fraction is not None and not 0 < args.timestep_fraction < 1:
         parser.error(f"--timestep-fraction must be in (0, 1), got {args.timestep_fraction}")
     return args
@@ -390,10 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     plan: list[tuple[str, str, Any, float]] = []
     if args.baseline:
         plan.append(("baseline (plain diffusers, eager)", "baseline", None, 1.0))
-    plan += [
-        ("project eager", "project", AccelerationConfig(), 1.0),
-        ("+ bf16 LoRA, reference gate", "project", bf16_lora, 1.0),
-    ]
+    if args.eager_rows:
+        plan += [
+            ("project eager", "project", AccelerationConfig(), 1.0),
+            ("+ bf16 LoRA, reference gate", "project", bf16_lora, 1.0),
+        ]
     if args.compile:
         plan.append((f"+ torch.compile ({args.compile_backend})", "project", compiled, 1.0))
     if args.timestep_fraction is not None:
@@ -441,15 +472,23 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 row |= run_project(policy, requests, args, acceleration, sync, fraction)
                 row["acceleration"] = acceleration.__dict__
-            flops = sample_flops(
-                model_config, steps=args.timed_steps, trained_steps=trained, batch=args.batch, vae=kind == "project"
-            )
+            try:
+                flops = sample_flops(
+                    model_config,
+                    steps=args.timed_steps,
+                    trained_steps=trained,
+                    batch=args.batch,
+                    vae=kind == "project",
+                )
+            except Exception as exc:  # the count runs on the meta device; the timings stand without it
+                flops, row["flops_error"] = None, f"{type(exc).__name__}: {exc}"[:500]
             summarise(row, args, flops)
             if kind == "baseline":
                 baseline_rate = row["samples_per_hour"]
             row["speedup"] = None if baseline_rate is None else row["samples_per_hour"] / baseline_rate
         except Exception as exc:  # a failed row (e.g. out of memory, a compile error) must not lose the others
             row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            traceback.print_exc()
             print(f"  {name} failed: {row['error']}", flush=True)
             if cuda:
                 torch.cuda.empty_cache()

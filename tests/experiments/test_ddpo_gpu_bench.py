@@ -19,7 +19,7 @@ from policy.model import build_unet
 
 def test_dry_run_writes_every_row(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    argv = ["--device", "cpu", "--tiny", "--steps", "6", "--timed-steps", "3", "--batch", "4", "--warmup", "0"]
+    argv = ["--device", "cpu", "--tiny", "--steps", "6", "--timed-steps", "3", "--batch", "4", "--warmup-steps", "2"]
     code = ddpo_gpu.main([*argv, "--threads", "1", "--timestep-fraction", "0.5", "--out", str(out)])
     assert code == 0
     payload = json.loads(out.read_text())
@@ -50,6 +50,12 @@ def test_summarise_scales_by_steps_and_counts_flops() -> None:
     assert row["samples_per_hour"] == 5_760  # each sample of 50 steps takes 5x as long
     assert row["tflops_per_s"] == 544.0  # 68 TFLOP x 16 / 2 s
     assert row["percent_of_limit"] == pytest.approx(100 * 5760 / 7150)
+    assert "samples_per_hour_linear_estimate" not in row  # no phase split: only the upper-bound scaling
+    project = {"epoch_s": 4.4, "trained_steps": 10, "phases_s": {"sample_score": 1.2, "reference": 0.8, "update": 2.4}}
+    ddpo_gpu.summarise(project, args, None)
+    # 0.4 s of sampling does not grow with the steps: a 50-step epoch takes 0.4 + 5 x 4.0 = 20.4 s
+    assert project["samples_per_hour_linear_estimate"] == pytest.approx(3600 * 16 / 20.4)
+    assert project["tflops_per_s"] is None
 
 
 @pytest.mark.parametrize(
