@@ -133,7 +133,10 @@ def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(
     assert one.abs().max() < 2.0
     assert torch.allclose(ranks[0], one, rtol=0, atol=3e-5), float((ranks[0] - one).abs().max())
 
-    # Metrics are reduced over processes: both ranks log what one process logs (wall-clock times aside).
+    # Metrics are reduced over processes: both ranks log what one process logs (wall-clock times aside). In the
+    # first epoch the processes sample with the same weights (1e-6); later epochs sample with weights 1e-5 apart,
+    # and per-request normalisation divides reward differences by a reward spread of ~5e-3, so advantages and the
+    # losses built on them agree to ~1e-4 (1e-3 asserted).
     def comparable(key: str) -> list[dict[str, float]]:
         return [{k: v for k, v in h.items() if not k.startswith("time/")} for h in histories[key]["history"]]
 
@@ -142,6 +145,7 @@ def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(
     for key in ("2_0", "2_1"):
         got = comparable(key)
         assert [sorted(h) for h in got] == [sorted(h) for h in expected]
-        for record, reference in zip(got, expected):
+        for epoch, (record, reference) in enumerate(zip(got, expected)):
+            rel = 1e-6 if epoch == 0 else 1e-3
             for name, value in reference.items():
-                assert record[name] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, name)
+                assert record[name] == pytest.approx(value, rel=rel, abs=1e-7), (key, epoch, name)
