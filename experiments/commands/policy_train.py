@@ -72,16 +72,20 @@ def run_policy_train(args: argparse.Namespace) -> int:
         checkpoint = latest_checkpoint(run_dir / "checkpoints")
         reward_dir = resolve_reward_dir(config, args.reward)
         step = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))["trainer"]["epoch"]
-        dropped = truncate_metrics(run_dir, int(step))
-        setup_logging()
-        run = Run(run_dir, tensorboard=config.run.tensorboard)
-        log_file = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")  # appends to the run's log
-        log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("backdrop").addHandler(log_file)
-        logging.getLogger("backdrop").info(
-            "resuming %s from %s (epoch %d); %d metric record(s) logged after it were dropped",
-            run_dir, checkpoint.name, step, dropped,
-        )  # fmt: skip
+        log_file = None
+        if is_main_process():  # under `accelerate launch` process 0 alone rewrites the run's files
+            dropped = truncate_metrics(run_dir, int(step))
+            setup_logging()
+            run = Run(run_dir, tensorboard=config.run.tensorboard)
+            log_file = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")  # appends to the run's log
+            log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger("backdrop").addHandler(log_file)
+            logging.getLogger("backdrop").info(
+                "resuming %s from %s (epoch %d); %d metric record(s) logged after it were dropped",
+                run_dir, checkpoint.name, step, dropped,
+            )  # fmt: skip
+        else:
+            run = ProcessRun()
     else:
         if args.config == "experiments/configs/studio_ddpo.toml" and not Path(args.config).is_file():
             args.config = str(DEFAULT_CONFIG)  # run from outside the repository: the installed copy
