@@ -237,7 +237,7 @@ def reranking_rows(first_run: Any, n: int, *, stack_adapter: Path | None) -> tup
         with torch.no_grad():
             stacked = best_of_n(policy, requests, **common)
         rows.append(
-            row(f"best-of-{n} on DDPO (seed 1)", stacked.chosen_gold,
+            row(f"best-of-{n} on DDPO (first run)", stacked.chosen_gold,
                 stacked.proxy.gather(1, stacked.chosen[:, None])[:, 0], float("nan"),
                 f"{stack_adapter}; KL = DDPO's + at most {best_of_n_kl_bound(n):.2f}"),
         )  # fmt: skip
