@@ -106,10 +106,11 @@ def run_demo(config: DemoConfig, out: Path | None = None, *, progress: bool = Tr
         "config_threads": config.run.threads,
         "eval_seeds": config.eval.seeds_per_request,
         "best_of": config.demo.best_of,
-        "ddpo_budget": (
-            f"{config.trainer.cpu_budget_minutes:g} CPU-minutes"
+        "ddpo_budget": f"at most {config.trainer.epochs} epochs"
+        + (
+            f" and {config.trainer.cpu_budget_minutes:g} CPU-minutes"
             if config.trainer.cpu_budget_minutes is not None
-            else f"{config.trainer.epochs} epochs"
+            else ""
         ),
     }
     with start_run(config.run, config, command="demo", directory=directory) as run:

@@ -236,7 +236,7 @@ def write_report(paths: DemoPaths, results: dict[str, Any]) -> Path:
         f"<p>Folder <code>{html.escape(str(paths.root))}</code>. The world is demo-sized "
         f"({results['simulate']['products']} products, {results['simulate']['rows']['impressions']:,} impressions, "
         f"{results['simulate']['rows']['preferences']:,} pairwise judgements) and DDPO trains for "
-        f"{html.escape(results['ddpo_budget'])} ({results['ddpo']['epochs']} epochs), so the gains are smaller and "
+        f"{html.escape(results['ddpo_budget'])} (it ran {results['ddpo']['epochs']}), so the gains are smaller and "
         "the intervals wider than the full recipe's (<code>experiments/configs/studio_ddpo.toml</code>, 15 "
         "CPU-minutes). Gold is the simulator's hidden engagement: no model saw it.</p>",
         "<h2>Headline</h2><ul class='headline'>" + "".join(f"<li>{html.escape(h)}</li>" for h in headline) + "</ul>",
