@@ -1,7 +1,6 @@
 """The LoRA adapter on the UNet: add it (peft), switch it off for the reference model, save and load it.
 
-The adapter is written exactly as diffusers' LoRA training scripts write theirs
-(``get_peft_model_state_dict`` -> ``convert_state_dict_to_diffusers`` ->
+The adapter is written with peft's key names (``get_peft_model_state_dict`` ->
 ``StableDiffusionInpaintPipeline.save_lora_weights``, safetensors, with the peft ``LoraConfig`` as adapter
 metadata so that alpha and the target modules survive), so a plain
 ``StableDiffusionInpaintPipeline.load_lora_weights(folder)`` loads it.
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
-from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
+from diffusers.utils import convert_unet_state_dict_to_peft
 from peft import LoraConfig as PeftLoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -103,7 +102,12 @@ def adapters_disabled(unet: UNet2DConditionModel) -> Iterator[None]:
 
 
 def save_lora(unet: UNet2DConditionModel, folder: Path) -> Path:
-    """Write the adapter to ``folder/pytorch_lora_weights.safetensors`` in diffusers' LoRA format.
+    """Write the adapter to ``folder/pytorch_lora_weights.safetensors`` as ``load_lora_weights`` reads it.
+
+    The keys are peft's (``unet.<module>.lora_A.weight`` / ``lora_B``), which diffusers' loaders read as they are.
+    They are not renamed to the older ``lora.down`` / ``lora.up`` names: diffusers renames only attention
+    processors' keys that way, so a file mixing both (attention renamed, ResNet convolutions not) loads with the
+    convolution tensors alone and the attention ones silently dropped.
 
     Returns:
         The path of the weights file.
@@ -111,7 +115,7 @@ def save_lora(unet: UNet2DConditionModel, folder: Path) -> Path:
     if not has_lora(unet):
         raise ValueError("the UNet has no adapter to save")
     state_dict = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
-    layers = {k: v.detach().float().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(state_dict).items()}
+    layers = {k: v.detach().float().cpu().contiguous() for k, v in state_dict.items()}
     metadata = unet.peft_config[ADAPTER_NAME].to_dict()
     StableDiffusionInpaintPipeline.save_lora_weights(
         folder, unet_lora_layers=layers, safe_serialization=True, unet_lora_adapter_metadata=metadata

@@ -109,7 +109,7 @@ def test_adapter_file_format(tmp_path: Path) -> None:
         keys = list(handle.keys())
         metadata = json.loads(handle.metadata()["lora_adapter_metadata"])
         dtypes = {handle.get_tensor(k).dtype for k in keys}
-    assert keys and all(k.startswith("unet.") and (".lora.down." in k or ".lora.up." in k) for k in keys)
+    assert keys and all(k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
     assert dtypes == {torch.float32}
     assert metadata["unet.r"] == 8 and metadata["unet.lora_alpha"] == 16.0
     assert read_lora_config(tmp_path) == LoraConfig(rank=8, alpha=16.0, target_modules=("to_q", "to_v"))
@@ -154,15 +154,26 @@ def test_add_lora_refuses_a_second_adapter_and_unknown_targets() -> None:
         build(lora=LoraConfig(target_modules=("no_such_layer",)))
 
 
-def test_adapter_reproduces_our_image_in_a_plain_diffusers_pipeline(tmp_path: Path) -> None:
-    """Adapter saved here + base folder -> ``load_lora_weights`` in a plain pipeline gives the same image."""
-    ours = build()
+@pytest.mark.parametrize(
+    "targets",
+    [("to_q", "to_k", "to_v", "to_out.0"), ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")],
+    ids=["attention", "attention+convs"],
+)
+def test_adapter_reproduces_our_image_in_a_plain_diffusers_pipeline(tmp_path: Path, targets: tuple) -> None:
+    """Adapter saved here + base folder -> ``load_lora_weights`` in a plain pipeline gives the same image.
+
+    With ResNet convolutions among the targets too: a file whose attention keys were renamed to diffusers' old
+    names loaded its convolution tensors only (the attention ones silently dropped).
+    """
+    ours = build(lora=LoraConfig(rank=4, alpha=4.0, target_modules=targets))
     perturb_adapter(ours, seed=2)
     ours.save_pretrained(tmp_path / "base")
     ours.save_adapter(tmp_path / "adapter")
 
     plain = StableDiffusionInpaintPipeline.from_pretrained(tmp_path / "base")
     plain.load_lora_weights(tmp_path / "adapter")
+    loaded_tensors = [n for n, p in plain.unet.named_parameters() if ".lora_" in n]
+    assert len(loaded_tensors) == len([n for n, _ in ours.unet.named_parameters() if ".lora_" in n])
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 64, 64, generator=generator)
     mask = torch.zeros(1, 1, 64, 64)
