@@ -28,3 +28,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Commands under test set torch's thread count from their [run] config; the next test gets one thread back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -19,13 +19,6 @@ from experiments.demo_stages import DemoPaths
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     """One ``backdrop demo --quick`` run (one torch thread, as every test), shared by the end-to-end checks."""

@@ -114,13 +114,6 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_run(tmp_path_factory.mktemp("export"))
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bundle(run_dir: Path) -> Path:
     """Exported through the CLI with a KL budget the candidate cannot meet, so the override is exercised."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from experiments.cli import main
 from experiments.config import load_config
@@ -13,14 +12,6 @@ from experiments.policy_offline import PolicyOfflineCommandConfig
 from experiments.policy_train import PolicyTrainCommandConfig, truncate_metrics
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """A command that got as far as setup_runtime would leave [run] threads set for every later test."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_shipped_configs_load_and_agree_on_the_evaluation() -> None:

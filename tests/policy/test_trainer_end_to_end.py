@@ -21,13 +21,6 @@ SMALL = [
 SAMPLER = ["num_steps=4", "guidance_scale=3.0", "batch_size=8"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from reward.pipeline import fit_reward_model
