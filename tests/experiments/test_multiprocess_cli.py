@@ -18,7 +18,6 @@ import pytest
 from safetensors.torch import load_file
 
 from experiments.cli import main
-from tests.policy.test_trainer_end_to_end import _restore_threads  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "experiments" / "configs"

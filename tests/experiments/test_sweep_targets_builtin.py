@@ -22,7 +22,7 @@ from experiments.sweep_trial import read_trial_record, trial_dir
 
 # The end-to-end policy test's small world and reward model (module-scoped), and its torch-threads guard (trials
 # call setup_runtime, which sets the thread count for the rest of the session).
-from tests.policy.test_trainer_end_to_end import _restore_threads, world  # noqa: F401 (fixtures)
+from tests.policy.test_trainer_end_to_end import world  # noqa: F401 (fixture)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 
