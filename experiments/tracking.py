@@ -3,7 +3,7 @@
 A run lives in ``<output_dir>/<name>/<timestamp>``, created fresh and never overwritten. It always holds
 
 - ``config.toml``: the resolved configuration (defaults < file < --set), loadable again with ``--config``;
-- ``environment.json``: command line, package versions, git sha and dirty flag, python, host, device;
+- ``environment.json``: command line, package versions, git sha and dirty flag, python, host, process count, device;
 - ``metrics.jsonl``: one JSON object per logged step (``{"step": 3, "policy/kl": 0.01, ...}``);
 - ``log.txt``: the text log (Python ``logging``), also shown on the console;
 
@@ -207,6 +207,7 @@ def start_run(
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "host": socket.gethostname(),
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),  # > 1 under accelerate launch / torchrun
         "git": git_state(),
         "packages": dict(package_versions()),
         **(dict(extra) if extra else {}),

@@ -51,7 +51,8 @@ def test_run_dirs_are_never_overwritten(tmp_path: Path) -> None:
     assert second.name == "20260102-030405-1"
 
 
-def test_start_run_writes_config_environment_and_metrics(tmp_path: Path) -> None:
+def test_start_run_writes_config_environment_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under `accelerate launch --num_processes 2`
     run_cfg = RunConfig(name="exp", output_dir=str(tmp_path), tensorboard=False)
     with start_run(run_cfg, run_cfg, command="test") as run:
         run.log_metrics({"policy/kl": 0.5, "reward/mean": torch.tensor(2.0)}, step=1)
@@ -59,6 +60,7 @@ def test_start_run_writes_config_environment_and_metrics(tmp_path: Path) -> None
     assert (run.dir / "log.txt").exists()
     env = json.loads((run.dir / "environment.json").read_text())
     assert env["command"] == "test" and env["packages"]["torch"].startswith("2.13")
+    assert env["processes"] == 2
     assert load_config(RunConfig, run.dir / "config.toml") == run_cfg
     records = read_metrics(run.dir)
     assert [r["step"] for r in records] == [1, 2]
