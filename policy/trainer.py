@@ -428,12 +428,15 @@ class DDPOTrainer:
         kl_coef = self.kl_controller.value
         policy.scheduler.set_timesteps(trajectory.num_steps, device=policy.device)
         device = trajectory.latents.device
-        sums: dict[str, float] = {}
+        # Running sums stay on the device (float64: the same arithmetic as Python floats) and are read once per
+        # epoch, so the inner loop never waits for the device.
+        sums: dict[str, torch.Tensor] = {}
         rows_seen = 0
-        grad_norms = []
+        grad_norms: list[torch.Tensor] = []
 
         def add(name: str, value: torch.Tensor, weight: int) -> None:
-            sums[name] = sums.get(name, 0.0) + float(value) * weight
+            term = value.double() * weight
+            sums[name] = sums[name] + term if name in sums else term
 
         for minibatches in plan:
             for rows, global_rows in minibatches:
@@ -456,13 +459,13 @@ class DDPOTrainer:
                     rows_seen += len(part)
                 self._sum_gradients()
                 max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, max_norm)))
+                grad_norms.append(torch.nn.utils.clip_grad_norm_(self.params, max_norm).detach())
                 self.optimizer.step()
                 self.optimizer_steps += 1
         names = sorted(sums)
-        *summed, rows_seen = self._sum_over_processes([*(sums[n] for n in names), rows_seen])
+        *summed, rows_seen = self._sum_over_processes([*(float(sums[n]) for n in names), rows_seen])
         totals = {name: value / rows_seen for name, value in zip(names, summed)}
-        totals["policy/grad_norm"] = float(np.mean(grad_norms))
+        totals["policy/grad_norm"] = float(np.mean([float(norm) for norm in grad_norms]))
         return totals
 
     # ------------------------------------------------------------------------------------------------------
