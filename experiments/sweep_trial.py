@@ -2,7 +2,8 @@
 
 Each trial is an ordinary run directory at ``<sweep>/trials/<number>`` (config.toml with the resolved config,
 environment.json, metrics.jsonl, log.txt, TensorBoard) plus ``trial.json``: the params, the state (RUNNING,
-COMPLETE, PRUNED with the step, FAILED with the error, INTERRUPTED), the objective and where it was reached.
+COMPLETE, PRUNED with the step, FAILED with the error, INTERRUPTED), the objective and where it was reached, the
+worker's pid and CUDA_VISIBLE_DEVICES.
 A failed trial also gets ``error.txt`` with the traceback. Nothing is deleted: a pruned trial keeps its curves.
 """
 
@@ -101,6 +102,8 @@ class TrialRunner:
             "params": params,
             "retry_of": trial.user_attrs.get("retry_of"),
             "pid": os.getpid(),
+            # The GPU(s) this worker was given (experiments/sweep.py worker_devices); None: not set.
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "started": dt.datetime.now().isoformat(timespec="seconds"),
         }
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -14,6 +15,7 @@ from types import ModuleType
 
 import optuna
 import pytest
+import torch
 
 from experiments.cli import main
 from experiments.config import RunConfig, load_config
@@ -168,7 +170,10 @@ def test_resume_refuses_a_sweep_that_is_still_running(quadratic: ModuleType, tmp
     assert load(sweep).trials == []
 
 
-def test_two_worker_processes_finish_the_requested_trials(quadratic: ModuleType, tmp_path: Path) -> None:
+def test_two_worker_processes_finish_the_requested_trials(
+    quadratic: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # the no-GPU case, also on a GPU host
     omp_before = os.environ.get("OMP_NUM_THREADS")
     sweep = create_sweep(make_space(trials=6, seed=3), base_config(quadratic, tmp_path))
     assert run_sweep(sweep, workers=2, progress=False) == 6
@@ -182,6 +187,33 @@ def test_two_worker_processes_finish_the_requested_trials(quadratic: ModuleType,
     )
     assert config.run.threads == max(1, available_cores() // 2)
     assert os.environ.get("OMP_NUM_THREADS") == omp_before  # only the workers' environment was changed
+    # Without a GPU nothing is assigned: the workers inherit this process's CUDA_VISIBLE_DEVICES (usually unset).
+    assert json.loads(sweep.paths.meta.read_text())["sessions"][0]["worker_devices"] == [None, None]
+    records = [json.loads((sweep.paths.dir / t.user_attrs["run_dir"] / "trial.json").read_text()) for t in trials]
+    assert {r["cuda_visible_devices"] for r in records} == {os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def test_each_worker_is_spawned_with_its_own_gpu(
+    quadratic: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two GPUs visible to the parent as physical devices 6 and 3; three workers: round-robin 6, 3, 6.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "6,3")
+    sweep = create_sweep(make_space(trials=3, seed=5), base_config(quadratic, tmp_path))
+    with caplog.at_level(logging.INFO, logger="experiments.sweep"):
+        assert run_sweep(sweep, workers=3, progress=False) == 3
+    trials = load(sweep).trials
+    records = [json.loads((sweep.paths.dir / t.user_attrs["run_dir"] / "trial.json").read_text()) for t in trials]
+    # Each trial.json is written in its worker from that worker's os.environ.
+    assert len({r["pid"] for r in records}) == 3
+    assert sorted(r["cuda_visible_devices"] for r in records) == ["3", "6", "6"]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "6,3"  # restored in this process
+    assert json.loads(sweep.paths.meta.read_text())["sessions"][0]["worker_devices"] == ["6", "3", "6"]
+    threads = max(1, available_cores() // 3)
+    assert f"3 worker(s) x {threads} thread(s), worker GPUs (CUDA_VISIBLE_DEVICES): 6, 3, 6" in caplog.text
+    assert "3 worker(s) on 2 GPU(s): workers share GPUs (memory and compute) round-robin (GPU 6: workers [0, 2])" in (
+        caplog.text
+    )
 
 
 def test_kl_budget_objective_and_infeasible_trials(quadratic: ModuleType, tmp_path: Path) -> None:
