@@ -426,6 +426,7 @@ class DDPOTrainer:
         and diagnostics."""
         config, policy = self.config.optim, self.policy
         kl_coef = self.kl_controller.value
+        replay_old = config.old_log_probs == "replay"
         policy.scheduler.set_timesteps(trajectory.num_steps, device=policy.device)
         device = trajectory.latents.device
         # Running sums stay on the device (float64: the same arithmetic as Python floats) and are read once per
@@ -444,9 +445,9 @@ class DDPOTrainer:
                 for part in rows.chunks(config.rows_per_forward):
                     sample, step = part.sample.to(device), part.step.to(device)
                     out = replay_rows(policy, trajectory, part)
-                    pg = clipped_policy_loss(
-                        out.log_prob, trajectory.log_probs[sample, step], advantages[sample], config.clip_range
-                    )
+                    sampled = trajectory.log_probs[sample, step]
+                    old = out.log_prob.detach() if replay_old else sampled
+                    pg = clipped_policy_loss(out.log_prob, old, advantages[sample], config.clip_range)
                     kl = gaussian_kl(out.mean, ref_table[sample, step], out.std, trajectory.background[sample]).mean()
                     loss = pg.loss + kl_coef * kl
                     (loss * (len(part) / global_rows)).backward()  # the global minibatch's mean
@@ -454,6 +455,7 @@ class DDPOTrainer:
                         ("policy/loss", loss), ("policy/pg_loss", pg.loss), ("policy/kl", kl),
                         ("policy/ratio_mean", pg.ratio_mean), ("policy/clipfrac", pg.clipfrac),
                         ("policy/approx_kl", pg.approx_kl),
+                        ("policy/log_prob_gap", (out.log_prob.detach() - sampled).abs().mean()),
                     ):  # fmt: skip
                         add(name, value.detach(), len(part))
                     rows_seen += len(part)

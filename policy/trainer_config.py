@@ -19,6 +19,7 @@ KL_t the closed-form Gaussian KL of step t averaged over background latent dims 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from policy.acceleration_config import AccelerationConfig
 from rollout.config import SamplerConfig
@@ -58,6 +59,15 @@ class OptimConfig:
     rows_per_forward: int = 64
     """(sample, step) rows stacked into one UNet forward/backward (x2 with guidance). Only memory and speed
     depend on it, never the result beyond float rounding: bigger calls amortise per-call overhead on a CPU."""
+    old_log_probs: Literal["sampler", "replay"] = "sampler"
+    """What the ratio r is taken against. "sampler": the log-probs recorded while sampling (DDPO). "replay": the
+    training forward's own log-prob, detached, so r = 1 exactly and the update is the unclipped policy gradient
+    (+ KL). Allowed only when an epoch is one optimiser step (inner_epochs = 1, samples_per_step = the samples per
+    epoch): the weights then have not moved since sampling, so both choices are the same objective in exact
+    arithmetic. With bf16 frozen weights they are not the same in practice: the sampler's and the trainer's UNet
+    calls have different shapes and kernels and round differently, and at SD scale 11 % (50 steps) to 70 % (10
+    steps) of rows sat outside clip_range 1e-4 before any update (H200), silently dropping their gradient; "replay"
+    removes that. ``policy/log_prob_gap`` reports the difference either way."""
 
     def __post_init__(self) -> None:
         if not self.learning_rate > 0:
@@ -180,6 +190,14 @@ class DDPOConfig:
             raise ValueError(
                 f"optim.samples_per_step={self.optim.samples_per_step} must divide the samples per epoch "
                 f"({self.requests_per_epoch} requests x {self.samples_per_request} = {self.samples_per_epoch})"
+            )
+        single_step = self.optim.inner_epochs == 1 and self.optim.samples_per_step == self.samples_per_epoch
+        if self.optim.old_log_probs == "replay" and not single_step:
+            raise ValueError(
+                "optim.old_log_probs = 'replay' needs one optimiser step per epoch (inner_epochs = 1 and "
+                f"samples_per_step = the samples per epoch, {self.samples_per_epoch}); got inner_epochs = "
+                f"{self.optim.inner_epochs}, samples_per_step = {self.optim.samples_per_step}: later steps must "
+                "compare with log-probs from before the first update"
             )
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("eval_every and checkpoint_every must be >= 0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -144,6 +145,66 @@ def test_an_update_moves_probability_towards_positive_advantages() -> None:
     assert torch.corrcoef(torch.stack([advantages.advantages, change]))[0, 1] > 0.5
 
 
+def rounded_sampler(monkeypatch: pytest.MonkeyPatch, scale: float) -> None:
+    """Make the recorded log-probs differ from the trainer's by noise of ``scale`` (what bf16 rounding does at
+    SD scale, where the sampler's and the trainer's UNet calls use different kernels)."""
+    real = trainer_module.sample_trajectories
+
+    def rounded(*args, **kwargs) -> Rollout:
+        rollout = real(*args, **kwargs)
+        log_probs = rollout.trajectory.log_probs
+        noise = scale * torch.randn(log_probs.shape, generator=torch.Generator().manual_seed(5))
+        trajectory = dataclasses.replace(rollout.trajectory, log_probs=log_probs + noise.to(log_probs.device))
+        return dataclasses.replace(rollout, trajectory=trajectory)
+
+    monkeypatch.setattr(trainer_module, "sample_trajectories", rounded)
+
+
+def test_replayed_old_log_probs_keep_the_ratio_one_whatever_the_sampler_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rounded_sampler(monkeypatch, scale=1e-3)  # 10x the clip range
+    results = {}
+    for mode in ("sampler", "replay"):
+        policy = tiny_policy()
+        optim = OptimConfig(samples_per_step=8, rows_per_forward=16, learning_rate=3e-3, old_log_probs=mode)
+        trainer = DDPOTrainer(policy, red_background, tiny_requests(4), tiny_config(optim=optim), seed=0)
+        metrics = trainer.run_epoch()
+        results[mode] = (metrics, {n: p.detach().clone() for n, p in zip(range(len(trainer.params)), trainer.params)})
+    sampler, replay = results["sampler"][0], results["replay"][0]
+    # The recorded log-probs are off by ~1e-3: with them most rows sit outside clip 1e-4 and lose their gradient.
+    assert sampler["policy/clipfrac"] > 0.5
+    assert replay["policy/clipfrac"] == 0.0 and replay["policy/ratio_mean"] == 1.0
+    assert replay["policy/log_prob_gap"] == pytest.approx(sampler["policy/log_prob_gap"], rel=1e-6)
+    assert 5e-4 < replay["policy/log_prob_gap"] < 2e-3  # E|N(0, 1e-3)| = 8e-4
+    moved = [float((p - q).abs().max()) for p, q in zip(results["sampler"][1].values(), results["replay"][1].values())]
+    assert max(moved) > 0  # the clipped rows changed the sampler-mode update
+
+
+def test_replayed_old_log_probs_are_the_sampler_update_in_exact_arithmetic() -> None:
+    gradients = []
+    for mode in ("sampler", "replay"):
+        policy = tiny_policy()
+        optim = OptimConfig(samples_per_step=8, rows_per_forward=16, learning_rate=3e-3, old_log_probs=mode)
+        trainer = DDPOTrainer(policy, red_background, tiny_requests(4), tiny_config(optim=optim), seed=0)
+        step = trainer.optimizer.step
+        seen: list[torch.Tensor] = []
+
+        def recording_step(*args, _step=step, _seen=seen, _params=trainer.params, **kwargs):
+            _seen.extend(p.grad.detach().clone() for p in _params)
+            return _step(*args, **kwargs)
+
+        trainer.optimizer.step = recording_step
+        metrics = trainer.run_epoch()
+        assert metrics["policy/log_prob_gap"] < 1e-6  # float32 on a CPU: the sampler's and trainer's values agree
+        gradients.append(seen)
+    # The same gradient (the ratios differ from 1 by ~1e-7 in sampler mode), compared before Adam, whose first
+    # step would amplify rounding wherever a gradient is near its eps.
+    scale = max(float(g.abs().max()) for g in gradients[0])
+    for sampler, replay in zip(*gradients):
+        torch.testing.assert_close(replay, sampler, rtol=1e-4, atol=1e-5 * scale)
+
+
 def test_a_changed_product_pixel_stops_training(monkeypatch: pytest.MonkeyPatch) -> None:
     real = trainer_module.sample_trajectories
 
@@ -225,6 +286,14 @@ def test_trainer_needs_an_adapter_and_unique_request_ids() -> None:
         ({"requests_per_epoch": 3, "samples_per_request": 3}, "must divide the samples per epoch"),
         ({"epochs": 0}, "epochs must be >= 1"),
         ({"cpu_budget_minutes": 0.0}, "cpu_budget_minutes must be > 0"),
+        (
+            {"optim": OptimConfig(samples_per_step=4, old_log_probs="replay")},
+            r"old_log_probs = 'replay' needs one optimiser step per epoch .* samples_per_step = 4",
+        ),
+        (
+            {"optim": OptimConfig(samples_per_step=8, inner_epochs=2, old_log_probs="replay")},
+            "got inner_epochs = 2",
+        ),
     ],
 )
 def test_config_refuses_inconsistent_sizes(changes: dict, message: str) -> None:
