@@ -19,8 +19,23 @@ Rows (one epoch = 16 samples; cumulative fast-path options):
 - ``+ bf16 LoRA``: ``lora_compute = "model_dtype"``, the reference gate, cuDNN autotuning;
 - ``+ compile``: ``torch.compile`` of the UNet (inductor, static shapes; sampling and the reference share one
   graph thanks to the gate, training has the other);
+- ``+ R rows per training call`` (``--update-rows R ...``): the compiled path with larger training calls (the
+  default, batch / 2 rows = the sampler's 32 latents, keeps the reference pass on the sampling graph; larger calls
+  use the memory under the 40 GiB target for better matrix shapes, at the price of one more compiled graph);
+- ``+ channels-last UNet`` (``--channels-last``): the UNet's weights converted in place (kept for later rows);
+- ``+ CUDA graphs`` (``--cuda-graphs``): inductor's reduce-overhead mode on top;
 - ``+ timestep fraction f`` (``--timestep-fraction``): trains on a fraction of the steps; a different algorithm,
   reported separately and never counted toward the target.
+
+Old log-probs (``--old-log-probs``, default ``replay``): the recipe is one optimiser step per epoch, where the
+ratio against the training forward's own detached log-prob is the same objective as against the sampler's
+record, and is exactly 1 whatever bf16 rounding does (``policy/log_prob_gap`` in the diagnostics shows the
+gap; ``sampler`` reproduces the first measurement, where 10.6 % of rows were clipped before any update).
+
+Each SD-size compiled configuration costs 1-3 minutes of compilation (the first took 194 s on an H200), so a
+15-minute device session fits about two calls: e.g. ``--compile --no-eager-rows --update-rows 16`` then, on the
+still-warm machine (inductor's cache in /tmp is kept), ``--no-baseline --no-eager-rows --compile --update-rows 16
+--channels-last --cuda-graphs``.
 
 Each row times ``--epochs`` epochs after ``--warmup`` epochs (which include compilation) and reports the median.
 ``--timed-steps N`` (< ``--steps``) runs N-step chains and scales the time per sample by steps / N: every part of a
@@ -38,6 +53,7 @@ sample at the 798 TFLOP/s bf16 matmul ceiling measured on an H100). Peak memory 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import platform
@@ -215,8 +231,10 @@ def run_project(
     acceleration: Any,
     sync: Callable[[], None],
     timestep_fraction: float = 1.0,
+    rows_per_forward: int | None = None,
 ) -> dict[str, Any]:
-    """Time the project's ``DDPOTrainer.run_epoch`` with ``acceleration`` applied to ``policy``."""
+    """Time the project's ``DDPOTrainer.run_epoch`` with ``acceleration`` applied to ``policy`` (training calls
+    of ``rows_per_forward`` rows, default ``--rows-per-forward``)."""
     from policy.trainer import DDPOTrainer
     from policy.trainer_config import DDPOConfig, KLConfig, OptimConfig
     from rollout.config import SamplerConfig
@@ -235,8 +253,9 @@ def run_project(
                     learning_rate=LEARNING_RATE,
                     clip_range=CLIP_RANGE,
                     samples_per_step=args.batch,
-                    rows_per_forward=args.rows_per_forward,
+                    rows_per_forward=rows_per_forward or args.rows_per_forward,
                     timestep_fraction=timestep_fraction,
+                    old_log_probs=args.old_log_probs,
                 ),
                 kl=KLConfig(coef=KL_COEF),
                 acceleration=acceleration,
@@ -261,7 +280,10 @@ def run_project(
         part: statistics.median(r[f"time/{part}_s"] for r in records[args.warmup :])
         for part in ("sample_score", "reference", "update")
     }
-    result["diagnostics"] = {k: last[k] for k in ("policy/kl", "policy/ratio_mean", "policy/clipfrac", "reward/mean")}
+    result["rows_per_forward"] = rows_per_forward or args.rows_per_forward
+    result["diagnostics"] = {
+        k: last[k] for k in ("policy/kl", "policy/ratio_mean", "policy/clipfrac", "policy/log_prob_gap", "reward/mean")
+    }
     result["preservation_max_abs_diff"] = max(r.get("preservation/max_abs_diff", 0.0) for r in records)
     return result
 
@@ -364,6 +386,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("inductor", "aot_eager", "eager"),
         help="torch.compile backend",
     )
+    parser.add_argument(
+        "--update-rows",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="ROWS",
+        help="add compiled rows with ROWS (sample, step) rows per training call (larger calls, more memory); the "
+        "last value is kept by the rows after",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="add a compiled row with the UNet in channels-last format"
+    )
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="add a compiled row replayed as CUDA graphs (reduce-overhead)"
+    )
+    parser.add_argument(
+        "--old-log-probs",
+        default="replay",
+        choices=("replay", "sampler"),
+        help="what the ratio is taken against (optim.old_log_probs; default replay: the recipe is one optimiser "
+        "step per epoch, where both are the same objective and replay is immune to bf16 rounding)",
+    )
     parser.add_argument("--timestep-fraction", type=float, help="add a row training on this fraction of the steps")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline row")
     parser.add_argument(
@@ -382,6 +426,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--batch must be a positive multiple of {REQUESTS}, got {args.batch}")
     if not 1 <= args.timed_steps <= args.steps:
         parser.error(f"--timed-steps must be in [1, --steps = {args.steps}], got {args.timed_steps}")
+    if (args.update_rows or args.channels_last or args.cuda_graphs) and not args.compile:
+        parser.error("--update-rows, --channels-last and --cuda-graphs add compiled rows: give --compile too")
+    if args.cuda_graphs and args.compile_backend != "inductor":
+        parser.error("--cuda-graphs needs --compile-backend inductor")
+    if any(rows < 1 for rows in args.update_rows):
+        parser.error(f"--update-rows must be >= 1, got {args.update_rows}")
     if args.epochs < 1 or args.warmup < 0 or args.rows_per_forward < 1 or args.warmup_steps < 1:
         parser.error("need --epochs >= 1, --warmup >= 0, --warmup-steps >= 1 and --rows-per-forward >= 1")
     if args.timestep_fraction is not None and not 0 < args.timestep_fraction < 1:
@@ -417,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     bf16_lora = AccelerationConfig(lora_compute="model_dtype", reference_gate=True, cudnn_benchmark=cuda)
     compiled = AccelerationConfig(**{**bf16_lora.__dict__, "compile": True, "compile_backend": args.compile_backend})
     fast = compiled if args.compile else bf16_lora
-    plan: list[tuple[str, str, Any, float]] = []
+    plan: list[tuple] = []
     if args.baseline:
         plan.append(("baseline (plain diffusers, eager)", "baseline", None, 1.0))
     if args.eager_rows:
@@ -427,10 +477,21 @@ def main(argv: list[str] | None = None) -> int:
         ]
     if args.compile:
         plan.append((f"+ torch.compile ({args.compile_backend})", "project", compiled, 1.0))
+    for rows in args.update_rows:
+        plan.append((f"+ {rows} rows per training call", "project", compiled, 1.0, {"rows_per_forward": rows}))
+    fast_rows = args.update_rows[-1] if args.update_rows else None
+    if args.channels_last:
+        plan.append(("+ channels-last UNet", "project", compiled, 1.0, {"rows_per_forward": fast_rows, "cl": True}))
+    if args.cuda_graphs:
+        fast = dataclasses.replace(compiled, cuda_graphs=True)
+        plan.append(("+ CUDA graphs", "project", fast, 1.0, {"rows_per_forward": fast_rows}))
     if args.timestep_fraction is not None:
         plan.append(
-            (f"  fast path, timestep fraction {args.timestep_fraction:g}", "project", fast, args.timestep_fraction)
-        )
+            (
+                f"  fast path, timestep fraction {args.timestep_fraction:g}", "project", fast, args.timestep_fraction,
+                {"rows_per_forward": fast_rows},
+            )
+        )  # fmt: skip
 
     payload: dict[str, Any] = {
         "benchmark": "ddpo_gpu",
@@ -462,7 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     baseline_rate = None
-    for name, kind, acceleration, fraction in plan:
+    for name, kind, acceleration, fraction, *extra in plan:
+        options = extra[0] if extra else {}
+        if options.get("cl"):
+            # In place and kept for the later rows (cumulative); the compiled graphs recompile for the new strides.
+            policy.unet.to(memory_format=torch.channels_last)
         print(f"running: {name}", flush=True)
         trained = max(1, round(args.timed_steps * fraction))
         row: dict[str, Any] = {"name": name, "kind": kind, "timestep_fraction": fraction}
@@ -470,7 +535,10 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "baseline":
                 row |= run_baseline(policy, requests, args, sync)
             else:
-                row |= run_project(policy, requests, args, acceleration, sync, fraction)
+                row |= run_project(
+                    policy, requests, args, acceleration, sync, fraction, options.get("rows_per_forward")
+                )
+                row["channels_last"] = policy.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
                 row["acceleration"] = acceleration.__dict__
             try:
                 flops = sample_flops(

@@ -64,6 +64,13 @@ def test_summarise_scales_by_steps_and_counts_flops() -> None:
         (["--batch", "6"], "--batch must be a positive multiple of 4"),
         (["--steps", "10", "--timed-steps", "20"], "--timed-steps must be in"),
         (["--timestep-fraction", "1.0"], "--timestep-fraction must be in"),
+        (["--update-rows", "16"], "give --compile too"),
+        (["--cuda-graphs"], "give --compile too"),
+        (
+            ["--compile", "--compile-backend", "eager", "--cuda-graphs"],
+            "--cuda-graphs needs --compile-backend inductor",
+        ),
+        (["--compile", "--update-rows", "0"], "--update-rows must be >= 1"),
     ],
 )
 def test_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,3 +99,22 @@ def test_sd15_unet_flops_analytic_equals_flop_counter_on_meta() -> None:
     full = recipe_flops(cost, steps=50, guidance=True, trained_steps=50)
     assert full["sampling"] == 100 * cost.lora_forward_flops and full["reference"] == 100 * cost.forward_flops
     assert 320e12 < full["total"] < 400e12  # DESIGN.md: ~400 forward-equivalents
+
+
+def test_dry_run_compiled_rows_with_larger_calls_and_channels_last(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--device", "cpu", "--tiny", "--steps", "2", "--batch", "4", "--threads", "1", "--no-baseline"]
+    argv += ["--no-eager-rows", "--compile", "--compile-backend", "eager", "--update-rows", "4", "--channels-last"]
+    assert ddpo_gpu.main([*argv, "--timestep-fraction", "0.5", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows[:3]] == [
+        "+ torch.compile (eager)",
+        "+ 4 rows per training call",
+        "+ channels-last UNet",
+    ]
+    assert [r["rows_per_forward"] for r in rows] == [2, 4, 4, 4]  # default batch / 2; the last value carries on
+    assert [r["channels_last"] for r in rows] == [False, False, True, True]
+    for row in rows:
+        assert "error" not in row, row.get("error")
+        # one optimiser step per epoch with replayed old log-probs: the ratio is exactly 1
+        assert row["diagnostics"]["policy/ratio_mean"] == 1.0 and row["diagnostics"]["policy/clipfrac"] == 0.0
