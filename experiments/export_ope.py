@@ -2,17 +2,35 @@
 
 The logs record which of a product's K generated variants the logging policy showed in which slot, with the
 propensity π_0(a | x, k). The candidate is a generator, not a chooser among those variants, so it is given
-propensities over them by importance resampling (Rubin 1988):
+propensities over them by importance resampling (Rubin 1988), within each (product, slot) cell c = (p, k):
 
     log ρ(v) = ELBO_candidate(v) − ELBO_base(v)          (an estimate of log π_cand(v) / π_base(v))
-    π_e(a | x, k) = π_0(a | x, k) · ρ(v_a)^(1/τ) / Z_p,   Z_p = E_{π_0}[ρ^(1/τ) | product p]
+    π_e(a | x, k) = π_0(a | x, k) · ρ(v_a)^(1/τ) / Z_c,   Z_c = E_{π_0}[ρ^(1/τ) | product p shown in slot k]
 
 i.e. the logging policy's choices re-weighted by how much more likely the candidate is to paint that image than
-the base model: with τ = 1 and many logged variants per product, the re-weighted choice is distributed as the
-candidate's own output (self-normalised importance resampling). The importance weight of a logged impression is
-ρ^(1/τ) / Z_p, so no propensity of an unlogged action is ever needed and the candidate's support lies inside
-the logger's; Z_p is the mean of ρ^(1/τ) over the product's logged impressions (the logger's variant choice
-does not depend on the request, so this mean is consistent). Slot placement stays the logger's.
+the base model: with τ = 1 the re-weighted choice in a cell is the logger's choice for that slot tilted by ρ, and
+where the logger's choice does not depend on the image's content (many base draws, picked uniformly) it is
+distributed as the candidate's own output (self-normalised importance resampling). The
+importance weight of a logged impression is w = ρ^(1/τ) / Z_c, so no propensity of an unlogged action is ever
+needed and the candidate's support lies inside the logger's; Z_c is the mean of ρ^(1/τ) over the cell's logged
+impressions, so the weights average exactly 1 in every cell.
+
+Why the cell is (product, slot) and not the product. The studio's default logger places by rank
+(``offline_data/simulator/logging_policy.py`` ``place``): a variant's slot follows its logging score, so
+P_0(v | p, k) differs between slots, and the slot is part of the context the candidate acts in (the examination
+θ_k multiplies every click). A Z pooled over the product's slots leaves the weights averaging ≠ 1 within a slot
+(a gold-seeking candidate on the studio logs: 0.85 in slot 1, 1.21 in slot 4), i.e. it silently moves
+impressions from one slot to another, and since the click rate depends strongly on the slot the IPS/DR lift is
+biased. Normalising per cell keeps the slot distribution P_0(p, k) the logger's exactly: the candidate only
+re-chooses the variant that fills a slot the logger filled with that product. The estimated value (clicks per
+impression, position-based model) is
+
+    V = Σ_{p,k} P_0(p, k) Σ_v P_0(v | p, k) ρ(v)^(1/τ) / Z_c · θ_k · attr(v).
+
+A cell with one impression gets weight 1: it carries no information about the candidate, and the
+estimate falls back to the logger there; ``thin_cell_share`` (diagnostics) is the share of impressions in cells
+of fewer than :data:`THIN_CELL_IMPRESSIONS`, the part of the log where the estimate is mostly the logger's.
+Under shuffled placement P_0(v | p, k) = P_0(v | p) and the cells only split the same estimate more finely.
 
 ELBO difference. With both chains Gaussian with the same σ_t (DDIM, η > 0), the q terms of the two ELBOs cancel:
 
@@ -216,6 +234,11 @@ class LoggedImpressions:
     """[n] float64 logged π_0 (NaN when not logged)."""
 
 
+THIN_CELL_IMPRESSIONS = 5
+"""A (product, slot) cell with fewer logged impressions than this is thin: its Z_c is the mean of a handful of
+ρ's, and with one impression the weight is 1 (the logger's choice). ``thin_cell_share`` counts their impressions."""
+
+
 def candidate_propensities(
     impressions: LoggedImpressions,
     log_ratio: np.ndarray,
@@ -226,34 +249,46 @@ def candidate_propensities(
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """The candidate's per-impression columns for ``experiments.ope.build_candidate`` (module docstring).
 
+    Within each (product, slot) cell c the weight is w = ρ^(1/τ) / Z_c with Z_c the mean of ρ^(1/τ) over the
+    cell's impressions, so the weights average 1 in every cell; candidate_propensity = min(π_0 · w, 1). The
+    direct method of a row in cell c = (p, k) and segment s is θ_k · mean over c's impressions of w · q̂_s(image)
+    (every segment's rows share the cell's variant choice: the logger's choice does not depend on the segment).
+
     Args:
         impressions: the logged impressions.
-        log_ratio: [U] ELBO log-ratio of each scored image (nats).
+        log_ratio: [U] float ELBO log-ratio of each scored image (nats).
         click: segment -> [U] the reward model's P(click | slot 1) of each image for that segment.
         examination: [S] θ_k of the reward model's click head.
         temperature: τ.
 
     Returns:
-        ``(columns, diagnostics)``: candidate_propensity, dm_prediction, dm_logged ([n] each), and the share of
-        propensities clipped to 1, the largest weight and the products.
+        ``(columns, diagnostics)``: candidate_propensity, dm_prediction, dm_logged ([n] float64 each), and
+        ``clipped_share`` (share of propensities clipped to 1), ``max_weight``, ``weight_ess_fraction`` (Kish ESS
+        of the weights / n), ``products``, ``cells`` (the (product, slot) cells) and ``thin_cell_share`` (share
+        of impressions in cells of fewer than :data:`THIN_CELL_IMPRESSIONS` impressions).
     """
     if np.isnan(impressions.propensity).any():
         raise ValueError("the logs lack propensities: the candidate's propensities re-weight the logged ones")
     scaled = np.asarray(log_ratio, dtype=np.float64)[impressions.image_row] / temperature
-    weights = np.empty_like(scaled)
-    dm_prediction = np.empty_like(scaled)
     theta = np.asarray(examination, dtype=np.float64)[impressions.slot]
     dm_logged = theta * np.array([click[s][r] for s, r in zip(impressions.segment, impressions.image_row)])
-    products = np.unique(impressions.product)
-    for product in products:
-        rows = np.flatnonzero(impressions.product == product)
-        shifted = scaled[rows] - scaled[rows].max()
-        w = np.exp(shifted) / np.exp(shifted).mean()  # ρ / Z_p with Z_p the mean over the product's impressions
-        weights[rows] = w
-        for segment in np.unique(impressions.segment[rows]):
-            mine = rows[impressions.segment[rows] == segment]
-            value = float(np.mean(w * click[segment][impressions.image_row[rows]]))
-            dm_prediction[mine] = value
+    products, product_index = np.unique(impressions.product, return_inverse=True)
+    keys = np.stack([product_index.ravel(), impressions.slot], axis=1)
+    cells, cell = np.unique(keys, axis=0, return_inverse=True)
+    cell = cell.ravel()
+    sizes = np.bincount(cell, minlength=len(cells)).astype(np.float64)
+    # Shift by the cell's largest log-ratio before exp: ρ^(1/τ) overflows for large ratios or small τ, and Z_c
+    # is invariant to a per-cell factor.
+    top = np.full(len(cells), -np.inf)
+    np.maximum.at(top, cell, scaled)
+    tilt = np.exp(scaled - top[cell])
+    weights = tilt / (np.bincount(cell, weights=tilt, minlength=len(cells)) / sizes)[cell]
+    dm_prediction = np.empty_like(scaled)
+    for segment in np.unique(impressions.segment):
+        mine = impressions.segment == segment
+        q = np.asarray(click[segment], dtype=np.float64)[impressions.image_row]
+        cell_value = np.bincount(cell, weights=weights * q, minlength=len(cells)) / sizes
+        dm_prediction[mine] = cell_value[cell[mine]]
     dm_prediction *= theta
     raw = impressions.propensity * weights
     columns = {"candidate_propensity": np.minimum(raw, 1.0), "dm_prediction": dm_prediction, "dm_logged": dm_logged}
@@ -262,6 +297,8 @@ def candidate_propensities(
         "max_weight": float(weights.max()),
         "weight_ess_fraction": float(weights.sum() ** 2 / (weights**2).sum() / weights.size),
         "products": int(products.size),
+        "cells": len(cells),
+        "thin_cell_share": float((sizes[cell] < THIN_CELL_IMPRESSIONS).mean()),
     }
     return columns, diagnostics
 
