@@ -59,7 +59,7 @@ class CandidateOPEConfig:
 
     A generative candidate does not choose among logged images, so it is given propensities over them
     (``experiments/export_ope.py``): the logging policy's choices re-weighted by the candidate's likelihood ratio
-    to the base model, ρ(v) = exp(ELBO_candidate(v) − ELBO_base(v)), normalised per product.
+    to the base model, ρ(v) = exp(ELBO_candidate(v) − ELBO_base(v)), normalised per (product, slot).
     """
 
     logs: Path | None = None

@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="worker processes sharing study.db, each with cores/N torch threads (default: 1, in this process)",
+        help="worker processes sharing study.db, each with cores/N torch threads (default: 1, in this process); on a "
+        "GPU node worker i gets GPU i (round-robin) when run.device is auto or cuda",
     )
     parser.add_argument(
         "--resume",
