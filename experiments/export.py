@@ -38,7 +38,15 @@ import torch
 
 from experiments.config import ConfigError, dump_toml, load_config, to_dict
 from experiments.export_config import ExportConfig
-from experiments.gates import GateResult, audit_gate, check_gates, kl_gate, ope_gate, preservation_gate
+from experiments.gates import (
+    GateResult,
+    audit_gate,
+    check_gates,
+    kl_gate,
+    ope_gate,
+    preservation_gate,
+    recorded_override,
+)
 from experiments.policy_train import PolicyTrainCommandConfig
 from offline_data.errors import BackdropError, InputUnreadableError
 
@@ -161,7 +169,9 @@ def export_candidate(
     for gate in gates:
         logger.info("gate %-12s %s: %s", gate.name, "passed" if gate.passed else "FAILED", gate.message)
     failed = check_gates(gates, override)
-    evidence = GateEvidence(gates, failed, override, measured, ope_result, audit, logs_dir)
+    if override is not None and not failed:
+        logger.warning("every gate passed: --override %r was not needed and is not recorded", override)
+    evidence = GateEvidence(gates, failed, recorded_override(failed, override), measured, ope_result, audit, logs_dir)
 
     files = _write_bundle(out, candidate, run, scorer, world, held_out, sampler, config, evidence, merge=merge)
     manifest = _manifest(run, config, evidence, files)

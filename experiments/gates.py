@@ -171,3 +171,9 @@ def check_gates(results: Sequence[GateResult], override: str | None) -> list[Gat
             "manifest and the model card)"
         )
     return failed
+
+
+def recorded_override(failed: Sequence[GateResult], override: str | None) -> str | None:
+    """The override a bundle records: its reason when it let failed gates through, None when every gate passed
+    (nothing was overridden, so the manifest and card must not say "exported with an override")."""
+    return override if failed else None

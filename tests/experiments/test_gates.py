@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.gates import GateRefusedError, audit_gate, check_gates, kl_gate, ope_gate, preservation_gate
+from experiments.gates import (
+    GateRefusedError,
+    audit_gate,
+    check_gates,
+    kl_gate,
+    ope_gate,
+    preservation_gate,
+    recorded_override,
+)
 
 
 def products(batch: int = 3, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,3 +109,12 @@ def test_check_gates_refuses_or_records_the_override() -> None:
     assert check_gates([audit_gate([])], None) == []
     with pytest.raises(ValueError, match="needs a reason"):
         check_gates(gates, "  ")
+
+
+def test_an_override_is_recorded_only_when_it_let_a_failed_gate_through() -> None:
+    failing = [kl_gate(np.array([10.0]), 5.0), audit_gate([])]
+    passing = [kl_gate(np.array([1.0]), 5.0), audit_gate([])]
+    reason = "accepted by the A/B owner"
+    assert recorded_override(check_gates(failing, reason), reason) == reason
+    assert recorded_override(check_gates(passing, reason), reason) is None
+    assert recorded_override(check_gates(passing, None), None) is None
