@@ -17,6 +17,16 @@ variance. It reports:
 
 :func:`plot_overoptimisation` draws proxy and gold gains against ``eval/kl_nats`` (Gao et al. 2023, "Scaling
 Laws for Reward Model Overoptimization": the proxy keeps rising while gold turns over).
+
+Several processes share one evaluation (:class:`EvaluationProcesses`): the R x K samples, request-major (sample
+i = r K + k has seed ``first_seed + i`` whatever the process count), are cut into contiguous blocks whose sizes
+differ by at most one (:func:`evaluation_share`); each process samples, scores and replays (KL) its block, and the
+per-sample tables (proxy, gold, per-step KL, background dims) and each process's preservation maximum are
+gathered in sample order (:func:`gather_shares`: blocks padded with zeros to ceil(R K / P) rows for a fixed-shape
+gather, the padding dropped after it). Every process then computes the metrics from the same full [R, K] tables,
+so every process returns the same metrics (no broadcast needed) and caches the same base statistics. Only the
+chunking of the sampler and of the KL pass depends on the process count, so the metrics agree with one process's
+to float rounding; one process runs exactly the one-process code path.
 """
 
 from __future__ import annotations
@@ -44,6 +54,11 @@ logger = logging.getLogger(__name__)
 GoldFn = Callable[[torch.Tensor, Sequence[InpaintRequest]], torch.Tensor]
 """``(images [B, 3, H, W] uint8, requests) -> [B]`` hidden engagement (evaluation only)."""
 
+Gather = Callable[[torch.Tensor], torch.Tensor]
+"""``tensor [S, ...] -> [P S, ...]``: every process's tensor, concatenated in process order. A collective call
+(every process calls it, in the same order, with the same shape and dtype), e.g. ``accelerate.Accelerator.gather``
+moved back to the CPU."""
+
 STATE_FORMAT = "backdrop.policy_evaluator"
 
 
@@ -68,15 +83,92 @@ class EvaluationConfig:
             raise ValueError("first_seed must be >= 0 and rows_per_forward >= 1")
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvaluationProcesses:
+    """The processes that share one evaluation: which one this is, how many there are, and the gather between
+    them (see the module docstring). The default is one process, which needs no gather."""
+
+    index: int = 0
+    """This process's rank, 0 .. count - 1."""
+    count: int = 1
+    """Number of processes evaluating together (every one of them calls the evaluator)."""
+    gather: Gather | None = None
+    """The all-gather between them; required when count > 1, unused with one process."""
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(
+                f"process index must be in 0..count - 1 with count >= 1, got {self.index} of {self.count}"
+            )
+        if self.count > 1 and self.gather is None:
+            raise ValueError(f"{self.count} processes need a gather callable")
+
+
+def share_sizes(samples: int, processes: int) -> list[int]:
+    """Samples of each process: ``samples`` cut into ``processes`` contiguous blocks, sizes differing by <= 1."""
+    if samples < 0 or processes < 1:
+        raise ValueError(f"need samples >= 0 and processes >= 1, got {samples} and {processes}")
+    bounds = [p * samples // processes for p in range(processes + 1)]
+    return [bounds[p + 1] - bounds[p] for p in range(processes)]
+
+
+def evaluation_share(samples: int, processes: int, index: int) -> range:
+    """Indices of the samples process ``index`` evaluates: floor(p N / P) .. floor((p + 1) N / P) - 1.
+
+    Contiguous, so the blocks gathered in process order are the samples in their own order; balanced, so no
+    process waits for more than one extra sample (a process gets none when N < P).
+    """
+    if not 0 <= index < processes:
+        raise ValueError(f"process index must be in 0..{processes - 1}, got {index}")
+    sizes = share_sizes(samples, processes)
+    start = sum(sizes[:index])
+    return range(start, start + sizes[index])
+
+
+def gather_shares(local: torch.Tensor, samples: int, processes: EvaluationProcesses) -> torch.Tensor:
+    """Every process's block of a per-sample table, put together in sample order: ``[n_p, ...] -> [N, ...]``.
+
+    Blocks differ in size by one at most; each is padded with zeros to ceil(N / P) rows so that the gather sees the
+    same shape on every process, and the padding rows are dropped from the gathered table. Dtype is kept.
+
+    Raises:
+        ValueError: ``local`` does not have this process's number of rows, or the gather returned the wrong rows.
+    """
+    sizes = share_sizes(samples, processes.count)
+    if local.ndim < 1 or local.shape[0] != sizes[processes.index]:
+        raise ValueError(
+            f"process {processes.index} holds {sizes[processes.index]} of {samples} samples but its table is "
+            f"{list(local.shape)}"
+        )
+    if processes.count == 1:
+        return local
+    assert processes.gather is not None  # EvaluationProcesses checks it
+    width = max(sizes)
+    padded = torch.zeros((width, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
+    gathered = processes.gather(padded)
+    if gathered.shape != (width * processes.count, *local.shape[1:]):
+        raise ValueError(
+            f"gather returned {list(gathered.shape)}, expected {[width * processes.count, *local.shape[1:]]}"
+        )
+    return torch.cat([gathered[p * width : p * width + size] for p, size in enumerate(sizes)])
+
+
+ONE_PROCESS = EvaluationProcesses()
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class EvaluationSamples:
-    """What one evaluation sampled: R requests x K seeds, request-major."""
+    """What one evaluation sampled: R requests x K seeds, request-major (every process's, except the rollout)."""
 
-    rollout: Rollout
+    rollout: Rollout | None
+    """This process's samples (:meth:`PolicyEvaluator.share`); None when its share is empty."""
     proxy: torch.Tensor
     """``[R, K]`` float32 proxy rewards."""
     gold: torch.Tensor | None
     """``[R, K]`` float64 gold (None without a gold function)."""
+    preservation_max_abs_diff: float
+    """Largest product-pixel difference of any sample (0: the sampler refuses anything else)."""
 
 
 def within_request_sd(values: torch.Tensor) -> float:
@@ -141,41 +233,89 @@ class PolicyEvaluator:
         """(R, K)."""
         return len(self.requests), self.config.seeds_per_request
 
-    def sample(self, policy: InpaintPolicy) -> EvaluationSamples:
-        """Sample every (request, seed) with ``policy`` as it is (wrap in ``policy.reference()`` for the base)."""
+    def share(self, processes: EvaluationProcesses = ONE_PROCESS) -> tuple[list[InpaintRequest], list[int]]:
+        """The (request, seed) pairs this process samples: its block (:func:`evaluation_share`) of the R x K
+        request-major samples, where request r's k-th sample has seed ``first_seed + r K + k``."""
         count, k = self.shape
         expanded, seeds = expand_requests(self.requests, k, self.config.first_seed)
-        rollout = sample_trajectories(policy, expanded, seeds, self.sampler)
-        if not rollout.preservation.ok:
-            raise PreservationError(f"evaluation samples changed product pixels: {rollout.preservation.describe()}")
-        proxy, _, _ = score_rewards(self.reward_fn, rollout.images, expanded)
-        gold = None
-        if self.gold_fn is not None:
-            gold = torch.as_tensor(self.gold_fn(rollout.images, expanded), dtype=torch.float64).reshape(count, k)
-        return EvaluationSamples(rollout=rollout, proxy=proxy.reshape(count, k), gold=gold)
+        block = evaluation_share(count * k, processes.count, processes.index)
+        return expanded[block.start : block.stop], seeds[block.start : block.stop]
 
-    def base(self, policy: InpaintPolicy) -> dict[str, torch.Tensor]:
-        """Proxy and gold of the base model's samples (adapters disabled), computed once and cached."""
+    def sample(self, policy: InpaintPolicy, processes: EvaluationProcesses = ONE_PROCESS) -> EvaluationSamples:
+        """Sample this process's share with ``policy`` as it is (wrap in ``policy.reference()`` for the base) and
+        gather every process's scores (a collective call with several processes).
+
+        Raises:
+            PreservationError: a sample of any process changed a product pixel (raised on every process, so none
+                waits at a later gather).
+        """
+        count, k = self.shape
+        requests, seeds = self.share(processes)
+        rollout, preservation = None, None
+        if requests:
+            rollout = sample_trajectories(policy, requests, seeds, self.sampler)
+            preservation = rollout.preservation
+        if processes.count == 1:
+            if preservation is not None and not preservation.ok:
+                raise PreservationError(f"evaluation samples changed product pixels: {preservation.describe()}")
+            max_abs_diff = 0.0 if preservation is None else float(preservation.max_abs_diff)
+        else:
+            assert processes.gather is not None  # EvaluationProcesses checks it
+            local = (
+                [0.0, 0.0] if preservation is None else [float(preservation.max_abs_diff), float(not preservation.ok)]
+            )
+            everyone = processes.gather(torch.tensor([local], dtype=torch.float64))  # [P, 2]
+            failed = torch.nonzero(everyone[:, 1] > 0).flatten().tolist()
+            if failed:
+                mine = f"; this process's: {preservation.describe()}" if processes.index in failed else ""
+                raise PreservationError(f"evaluation samples of process(es) {failed} changed product pixels{mine}")
+            max_abs_diff = float(everyone[:, 0].max())
+        proxy = torch.zeros(0, dtype=torch.float32)
+        gold = torch.zeros(0, dtype=torch.float64)
+        if rollout is not None:
+            proxy, _, _ = score_rewards(self.reward_fn, rollout.images, requests)
+            if self.gold_fn is not None:
+                gold = torch.as_tensor(self.gold_fn(rollout.images, requests), dtype=torch.float64).reshape(-1)
+        proxy = gather_shares(proxy, count * k, processes).reshape(count, k)
+        gathered_gold = None
+        if self.gold_fn is not None:
+            gathered_gold = gather_shares(gold, count * k, processes).reshape(count, k)
+        return EvaluationSamples(
+            rollout=rollout, proxy=proxy, gold=gathered_gold, preservation_max_abs_diff=max_abs_diff
+        )
+
+    def base(self, policy: InpaintPolicy, processes: EvaluationProcesses = ONE_PROCESS) -> dict[str, torch.Tensor]:
+        """Proxy and gold ``[R, K]`` of the base model's samples (adapters disabled), computed once and cached; with
+        several processes each samples its share and every process caches the full tables."""
         if self._base is None:
             with policy.reference():
-                samples = self.sample(policy)
+                samples = self.sample(policy, processes)
             self._base = {"proxy": samples.proxy}
             if samples.gold is not None:
                 self._base["gold"] = samples.gold
         return self._base
 
-    def evaluate(self, policy: InpaintPolicy) -> dict[str, float]:
-        """Metrics of ``policy`` on the held-out requests (module docstring)."""
-        base = self.base(policy)
-        samples = self.sample(policy)
-        kl = stepwise_kl(policy, samples.rollout.trajectory, self.config.rows_per_forward)  # [R K, T]
-        kl_nats = kl.sum(dim=1) * background_dims(samples.rollout.trajectory)
+    def evaluate(self, policy: InpaintPolicy, processes: EvaluationProcesses = ONE_PROCESS) -> dict[str, float]:
+        """Metrics of ``policy`` on the held-out requests (module docstring); with several processes every process
+        calls it and gets the same metrics."""
+        base = self.base(policy, processes)
+        samples = self.sample(policy, processes)
+        count, k = self.shape
+        if samples.rollout is None:
+            kl_share = torch.zeros(0, self.sampler.num_steps, dtype=torch.float32)
+            dims_share = torch.zeros(0, dtype=torch.float32)
+        else:
+            trajectory = samples.rollout.trajectory
+            kl_share = stepwise_kl(policy, trajectory, self.config.rows_per_forward)  # [n, T]
+            dims_share = background_dims(trajectory)  # [n]
+        kl = gather_shares(kl_share, count * k, processes)  # [R K, T]
+        kl_nats = kl.sum(dim=1) * gather_shares(dims_share, count * k, processes)
         metrics = {
             "eval/proxy_mean": float(samples.proxy.mean()),
             "eval/proxy_std": float(samples.proxy.std()),
             "eval/kl_step": float(kl.mean()),
             "eval/kl_nats": float(kl_nats.mean()),
-            "eval/preservation_max_abs_diff": float(samples.rollout.preservation.max_abs_diff),
+            "eval/preservation_max_abs_diff": samples.preservation_max_abs_diff,
         }
         proxy_gain = paired_gain(samples.proxy, base["proxy"], within_request_sd(base["proxy"]))
         metrics["eval/proxy_gain_sd"] = proxy_gain["gain_sd"]

@@ -50,7 +50,7 @@ from offline_data.errors import PreservationError
 from policy.acceleration import accelerate
 from policy.advantages import RequestStatTracker, clip_advantages
 from policy.checkpoint import load_checkpoint, save_checkpoint
-from policy.evaluation import PolicyEvaluator, plot_overoptimisation
+from policy.evaluation import EvaluationProcesses, PolicyEvaluator, plot_overoptimisation
 from policy.kl_control import KLController
 from policy.losses import clipped_policy_loss, gaussian_kl
 from policy.model import InpaintPolicy
@@ -474,14 +474,19 @@ class DDPOTrainer:
     # Evaluation, logging, checkpoints
 
     def _evaluate(self) -> dict[str, float]:
-        """Held-out metrics (main process only; others wait), CPU time not charged to training."""
-        metrics: dict[str, float] = {}
-        if self.evaluator is not None and self.is_main_process:
-            started = time.perf_counter()
-            metrics = self.evaluator.evaluate(self.policy)
-            metrics["time/eval_s"] = time.perf_counter() - started
-        if self.accelerator is not None:
-            self.accelerator.wait_for_everyone()
+        """Held-out metrics, CPU time not charged to training. Every process samples and replays its share of the
+        evaluation's (request, seed) samples; the per-sample tables are gathered (:meth:`_gather`) and every process
+        computes the same metrics from them (``policy.evaluation``), so every rank's history holds them."""
+        if self.evaluator is None:
+            return {}
+        processes = EvaluationProcesses(
+            index=self.process_index,
+            count=self.num_processes,
+            gather=self._gather if self.num_processes > 1 else None,
+        )
+        started = time.perf_counter()
+        metrics = self.evaluator.evaluate(self.policy, processes)
+        metrics["time/eval_s"] = time.perf_counter() - started
         return metrics
 
     def _log(self, record: dict[str, float]) -> None:

@@ -1,8 +1,10 @@
-"""Several processes train what one process trains with the same global batch.
+"""Several processes train what one process trains with the same global batch, and evaluate what one evaluates.
 
 Fast: the per-process shares of requests, seeds and minibatch rows (a stand-in accelerator that only has a process
-index) put together are the one-process draws of the global batch. Slow: two CPU processes (torchrun, gloo) end with
-the adapter, the optimiser steps and the metrics of one process given twice the requests and samples per step.
+index) put together are the one-process draws of the global batch; threads standing in for processes (a barrier
+all-gather) share one evaluation and every one gets the one-process metrics. Slow: two CPU processes (torchrun,
+gloo) end with the adapter, the optimiser steps and the metrics (held-out evaluation included) of one process given
+twice the requests and samples per step, and evaluate a fixed adapter as one process does.
 """
 
 from __future__ import annotations
@@ -11,15 +13,21 @@ import dataclasses
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from policy.evaluation import EvaluationConfig, PolicyEvaluator
+from policy.model import InpaintPolicy
 from policy.trainer import DDPOTrainer
 from policy.trainer_config import DDPOConfig, OptimConfig
-from tests.policy.test_trainer import red_background, tiny_config, tiny_policy, tiny_requests
+from rollout.request import InpaintRequest
+from tests.policy.test_trainer import SAMPLER, red_background, tiny_config, tiny_policy, tiny_requests
 
 
 @dataclasses.dataclass
@@ -67,6 +75,90 @@ def test_process_shares_put_together_are_the_one_process_draws() -> None:
                 for p, (r, _) in enumerate(parts):
                     global_order = [(int(s), int(t)) for s, t in zip(rows.sample, rows.step) if 4 * p <= s < 4 * p + 4]
                     assert [(int(s) + 4 * p, int(t)) for s, t in zip(r.sample, r.step)] == global_order
+
+
+def green_background(images: torch.Tensor, requests: Sequence[InpaintRequest]) -> torch.Tensor:
+    """A stand-in gold that is not the proxy: mean green minus mean blue over the background, float64."""
+    background = (~torch.stack([r.product_mask for r in requests])).double()
+    diff = (images[:, 1].double() - images[:, 2].double()) / 255.0
+    return (diff * background).sum(dim=(1, 2)) / background.sum(dim=(1, 2))
+
+
+def held_out_evaluator(*, one_by_one: bool = False) -> PolicyEvaluator:
+    """3 requests x 3 seeds (9 samples: not divisible by 2 or 4 processes) with a gold that is not the proxy.
+
+    ``one_by_one`` samples and replays one sample / row per UNet call, so the chunking (the one thing the process
+    count changes) cannot change a bit.
+    """
+    sampler = dataclasses.replace(SAMPLER, batch_size=1) if one_by_one else SAMPLER
+    return PolicyEvaluator(
+        tiny_requests(3, offset=60), reward_fn=red_background, gold_fn=green_background, sampler=sampler,
+        config=EvaluationConfig(seeds_per_request=3, rows_per_forward=1 if one_by_one else 6),
+    )  # fmt: skip
+
+
+def moved_policy() -> InpaintPolicy:
+    """The tiny policy with its LoRA weights moved by a seeded step, so the KL to the base and the gains are not 0."""
+    policy = tiny_policy()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in policy.trainable_parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    return policy
+
+
+class ThreadGroup:
+    """An all-gather between threads that stand in for processes (each holds its own policy and evaluator)."""
+
+    def __init__(self, count: int) -> None:
+        self.barrier = threading.Barrier(count, timeout=60)
+        self.slots: list[torch.Tensor | None] = [None] * count
+        self.calls = [0] * count
+
+    def gather(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
+        self.slots[index] = tensor.clone()
+        self.calls[index] += 1
+        self.barrier.wait()
+        gathered = torch.cat([slot for slot in self.slots if slot is not None])
+        self.barrier.wait()  # no thread overwrites its slot before every thread has read them all
+        return gathered
+
+
+@dataclasses.dataclass
+class ThreadAccelerator:
+    """The parts of an ``accelerate.Accelerator`` the trainer's evaluation uses."""
+
+    process_index: int
+    num_processes: int
+    group: ThreadGroup
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.group.gather(self.process_index, tensor)
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_share_one_evaluation_and_all_get_the_one_process_metrics(processes: int) -> None:
+    one = DDPOTrainer(moved_policy(), red_background, tiny_requests(8), per_process(1), seed=0,
+                      evaluator=held_out_evaluator(one_by_one=True))  # fmt: skip
+    expected = {k: v for k, v in one._evaluate().items() if k != "time/eval_s"}
+    assert expected["eval/kl_nats"] > 0 and expected["gold/gain"] != 0  # the adapter moved the samples
+
+    group = ThreadGroup(processes)
+    trainers = [
+        DDPOTrainer(moved_policy(), red_background, tiny_requests(8), per_process(processes), seed=0,
+                    evaluator=held_out_evaluator(one_by_one=True), accelerator=ThreadAccelerator(p, processes, group))
+        for p in range(processes)
+    ]  # fmt: skip
+    with ThreadPoolExecutor(max_workers=processes) as pool:
+        results = list(pool.map(lambda trainer: trainer._evaluate(), trainers))
+    # Every process made the same gathers (preservation and scores of the base, then of the policy, then the KL).
+    assert group.calls == [group.calls[0]] * processes and group.calls[0] == 8
+    # 9 samples in blocks of 4/5 (or 2/2/2/3), one UNet call per sample and row as with one process: put together in
+    # the right order, the tables are the one-process tables bit for bit, so are the metrics on every process, and
+    # every process caches the full base tables.
+    for trainer, result in zip(trainers, results):
+        assert {k: v for k, v in result.items() if k != "time/eval_s"} == expected
+        assert trainer.evaluator.state_dict() == one.evaluator.state_dict()
 
 
 def test_the_training_pool_must_cover_every_process() -> None:

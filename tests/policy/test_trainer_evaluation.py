@@ -15,11 +15,15 @@ from offline_data.simulator import SimulatorConfig, StudioWorld, WorldConfig
 from offline_data.splits import assign
 from policy.evaluation import (
     EvaluationConfig,
+    EvaluationProcesses,
     PolicyEvaluator,
     best_of_n,
     best_of_n_kl_bound,
+    evaluation_share,
+    gather_shares,
     paired_gain,
     plot_overoptimisation,
+    share_sizes,
     within_request_sd,
 )
 from policy.studio import StudioGold, StudioRequestsConfig, studio_requests
@@ -124,3 +128,63 @@ def test_studio_gold_uses_the_exact_mask_and_the_request_segment(small_world: St
     stranger = tiny_requests(1)[0]
     with pytest.raises(ValueError, match="not in the studio world"):
         StudioGold(small_world)(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), [stranger])
+
+
+@pytest.mark.parametrize(("samples", "processes"), [(8, 1), (8, 2), (9, 2), (10, 4), (4, 3), (3, 5), (0, 2)])
+def test_process_shares_are_balanced_blocks_that_cover_every_sample_once(samples: int, processes: int) -> None:
+    shares = [evaluation_share(samples, processes, p) for p in range(processes)]
+    assert [i for share in shares for i in share] == list(range(samples))  # in order, each exactly once
+    sizes = [len(share) for share in shares]
+    assert sizes == share_sizes(samples, processes) and max(sizes) - min(sizes) <= 1
+    # Gathering: each process pads its block to ceil(N / P) rows; the padding must not reach the gathered table.
+    table = torch.arange(1, samples + 1, dtype=torch.float64)[:, None].expand(-1, 3)  # no zero row anywhere
+    width = max(sizes)
+    blocks = [torch.zeros(width, 3, dtype=torch.float64) for _ in shares]
+    for block, share in zip(blocks, shares):
+        block[: len(share)] = table[share.start : share.stop]
+    for p, share in enumerate(shares):
+
+        def gather(padded: torch.Tensor, p: int = p) -> torch.Tensor:
+            assert torch.equal(padded, blocks[p])  # this process's block, zero-padded to the common width
+            return torch.cat(blocks)
+
+        processes_view = EvaluationProcesses(index=p, count=processes, gather=gather if processes > 1 else None)
+        got = gather_shares(table[share.start : share.stop], samples, processes_view)
+        assert torch.equal(got, table) and got.dtype == torch.float64
+
+
+def test_evaluator_share_is_the_request_major_block_with_fixed_seeds() -> None:
+    evaluator = PolicyEvaluator(
+        tiny_requests(3), reward_fn=red_background, gold_fn=None, sampler=SAMPLER,
+        config=EvaluationConfig(seeds_per_request=3, first_seed=100),
+    )  # fmt: skip
+    pairs = []
+    for p in range(2):
+        requests, seeds = evaluator.share(EvaluationProcesses(index=p, count=2, gather=torch.clone))
+        pairs.append(list(zip([r.request_id for r in requests], seeds)))
+    # 9 samples over 2 processes: 4 and 5; request r's k-th sample has seed 100 + 3 r + k whoever samples it.
+    assert [len(share) for share in pairs] == [4, 5]
+    assert pairs[0] + pairs[1] == [(f"r{r}", 100 + 3 * r + k) for r in range(3) for k in range(3)]
+    one_requests, one_seeds = evaluator.share()
+    assert list(zip([r.request_id for r in one_requests], one_seeds)) == pairs[0] + pairs[1]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"index": 2, "count": 2}, r"process index must be in 0..count - 1 with count >= 1, got 2 of 2"),
+        ({"index": 0, "count": 0}, "got 0 of 0"),
+        ({"index": 1, "count": 2}, "2 processes need a gather callable"),
+    ],
+)
+def test_evaluation_processes_refuse_bad_values(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EvaluationProcesses(**changes)
+
+
+def test_gather_shares_refuses_a_table_of_the_wrong_length() -> None:
+    view = EvaluationProcesses(index=1, count=2, gather=torch.clone)
+    with pytest.raises(ValueError, match=r"process 1 holds 5 of 9 samples but its table is \[4\]"):
+        gather_shares(torch.zeros(4), 9, view)
+    with pytest.raises(ValueError, match=r"gather returned \[5\], expected \[10\]"):
+        gather_shares(torch.zeros(5), 9, view)  # a gather that returned only this process's rows
