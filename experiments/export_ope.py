@@ -124,7 +124,6 @@ def forward_chain(
     return torch.stack(chain, dim=1).float(), torch.stack(means, dim=1).float()
 
 
-@torch.no_grad()
 def elbo_log_ratios(
     policy: InpaintPolicy,
     pixels: torch.Tensor,
@@ -139,6 +138,8 @@ def elbo_log_ratios(
 ) -> np.ndarray:
     """ELBO_candidate − ELBO_base of each image, in nats (module docstring): [N] float64.
 
+    The mean over draws of :func:`elbo_log_ratio_draws` (same arguments).
+
     Args:
         policy: the candidate (its adapter on); the base is the same policy inside ``policy.reference()``.
         pixels: [N, 3, H, W] uint8 logged images.
@@ -147,6 +148,31 @@ def elbo_log_ratios(
         sampler: steps, η and guidance of the candidate's sampler (the transitions are the sampler's).
         draws: forward-noising draws averaged per image.
         seed: seeds the draws (image n, draw d uses the generator seeded with (seed, d, n)).
+    """
+    per_draw = elbo_log_ratio_draws(
+        policy, pixels, masks, prompts, sampler, draws=draws, seed=seed, batch_size=batch_size, progress=progress
+    )
+    return per_draw.mean(axis=1)
+
+
+@torch.no_grad()
+def elbo_log_ratio_draws(
+    policy: InpaintPolicy,
+    pixels: torch.Tensor,
+    masks: torch.Tensor,
+    prompts: Sequence[str],
+    sampler: SamplerConfig,
+    *,
+    draws: int,
+    seed: int,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> np.ndarray:
+    """Each forward-noising draw's ELBO log-ratio of each image, in nats: [N, draws] float64.
+
+    Column d is draw d of :func:`elbo_log_ratios` with the same seed, so the first n columns' mean is its value
+    at ``draws = n``; the spread over columns measures its Monte Carlo noise (``experiments/bench/
+    export_ope_fidelity.py``). Arguments as :func:`elbo_log_ratios`.
     """
     if pixels.dtype != torch.uint8 or pixels.ndim != 4 or masks.shape != (pixels.shape[0], *pixels.shape[2:]):
         raise ValueError(
@@ -159,7 +185,9 @@ def elbo_log_ratios(
     scheduler.set_timesteps(sampler.num_steps, device=device)
     timesteps = scheduler.timesteps.long()
     steps = timesteps.shape[0]
-    out = np.zeros(pixels.shape[0], dtype=np.float64)
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    out = np.zeros((pixels.shape[0], draws), dtype=np.float64)
     chunks = range(0, pixels.shape[0], batch_size)
     for start in tqdm(chunks, desc="candidate ELBO ratios", unit="batch", disable=not progress):
         stop = min(start + batch_size, pixels.shape[0])
@@ -210,7 +238,7 @@ def elbo_log_ratios(
                 with policy.reference():
                     base = replay_rows(policy, trajectory, part, target).log_prob
                 difference.index_add_(0, part.sample, (candidate - base).double().cpu())
-            out[start:stop] += (difference * background_dims).numpy() / draws
+            out[start:stop, draw] = (difference * background_dims).numpy()
     return out
 
 
@@ -320,21 +348,39 @@ class CandidateOPE:
     """image_id -> ELBO log-ratio (nats)."""
 
 
-def evaluate_candidate(
-    policy: InpaintPolicy,
-    scorer,
-    logs_dir: Path,
-    config: CandidateOPEConfig,
-    sampler: SamplerConfig,
-    *,
-    progress: bool = False,
-) -> CandidateOPE:
-    """Off-policy estimate of the candidate's clicks on the logs in ``logs_dir`` (module docstring).
+@dataclasses.dataclass(frozen=True, eq=False)
+class OPELogs:
+    """The logs a candidate is evaluated on, read once: what does not depend on the candidate."""
+
+    log: object
+    """``experiments.ope`` impression log (the logging policy's clicks and propensities)."""
+    source: Path
+    """The impressions file read."""
+    impressions: LoggedImpressions
+    event_ids: np.ndarray
+    """[n] event ids of the impressions (object), in ``impressions``' order."""
+    image_ids: list[str]
+    """[U] ids of the shown images (the rows ``impressions.image_row`` points at)."""
+    pixels: torch.Tensor
+    """[U, 3, H, W] uint8 the shown images."""
+    masks: torch.Tensor
+    """[U, H, W] bool their product masks."""
+    prompts: list[str]
+    """U prompts the images were generated from ("" when not logged)."""
+    click: dict[str, np.ndarray]
+    """segment -> [U] float64 the reward model's P(click | slot 1) of each image."""
+    examination: np.ndarray
+    """[S] float64 θ_k of the reward model's click head."""
+
+
+def load_ope_logs(logs_dir: Path, scorer) -> OPELogs:
+    """Read the impressions and shown images of ``logs_dir`` and score them with the reward model's click head.
 
     Raises:
-        OPEUnavailableError: the logs lack propensities or images.
-        OverlapError / MissingPropensityError: ``experiments.ope.evaluate`` refuses (poor overlap).
+        OPEUnavailableError: the logs lack propensities, or use a slot the reward model does not know.
     """
+    import pyarrow.parquet as pq
+
     from experiments.ope_inputs import load_impressions
     from offline_data.outputs import accepted_path
     from reward.data import load_reward_data
@@ -342,12 +388,10 @@ def evaluate_candidate(
 
     with tempfile.TemporaryDirectory(prefix="backdrop-export-ope-") as workdir:
         inputs = load_impressions(logs_dir, Path(workdir) / "validated")
-        import pyarrow.parquet as pq
-
         table = pq.read_table(accepted_path(Path(workdir) / "validated", "impressions"))
     columns = {
         name: table.column(name).to_numpy(zero_copy_only=False)
-        for name in ("image_id", "product_id", "segment", "position")
+        for name in ("event_id", "image_id", "product_id", "segment", "position")
     }
     propensity = (
         table.column("propensity").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -364,20 +408,8 @@ def evaluate_candidate(
     pixels = data.images.pixels[torch.from_numpy(used)]
     masks = data.images.masks[torch.from_numpy(used)]
     prompts = [data.images.prompts[i] or "" for i in used.tolist()]
-    log_ratio = elbo_log_ratios(
-        policy,
-        pixels,
-        masks,
-        prompts,
-        sampler,
-        draws=config.elbo_draws,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        progress=progress,
-    )
-    segments = sorted(set(columns["segment"].tolist()))
     click = {}
-    for segment in segments:
+    for segment in sorted(set(columns["segment"].tolist())):
         requests = [
             ScoringRequest(segment=segment, prompt=prompts[j], product_kind=data.images.kinds[i])
             for j, i in enumerate(used.tolist())
@@ -390,24 +422,81 @@ def evaluate_candidate(
         slot=columns["position"].astype(np.int64) - 1,
         propensity=propensity,
     )
-    examination = scorer.ensemble.examination().cpu().numpy()
+    examination = scorer.ensemble.examination().cpu().numpy().astype(np.float64)
     if impressions.slot.max() >= examination.size:
         raise OPEUnavailableError(
             f"{inputs.path}: impressions use slot {impressions.slot.max() + 1}, the reward model knows "
             f"{examination.size}"
         )
-    values, diagnostics = candidate_propensities(
-        impressions, log_ratio, click, examination, temperature=config.ratio_temperature
+    return OPELogs(
+        log=inputs.log,
+        source=Path(inputs.path),
+        impressions=impressions,
+        event_ids=np.asarray(columns["event_id"], dtype=object),
+        image_ids=[data.images.image_ids[i] for i in used.tolist()],
+        pixels=pixels,
+        masks=masks,
+        prompts=prompts,
+        click=click,
+        examination=examination,
     )
-    candidate = build_candidate(inputs.log, name="candidate", source=str(inputs.path), **values)
-    report = evaluate(inputs.log, candidate, config.ope, seed=config.seed)
+
+
+def estimate_candidate(logs: OPELogs, log_ratio: np.ndarray, config: CandidateOPEConfig) -> CandidateOPE:
+    """The OPE report of a candidate whose ELBO log-ratios on ``logs.image_ids`` are ``log_ratio`` ([U] nats).
+
+    Uses ``config.ratio_temperature``, ``config.ope`` and ``config.seed`` (bootstrap); ``config.elbo_draws`` is
+    only recorded. Separate from :func:`elbo_log_ratios` so one set of ratios can be evaluated at several τ.
+    """
+    log_ratio = np.asarray(log_ratio, dtype=np.float64)
+    if log_ratio.shape != (len(logs.image_ids),):
+        raise ValueError(
+            f"log_ratio must be [{len(logs.image_ids)}] (one per shown image), got {list(log_ratio.shape)}"
+        )
+    values, diagnostics = candidate_propensities(
+        logs.impressions, log_ratio, logs.click, logs.examination, temperature=config.ratio_temperature
+    )
+    candidate = build_candidate(logs.log, name="candidate", source=str(logs.source), **values)
+    report = evaluate(logs.log, candidate, config.ope, seed=config.seed)
     diagnostics |= {
-        "logs": str(inputs.path),
-        "images": int(used.size),
+        "logs": str(logs.source),
+        "images": len(logs.image_ids),
         "log_ratio_mean": float(log_ratio.mean()),
         "log_ratio_sd": float(log_ratio.std()),
         "elbo_draws": config.elbo_draws,
         "ratio_temperature": config.ratio_temperature,
     }
-    ratios = {data.images.image_ids[i]: float(r) for i, r in zip(used.tolist(), log_ratio)}
+    ratios = {image_id: float(r) for image_id, r in zip(logs.image_ids, log_ratio)}
     return CandidateOPE(report=report, candidate=candidate, diagnostics=diagnostics, log_ratio=ratios)
+
+
+def evaluate_candidate(
+    policy: InpaintPolicy,
+    scorer,
+    logs_dir: Path,
+    config: CandidateOPEConfig,
+    sampler: SamplerConfig,
+    *,
+    progress: bool = False,
+) -> CandidateOPE:
+    """Off-policy estimate of the candidate's clicks on the logs in ``logs_dir`` (module docstring).
+
+    :func:`load_ope_logs`, then :func:`elbo_log_ratios` of the shown images, then :func:`estimate_candidate`.
+
+    Raises:
+        OPEUnavailableError: the logs lack propensities or images.
+        OverlapError / MissingPropensityError: ``experiments.ope.evaluate`` refuses (poor overlap).
+    """
+    logs = load_ope_logs(logs_dir, scorer)
+    log_ratio = elbo_log_ratios(
+        policy,
+        logs.pixels,
+        logs.masks,
+        logs.prompts,
+        sampler,
+        draws=config.elbo_draws,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        progress=progress,
+    )
+    return estimate_candidate(logs, log_ratio, config)

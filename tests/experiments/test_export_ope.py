@@ -15,6 +15,7 @@ from experiments.export_ope import (
     THIN_CELL_IMPRESSIONS,
     LoggedImpressions,
     candidate_propensities,
+    elbo_log_ratio_draws,
     elbo_log_ratios,
     forward_chain,
 )
@@ -87,6 +88,28 @@ def test_a_fresh_adapter_has_a_zero_log_ratio(studio_images: dict) -> None:
         seed=0,
     )
     assert np.array_equal(ratio, np.zeros(4))
+
+
+def test_the_per_draw_columns_are_the_draws_the_mean_averages(studio_images: dict) -> None:
+    """Column d is draw d of elbo_log_ratios with the same seed: the first n columns' mean is its draws=n value."""
+    from policy.model import InpaintPolicy
+
+    policy = InpaintPolicy.studio_base(lora=LoraConfig())
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in policy.trainable_parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    args = (policy, studio_images["pixels"][:3], studio_images["masks"][:3], studio_images["prompts"][:3], SAMPLER)
+    # The same batch size everywhere: float32 convolutions round differently with another batch composition.
+    per_draw = elbo_log_ratio_draws(*args, draws=3, seed=4, batch_size=2)
+    assert per_draw.shape == (3, 3) and per_draw.dtype == np.float64
+    assert np.array_equal(elbo_log_ratios(*args, draws=1, seed=4, batch_size=2), per_draw[:, 0])
+    np.testing.assert_allclose(
+        elbo_log_ratios(*args, draws=2, seed=4, batch_size=2), per_draw[:, :2].mean(axis=1), rtol=1e-12
+    )
+    assert np.all(per_draw.std(axis=1) > 0)  # the draws differ: there is Monte Carlo noise to average
+    with pytest.raises(ValueError, match="draws must be >= 1"):
+        elbo_log_ratio_draws(*args, draws=0, seed=4)
 
 
 def test_the_log_ratio_points_at_the_model_that_painted_the_image(studio_images: dict) -> None:
