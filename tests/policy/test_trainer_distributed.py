@@ -176,13 +176,17 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 from policy.trainer import DDPOTrainer
 from tests.policy.test_trainer import red_background, tiny_policy, tiny_requests
-from tests.policy.test_trainer_distributed import per_process
+from tests.policy.test_trainer_distributed import held_out_evaluator, moved_policy, per_process
 
 processes = int(sys.argv[1])
 accelerator = Accelerator(cpu=True) if processes > 1 else None
-trainer = DDPOTrainer(tiny_policy(), red_background, tiny_requests(6), per_process(processes, epochs=3), seed=0,
-                      accelerator=accelerator)
+trainer = DDPOTrainer(tiny_policy(), red_background, tiny_requests(6), per_process(processes, epochs=3, eval_every=3),
+                      seed=0, evaluator=held_out_evaluator(), accelerator=accelerator)
 history = trainer.train()
+# The same adapter everywhere (a seeded move), so the evaluation's distribution is all that differs.
+fixed = DDPOTrainer(moved_policy(), red_background, tiny_requests(6), per_process(processes), seed=0,
+                    evaluator=held_out_evaluator(), accelerator=accelerator)
+fixed_eval = fixed._evaluate()
 weights = torch.cat([p.detach().flatten() for p in trainer.params])
 rank = 0 if accelerator is None else accelerator.process_index
 if accelerator is not None:
@@ -192,7 +196,7 @@ else:
     same = True
 save_file({{"weights": weights.contiguous()}}, {out!r} + f"/weights_{{processes}}_{{rank}}.safetensors")
 with open({out!r} + f"/history_{{processes}}_{{rank}}.json", "w") as handle:
-    json.dump({{"history": history, "same_on_every_process": same}}, handle)
+    json.dump({{"history": history, "same_on_every_process": same, "fixed_eval": fixed_eval}}, handle)
 """
 
 
@@ -232,12 +236,50 @@ def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(
     def comparable(key: str) -> list[dict[str, float]]:
         return [{k: v for k, v in h.items() if not k.startswith("time/")} for h in histories[key]["history"]]
 
+    def held_out(name: str) -> bool:
+        return name.startswith(("eval/", "gold/"))
+
     expected = comparable("1_0")
-    assert [h["policy/optimizer_steps"] for h in expected] == [4.0, 8.0, 12.0]  # 2 inner epochs x 2 minibatches
+    assert [h["epoch"] for h in expected] == [0.0, 1.0, 2.0, 3.0]  # evaluations before epoch 1 and after epoch 3
+    assert [h.get("policy/optimizer_steps") for h in expected] == [None, 4.0, 8.0, 12.0]  # 2 inner x 2 minibatches
+    assert all(held_out(name) for name in expected[0] if name != "epoch") and "gold/gain" in expected[3]
     for key in ("2_0", "2_1"):
         got = comparable(key)
-        assert [sorted(h) for h in got] == [sorted(h) for h in expected]
-        for epoch, (record, reference) in enumerate(zip(got, expected)):
-            rel = 1e-6 if epoch == 0 else 1e-3
+        assert [sorted(h) for h in got] == [sorted(h) for h in expected]  # both ranks hold the evaluation metrics
+        for record, reference in zip(got, expected):
+            rel = 1e-6 if record["epoch"] == 1.0 else 1e-3
             for name, value in reference.items():
-                assert record[name] == pytest.approx(value, rel=rel, abs=1e-7), (key, epoch, name)
+                if not held_out(name):
+                    assert record[name] == pytest.approx(value, rel=rel, abs=1e-7), (key, record["epoch"], name)
+    # Every process computes the evaluation metrics from the same gathered tables: the ranks agree bit for bit.
+    assert comparable("2_0") == comparable("2_1")
+    assert histories["2_0"]["fixed_eval"] | {"time/eval_s": 0} == histories["2_1"]["fixed_eval"] | {"time/eval_s": 0}
+
+    # The evaluation of one adapter (before training, and a seeded moved one) by two processes is the one-process
+    # evaluation to float rounding: 9 samples split 4/5, sampled in chunks of 4 and replayed 6 rows per UNet call in
+    # other groups than one process's. Measured: equal bit for bit; asserted to 1e-5 relative, room for a UNet
+    # batch that rounds differently (latents move by ~1e-7, which stays far from flipping a uint8 pixel).
+    fixed = histories["1_0"]["fixed_eval"]
+    assert fixed["eval/kl_nats"] > 0 and fixed["gold/gain"] != 0 and fixed["eval/preservation_max_abs_diff"] == 0
+    for reference, record in [(expected[0], comparable("2_0")[0]), (fixed, histories["2_0"]["fixed_eval"])]:
+        for name, value in reference.items():
+            if name != "time/eval_s":
+                assert record[name] == pytest.approx(value, rel=1e-5, abs=1e-9), name
+
+    # After training, the two runs' adapters are 1e-5 apart (above), so their samples may differ by a uint8 step of
+    # a few background pixels: one step moves a sample's red/green-minus-blue background mean by
+    # q = 1 / (255 x 944 background pixels) = 4.2e-6 (measured: gold/gain 1.8e-6 apart, ~27 q of gain). Asserted:
+    # 5 q in reward units, 5 q / 4e-3 in within-request SD units (the SDs here are 4.5e-3 gold, ~5e-3 proxy), one of
+    # the 3 requests in the improved share, 1e-3 relative for the KL (it follows the weights: 9e-5 measured).
+    quantum = 1 / (255 * (32 * 32 - 80))
+    last, got = expected[3], comparable("2_0")[3]
+    for name in (n for n in last if held_out(n)):
+        if name.startswith("eval/kl"):
+            tolerance = {"rel": 1e-3, "abs": 1e-9}
+        elif name.endswith("gain_sd"):
+            tolerance = {"abs": 5 * quantum / 4e-3}
+        elif name == "gold/improved_requests":
+            tolerance = {"abs": 1 / 3 + 1e-9}
+        else:
+            tolerance = {"abs": 5 * quantum}
+        assert got[name] == pytest.approx(last[name], **tolerance), name
