@@ -17,6 +17,9 @@ One epoch, top to bottom (:meth:`DDPOTrainer.run_epoch`):
    weights;
 7. the KL controller sees the epoch's KL (over all processes); metrics go to ``log_metrics``.
 
+Every ``eval_every`` epochs the held-out evaluation (``policy.evaluation``) runs on every process, each on its block
+of the held-out (request, seed) samples, with the per-sample results gathered.
+
 Several processes (``accelerate launch``) train exactly what one process trains with the same global batch
 (``requests_per_epoch`` and ``samples_per_step`` x the number of processes), up to float rounding: requests,
 seeds and the minibatch plan are drawn for the global batch; a process samples only its share and trains the
