@@ -18,7 +18,7 @@ This study, on policy runs whose held-out gold gain is known (their final evalua
 
     .venv/bin/python -m experiments.bench.export_ope_fidelity --runs runs/final2/ddpo_seed0/* \\
         runs/final2/ddpo_seed1/* runs/final2/ddpo_seed2/* runs/final2/policy_offline_dpo/* \\
-        runs/final2/policy_offline_rwr/*                    # ~10 minutes on one thread
+        runs/final2/policy_offline_rwr/*                    # ~11 minutes on one thread
 
 Prints the tables and writes JSON (default runs/bench/export_ope_fidelity.json); per-draw log-ratios are cached as
 safetensors (``--cache``) so a rerun with other τ's costs seconds.
