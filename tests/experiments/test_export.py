@@ -157,6 +157,7 @@ def test_bundle_files_manifest_and_override(bundle: Path) -> None:
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "Exported with an override." in card and "A/B owner: smoke test" in card
     assert "| kl | **FAILED** |" in card and "contact_sheet.png" in card
+    assert "not as the A/B effect" in card  # the OPE caveat under the estimate
     from policy.model import STUDIO_TINY
 
     assert not (bundle / "base").exists()  # the base is a folder of its own, identified by its hashes
