@@ -63,7 +63,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 LIMIT_SAMPLES_PER_HOUR = 7150.0
 """Issue 9's physical limit: 400 TFLOP per sample at the 798 TFLOP/s bf16 matmul ceiling of one H100."""
@@ -195,6 +195,22 @@ def baseline_epoch(policy: Any, conditioning: Any, steps: int, optimizer: Any, s
         ((pg.loss + KL_COEF * kl) / steps).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+class BenchRow(NamedTuple):
+    """One row of the table: what runs, with which options (cumulative options are repeated in later rows)."""
+
+    name: str
+    kind: str
+    """"baseline" (plain diffusers) or "project" (the DDPOTrainer)."""
+    acceleration: Any = None
+    """The project's AccelerationConfig (None for the baseline)."""
+    fraction: float = 1.0
+    """Timestep fraction trained (1 = the full recipe)."""
+    rows_per_forward: int | None = None
+    """Rows per training call; None = --rows-per-forward."""
+    channels_last: bool = False
+    """Convert the UNet to channels-last before this row (kept for later rows)."""
 
 
 def run_baseline(policy: Any, requests: list, args: argparse.Namespace, sync: Callable[[], None]) -> dict[str, Any]:
@@ -467,31 +483,29 @@ def main(argv: list[str] | None = None) -> int:
     bf16_lora = AccelerationConfig(lora_compute="model_dtype", reference_gate=True, cudnn_benchmark=cuda)
     compiled = AccelerationConfig(**{**bf16_lora.__dict__, "compile": True, "compile_backend": args.compile_backend})
     fast = compiled if args.compile else bf16_lora
-    plan: list[tuple] = []
+    plan: list[BenchRow] = []
     if args.baseline:
-        plan.append(("baseline (plain diffusers, eager)", "baseline", None, 1.0))
+        plan.append(BenchRow("baseline (plain diffusers, eager)", "baseline"))
     if args.eager_rows:
         plan += [
-            ("project eager", "project", AccelerationConfig(), 1.0),
-            ("+ bf16 LoRA, reference gate", "project", bf16_lora, 1.0),
+            BenchRow("project eager", "project", AccelerationConfig()),
+            BenchRow("+ bf16 LoRA, reference gate", "project", bf16_lora),
         ]
     if args.compile:
-        plan.append((f"+ torch.compile ({args.compile_backend})", "project", compiled, 1.0))
+        plan.append(BenchRow(f"+ torch.compile ({args.compile_backend})", "project", compiled))
     for rows in args.update_rows:
-        plan.append((f"+ {rows} rows per training call", "project", compiled, 1.0, {"rows_per_forward": rows}))
+        plan.append(BenchRow(f"+ {rows} rows per training call", "project", compiled, rows_per_forward=rows))
     fast_rows = args.update_rows[-1] if args.update_rows else None
     if args.channels_last:
-        plan.append(("+ channels-last UNet", "project", compiled, 1.0, {"rows_per_forward": fast_rows, "cl": True}))
+        plan.append(
+            BenchRow("+ channels-last UNet", "project", compiled, rows_per_forward=fast_rows, channels_last=True)
+        )
     if args.cuda_graphs:
         fast = dataclasses.replace(compiled, cuda_graphs=True)
-        plan.append(("+ CUDA graphs", "project", fast, 1.0, {"rows_per_forward": fast_rows}))
+        plan.append(BenchRow("+ CUDA graphs", "project", fast, rows_per_forward=fast_rows))
     if args.timestep_fraction is not None:
-        plan.append(
-            (
-                f"  fast path, timestep fraction {args.timestep_fraction:g}", "project", fast, args.timestep_fraction,
-                {"rows_per_forward": fast_rows},
-            )
-        )  # fmt: skip
+        name = f"  fast path, timestep fraction {args.timestep_fraction:g}"
+        plan.append(BenchRow(name, "project", fast, args.timestep_fraction, rows_per_forward=fast_rows))
 
     payload: dict[str, Any] = {
         "benchmark": "ddpo_gpu",
@@ -523,9 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     baseline_rate = None
-    for name, kind, acceleration, fraction, *extra in plan:
-        options = extra[0] if extra else {}
-        if options.get("cl"):
+    for name, kind, acceleration, fraction, rows_per_forward, channels_last in plan:
+        if channels_last:
             # In place and kept for the later rows (cumulative); the compiled graphs recompile for the new strides.
             policy.unet.to(memory_format=torch.channels_last)
         print(f"running: {name}", flush=True)
@@ -535,9 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "baseline":
                 row |= run_baseline(policy, requests, args, sync)
             else:
-                row |= run_project(
-                    policy, requests, args, acceleration, sync, fraction, options.get("rows_per_forward")
-                )
+                row |= run_project(policy, requests, args, acceleration, sync, fraction, rows_per_forward)
                 row["channels_last"] = policy.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
                 row["acceleration"] = acceleration.__dict__
             try:
