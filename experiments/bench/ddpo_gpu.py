@@ -44,7 +44,10 @@ upper bound (the samples/hour a lower bound) and the output says so. TFLOP/s use
 that ran (``experiments.bench.unet_cost``, FlopCounterMode on the meta device: 2 FLOPs per multiply-add, matrix
 products, convolutions and attention only); % of limit is against issue 9's 7,150 samples/hour (400 TFLOP per
 sample at the 798 TFLOP/s bf16 matmul ceiling measured on an H100). Peak memory is
-``torch.cuda.max_memory_allocated`` over the timed epochs (weights included). Writes JSON after every row.
+``torch.cuda.max_memory_allocated`` over the timed epochs (weights included). After the timing, each full-recipe
+project row profiles one ``--profile-steps`` epoch (default 4, same call shapes) and reports device time by kernel
+family (attention, convolution, matmul, normalisation, inductor's fused kernels, layout copies; ``kernel_profile``):
+where the time goes that the TFLOP/s column does not explain. Writes JSON after every row.
 
     python -m experiments.bench.ddpo_gpu --compile --timed-steps 10 --timestep-fraction 0.5     # on a GPU
     python -m experiments.bench.ddpo_gpu --device cpu --tiny --steps 4 --batch 4               # CPU dry run
@@ -139,64 +142,6 @@ def bench_requests(resolution: int) -> list:
     return build_requests(REQUESTS, resolution)
 
 
-def baseline_epoch(policy: Any, conditioning: Any, steps: int, optimizer: Any, seed: int) -> None:
-    """One epoch of plain-diffusers DDPO on ``policy.unet`` (ddpo-pytorch's loops; module docstring).
-
-    Sampling: T guided forwards (batch 2B, no grad) and DDIM steps with log-probs; reference: T forwards with
-    peft's adapters disabled; training: per timestep a forward with grad, log-prob, clipped surrogate + KL,
-    backward (gradients accumulate over the T steps); one AdamW step.
-    """
-    import torch
-
-    from policy.losses import clipped_policy_loss, gaussian_kl
-    from rollout.ddim_logprob import ddim_step_with_logprob
-
-    unet, scheduler, device = policy.unet, policy.scheduler, policy.device
-    batch = conditioning.batch_size
-    scheduler.set_timesteps(steps, device=device)
-    timesteps = scheduler.timesteps
-    generator = torch.Generator(device=device).manual_seed(seed)
-    shape = (batch, policy.latent_channels, *conditioning.image_channels.shape[2:])
-    background = conditioning.background
-
-    def guided(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        latent_input = torch.cat([latents, latents]).to(policy.dtype)
-        latent_input = torch.cat([latent_input, conditioning.image_channels], dim=1)
-        eps = unet(latent_input, t, encoder_hidden_states=conditioning.encoder_hidden_states).sample.float()
-        uncond, cond = eps.chunk(2)
-        return uncond + GUIDANCE * (cond - uncond)
-
-    with torch.no_grad():
-        latents = torch.randn(shape, generator=generator, device=device)
-        chain, log_probs = [latents], []
-        for t in timesteps:
-            noise = torch.randn(shape, generator=generator, device=device)
-            out = ddim_step_with_logprob(
-                scheduler, guided(latents, t), t, latents, eta=1.0, background=background, variance_noise=noise
-            )
-            latents = out.prev_sample
-            chain.append(latents)
-            log_probs.append(out.log_prob)
-        unet.disable_adapters()
-        ref_means = [
-            ddim_step_with_logprob(
-                scheduler, guided(chain[i], t), t, chain[i], eta=1.0, background=background, prev_sample=chain[i + 1]
-            ).mean
-            for i, t in enumerate(timesteps)
-        ]
-        unet.enable_adapters()
-    advantages = torch.randn(batch, generator=generator, device=device)
-    for i, t in enumerate(timesteps):
-        out = ddim_step_with_logprob(
-            scheduler, guided(chain[i], t), t, chain[i], eta=1.0, background=background, prev_sample=chain[i + 1]
-        )
-        pg = clipped_policy_loss(out.log_prob, log_probs[i], advantages, CLIP_RANGE)
-        kl = gaussian_kl(out.mean, ref_means[i], out.std, background).mean()
-        ((pg.loss + KL_COEF * kl) / steps).backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
 class BenchRow(NamedTuple):
     """One row of the table: what runs, with which options (cumulative options are repeated in later rows)."""
 
@@ -217,6 +162,7 @@ def run_baseline(policy: Any, requests: list, args: argparse.Namespace, sync: Ca
     """Time :func:`baseline_epoch` (``--warmup`` untimed epochs, then ``--epochs`` timed ones)."""
     import torch
 
+    from experiments.bench.ddpo_baseline import baseline_epoch
     from rollout.denoise import prepare_conditioning
     from rollout.masks import latent_product_mask
 
@@ -236,7 +182,18 @@ def run_baseline(policy: Any, requests: list, args: argparse.Namespace, sync: Ca
         )
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=LEARNING_RATE)
     return time_epochs(
-        lambda epoch, steps: baseline_epoch(policy, conditioning, steps, optimizer, seed=epoch), args, sync
+        lambda epoch, steps: baseline_epoch(
+            policy,
+            conditioning,
+            steps,
+            optimizer,
+            seed=epoch,
+            guidance=GUIDANCE,
+            clip_range=CLIP_RANGE,
+            kl_coef=KL_COEF,
+        ),
+        args,
+        sync,
     )
 
 
@@ -251,6 +208,9 @@ def run_project(
 ) -> dict[str, Any]:
     """Time the project's ``DDPOTrainer.run_epoch`` with ``acceleration`` applied to ``policy`` (training calls
     of ``rows_per_forward`` rows, default ``--rows-per-forward``)."""
+    import torch
+
+    from experiments.bench.kernel_profile import format_families, profile_families
     from policy.trainer import DDPOTrainer
     from policy.trainer_config import DDPOConfig, KLConfig, OptimConfig
     from rollout.config import SamplerConfig
@@ -301,6 +261,14 @@ def run_project(
         k: last[k] for k in ("policy/kl", "policy/ratio_mean", "policy/clipfrac", "policy/log_prob_gap", "reward/mean")
     }
     result["preservation_max_abs_diff"] = max(r.get("preservation/max_abs_diff", 0.0) for r in records)
+    if args.profile_steps and timestep_fraction == 1.0:
+        try:  # after the timing, on the compiled graphs already built (same call shapes: no recompilation)
+            profiled = trainer_for(args.profile_steps)
+            cuda = torch.cuda.is_available() and args.device.startswith("cuda")
+            result["profile"] = profile_families(profiled.run_epoch, cuda=cuda) | {"steps": args.profile_steps}
+            print(f"    profile ({args.profile_steps}-step epoch): {format_families(result['profile'])}", flush=True)
+        except Exception as exc:  # the profile is a diagnosis; the timing stands without it
+            result["profile_error"] = f"{type(exc).__name__}: {exc}"[:500]
     return result
 
 
@@ -424,6 +392,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="what the ratio is taken against (optim.old_log_probs; default replay: the recipe is one optimiser "
         "step per epoch, where both are the same objective and replay is immune to bf16 rounding)",
     )
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=4,
+        help="after each full-recipe project row, profile one epoch of this many steps and report device time by "
+        "kernel family (experiments.bench.kernel_profile; 0 = off)",
+    )
     parser.add_argument("--timestep-fraction", type=float, help="add a row training on this fraction of the steps")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline row")
     parser.add_argument(
@@ -450,6 +425,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--update-rows must be >= 1, got {args.update_rows}")
     if args.epochs < 1 or args.warmup < 0 or args.rows_per_forward < 1 or args.warmup_steps < 1:
         parser.error("need --epochs >= 1, --warmup >= 0, --warmup-steps >= 1 and --rows-per-forward >= 1")
+    if args.profile_steps < 0:
+        parser.error(f"--profile-steps must be >= 0, got {args.profile_steps}")
     if args.timestep_fraction is not None and not 0 < args.timestep_fraction < 1:
         parser.error(f"--timestep-fraction must be in (0, 1), got {args.timestep_fraction}")
     return args

@@ -114,6 +114,9 @@ def test_dry_run_compiled_rows_with_larger_calls_and_channels_last(tmp_path: Pat
     ]
     assert [r["rows_per_forward"] for r in rows] == [2, 4, 4, 4]  # default batch / 2; the last value carries on
     assert [r["channels_last"] for r in rows] == [False, False, True, True]
+    # each full-recipe row profiles a 4-step epoch after its timing; the timestep-fraction row does not
+    assert [r.get("profile", {}).get("steps") for r in rows] == [4, 4, 4, None]
+    assert "convolution" in rows[0]["profile"]["families"] and "profile_error" not in rows[0]
     for row in rows:
         assert "error" not in row, row.get("error")
         # one optimiser step per epoch with replayed old log-probs: the ratio is exactly 1
