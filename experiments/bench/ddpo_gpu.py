@@ -32,10 +32,10 @@ ratio against the training forward's own detached log-prob is the same objective
 record, and is exactly 1 whatever bf16 rounding does (``policy/log_prob_gap`` in the diagnostics shows the
 gap; ``sampler`` reproduces the first measurement, where 10.6 % of rows were clipped before any update).
 
-Each SD-size compiled configuration costs 1-3 minutes of compilation (the first took 194 s on an H200), so a
-15-minute device session fits about two calls: e.g. ``--compile --no-eager-rows --update-rows 16`` then, on the
-still-warm machine (inductor's cache in /tmp is kept), ``--no-baseline --no-eager-rows --compile --update-rows 16
---channels-last --cuda-graphs``.
+Compilation dominates a device session: on an H200 with a cold inductor cache the first compiled configuration took
+194-249 s and the 16-row training graph another 227 s; on the same machine with the cache warm (it lives in /tmp)
+47 s and 40 s. A 15-minute session fits the baseline and about two new compiled configurations; measured so far:
+``--compile --update-rows 16`` (stop 13); not yet: ``--channels-last``, ``--cuda-graphs``.
 
 Each row times ``--epochs`` epochs after ``--warmup`` epochs (which include compilation) and reports the median.
 ``--timed-steps N`` (< ``--steps``) runs N-step chains and scales the time per sample by steps / N: every part of a
@@ -565,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scaling: {payload['scaling']}")
     print(f"verdicts: {json.dumps(payload.get('verdicts', {}))}")
     print(f"wrote {args.out}")
+    print(f"matrix-only bound of the profiled rows: python -m experiments.bench.matrix_bound {args.out}")
     return 0 if all("error" not in r for r in payload["rows"]) else 1
 
 

@@ -16,6 +16,7 @@ counted (norms, activations and adds are memory-bound and not FLOPs that matter 
 :func:`recipe_flops` turns those into the FLOPs of one DDPO sample: T steps of sampling with CFG (2 forwards each,
 adapter on), the KL reference (2 forwards, adapter off), and training on every step (2 forwards with grad and their
 backward into the LoRA weights), plus the VAE encode/decode of the sample.
+:func:`recipe_attention_flops` is their attention part (``experiments.bench.matrix_bound``).
 """
 
 from __future__ import annotations
@@ -314,3 +315,13 @@ def recipe_flops(
     }
     phases["total"] = sum(phases.values())
     return phases
+
+
+def recipe_attention_flops(cost: UNetCost, *, steps: int, guidance: bool, trained_steps: int) -> float:
+    """The attention part (QK^T and attention x V, forward and backward) of :func:`recipe_flops`' UNet FLOPs per
+    sample, from ``cost.by_op``: every forward (sampling, reference, training) has the same attention FLOPs (LoRA
+    does not touch them), and training adds the flash-attention backward."""
+    forward = sum(flops for op, flops in cost.by_op.items() if "attention" in op and "backward" not in op)
+    backward = sum(flops for op, flops in cost.by_op.items() if "attention" in op and "backward" in op)
+    images = 2 if guidance else 1
+    return images * ((steps + 2 * trained_steps) * forward + trained_steps * backward)
