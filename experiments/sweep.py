@@ -22,12 +22,12 @@ suggesting the same point.
 GPUs: when this process sees CUDA devices and the base config's run.device is "auto" or "cuda", worker i is
 spawned with ``CUDA_VISIBLE_DEVICES`` set to the i-th device of the pool (round-robin; the pool is this process's
 own ``CUDA_VISIBLE_DEVICES`` list, else 0..n-1), so its trials' "auto"/"cuda" resolve to its own GPU as cuda:0.
-More workers than GPUs share them. ``sweep.json`` records each session's assignment.
+More workers than GPUs share them (experiments/sweep_devices.py). ``sweep.json`` records each session's
+assignment.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -40,11 +40,18 @@ import sqlite3
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError, dump_toml, load_config
+from experiments.sweep_devices import (
+    describe_devices,
+    spawn_environment,
+    sweep_gpu_pool,
+    warn_shared_devices,
+    worker_devices,
+    worker_environment,
+)
 from experiments.sweep_space import SweepSpaceConfig, check_space, load_space
 from experiments.sweep_targets import load_target, target_reference
 from experiments.sweep_trial import TrialRunner, read_trial_record, trial_dir, write_trial_record
@@ -371,7 +378,7 @@ def run_sweep(
             "sweep %s: %d trial(s) to run (%d of %d finished before), %d worker(s) x %d thread(s)%s",
             sweep.paths.dir, remaining, done_before, total, workers, threads, describe_devices(devices),
         )  # fmt: skip
-        _warn_shared_devices(devices)
+        warn_shared_devices(devices)
         seed = sweep.space.seed + 1000 * session
         bar = tqdm(total=remaining, desc="sweep trials", unit="trial", disable=not progress)
         try:
@@ -411,7 +418,7 @@ def _run_workers(
     ]
     # One process started at a time, each under its own environment: spawn copies os.environ at start().
     for process, device in zip(processes, devices, strict=True):
-        with _spawn_environment(worker_environment(threads, device)):
+        with spawn_environment(worker_environment(threads, device)):
             process.start()
     storage = open_storage(sweep.paths)
     shown = 0
@@ -430,123 +437,6 @@ def _run_workers(
             f"{len(crashed)} worker process(es) ended abnormally: {'; '.join(crashed)}; their trials are marked "
             f"failed on --resume {sweep.paths.dir} and run again"
         )
-
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-"""Thread-pool variables a spawned worker reads when it first imports numpy (via optuna, before any trial) and
-torch (whose intra-op default follows OMP_NUM_THREADS); the trial config's run.threads repeats it for
-setup_runtime."""
-
-
-def worker_environment(threads: int, device: str | None) -> dict[str, str]:
-    """The variables a worker process is spawned with: its thread pools and, on a GPU node, its one GPU.
-
-    Args:
-        threads: torch/BLAS threads of the worker.
-        device: the worker's ``CUDA_VISIBLE_DEVICES`` entry (an index, ``GPU-<uuid>`` or ``MIG-<uuid>``), or None
-            to leave the variable as this process has it (no GPU, or run.device pins a device).
-    """
-    variables = {name: str(threads) for name in THREAD_VARIABLES}
-    if device is not None:
-        variables["CUDA_VISIBLE_DEVICES"] = device
-    return variables
-
-
-@contextlib.contextmanager
-def _spawn_environment(variables: dict[str, str]) -> Iterator[None]:
-    """Set ``variables`` in os.environ while a worker is spawned (it inherits the environment), then restore."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def parse_device_pool(visible: str | None, count: int) -> list[str]:
-    """The GPUs this process may hand to workers, as ``CUDA_VISIBLE_DEVICES`` entries.
-
-    Args:
-        visible: this process's ``CUDA_VISIBLE_DEVICES`` (None: unset).
-        count: ``torch.cuda.device_count()`` in this process.
-
-    Returns:
-        ``[]`` without devices; the first ``count`` entries of ``visible`` when it is set (CUDA ignores the entries
-        after the first invalid one, and ``count`` already reflects that); else ``["0", ..., str(count - 1)]``.
-    """
-    if count <= 0:
-        return []
-    if visible is None:
-        return [str(index) for index in range(count)]
-    entries = [entry.strip() for entry in visible.split(",")]
-    if len(entries) < count or any(not entry for entry in entries[:count]):
-        raise SweepError(
-            f"CUDA_VISIBLE_DEVICES={visible!r} lists fewer devices than the {count} CUDA reports; "
-            "set it to a comma-separated list of device indices or UUIDs"
-        )
-    return entries[:count]
-
-
-def sweep_gpu_pool(device: str) -> list[str]:
-    """The GPUs to spread workers over for a base config with run.device = ``device``.
-
-    Only "auto" and "cuda" are spread: "cpu" uses no GPU, and "cuda:N" pins every trial to device N (which a
-    worker seeing one GPU would not have), so both keep the parent's environment.
-    """
-    spec = device.strip().lower()
-    if spec.startswith("cuda:") and len(spec) > len("cuda:"):
-        logger.info(
-            "run.device = %r: every worker trains on that device (set 'auto' or 'cuda' to give each its own)", device
-        )
-    if spec not in ("auto", "cuda"):
-        return []
-    import torch
-
-    return parse_device_pool(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
-
-
-def worker_devices(workers: int, pool: list[str]) -> list[str | None]:
-    """Round-robin: worker i gets ``pool[i % len(pool)]``; all None when the pool is empty (no GPU).
-
-    >>> worker_devices(3, ["4", "6"])
-    ['4', '6', '4']
-    """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if not pool:
-        return [None] * workers
-    return [pool[index % len(pool)] for index in range(workers)]
-
-
-def describe_devices(devices: list[str | None]) -> str:
-    """The log line's device part: ``", worker GPUs (CUDA_VISIBLE_DEVICES): 0, 1"``, or "" when none is assigned."""
-    if all(device is None for device in devices):
-        return ""
-    return ", worker GPUs (CUDA_VISIBLE_DEVICES): " + ", ".join(str(device) for device in devices)
-
-
-def shared_devices(devices: list[str | None]) -> dict[str, list[int]]:
-    """The GPUs given to more than one worker, with the indices of those workers."""
-    holders: dict[str, list[int]] = {}
-    for index, device in enumerate(devices):
-        if device is not None:
-            holders.setdefault(device, []).append(index)
-    return {device: indices for device, indices in holders.items() if len(indices) > 1}
-
-
-def _warn_shared_devices(devices: list[str | None]) -> None:
-    shared = shared_devices(devices)
-    if shared:
-        gpus = len({device for device in devices if device is not None})
-        pairs = "; ".join(f"GPU {device}: workers {indices}" for device, indices in shared.items())
-        logger.warning(
-            "%d worker(s) on %d GPU(s): workers share GPUs (memory and compute) round-robin (%s)",
-            len(devices), gpus, pairs,
-        )  # fmt: skip
 
 
 class _SweepLock:

@@ -1,4 +1,4 @@
-"""GPU assignment of sweep workers (experiments/sweep.py): device pool, round-robin, spawn environment."""
+"""GPU assignment of sweep workers (experiments/sweep_devices.py): device pool, round-robin, spawn environment."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import os
 import pytest
 import torch
 
-from experiments.sweep import (
-    SweepError,
-    _spawn_environment,
+from experiments.sweep_devices import (
+    DevicePoolError,
     describe_devices,
     parse_device_pool,
     shared_devices,
+    spawn_environment,
     sweep_gpu_pool,
     worker_devices,
     worker_environment,
@@ -39,7 +39,7 @@ def test_device_pool_follows_cuda_visible_devices(visible: str | None, count: in
 
 @pytest.mark.parametrize("visible", ["0", "0,,1"])
 def test_device_pool_refuses_a_list_shorter_than_the_device_count(visible: str) -> None:
-    with pytest.raises(SweepError, match=f"CUDA_VISIBLE_DEVICES={visible!r} lists fewer devices than the 2 CUDA"):
+    with pytest.raises(DevicePoolError, match=f"CUDA_VISIBLE_DEVICES={visible!r} lists fewer devices than the 2 CUDA"):
         parse_device_pool(visible, 2)
 
 
@@ -79,10 +79,10 @@ def test_worker_environment_sets_threads_and_the_gpu_only_when_given() -> None:
 def test_spawn_environment_restores_set_and_unset_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    with _spawn_environment({"CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "3"}):
+    with spawn_environment({"CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "3"}):
         assert (os.environ["CUDA_VISIBLE_DEVICES"], os.environ["OMP_NUM_THREADS"]) == ("1", "3")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1" and "OMP_NUM_THREADS" not in os.environ
-    with pytest.raises(RuntimeError), _spawn_environment({"CUDA_VISIBLE_DEVICES": "1"}):
+    with pytest.raises(RuntimeError), spawn_environment({"CUDA_VISIBLE_DEVICES": "1"}):
         raise RuntimeError
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
 
@@ -105,6 +105,6 @@ def test_no_gpu_means_no_assignment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_pinned_device_is_said_in_the_log(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with caplog.at_level(logging.INFO, logger="experiments.sweep"):
+    with caplog.at_level(logging.INFO, logger="experiments.sweep_devices"):
         assert sweep_gpu_pool("cuda:1") == []
     assert "run.device = 'cuda:1': every worker trains on that device" in caplog.text
