@@ -208,7 +208,6 @@ def run_project(
 ) -> dict[str, Any]:
     """Time the project's ``DDPOTrainer.run_epoch`` with ``acceleration`` applied to ``policy`` (training calls
     of ``rows_per_forward`` rows, default ``--rows-per-forward``)."""
-    import torch
 
     from experiments.bench.kernel_profile import format_families, profile_families
     from policy.trainer import DDPOTrainer
@@ -264,12 +263,20 @@ def run_project(
     if args.profile_steps and timestep_fraction == 1.0:
         try:  # after the timing, on the compiled graphs already built (same call shapes: no recompilation)
             profiled = trainer_for(args.profile_steps)
-            cuda = torch.cuda.is_available() and args.device.startswith("cuda")
-            result["profile"] = profile_families(profiled.run_epoch, cuda=cuda) | {"steps": args.profile_steps}
+            result["profile"] = profile_families(profiled.run_epoch, cuda=on_cuda(args)) | {
+                "steps": args.profile_steps
+            }
             print(f"    profile ({args.profile_steps}-step epoch): {format_families(result['profile'])}", flush=True)
         except Exception as exc:  # the profile is a diagnosis; the timing stands without it
             result["profile_error"] = f"{type(exc).__name__}: {exc}"[:500]
     return result
+
+
+def on_cuda(args: argparse.Namespace) -> bool:
+    """Whether the bench runs on a CUDA device (``--device cuda...`` and one is there)."""
+    import torch
+
+    return torch.cuda.is_available() and args.device.startswith("cuda")
 
 
 def time_epochs(run: Callable[[int, int], None], args: argparse.Namespace, sync: Callable[[], None]) -> dict[str, Any]:
@@ -277,7 +284,7 @@ def time_epochs(run: Callable[[int, int], None], args: argparse.Namespace, sync:
     ``run(epoch, timed_steps)`` (synchronised), and the peak memory of the timed ones."""
     import torch
 
-    cuda = torch.cuda.is_available() and args.device.startswith("cuda")
+    cuda = on_cuda(args)
     warmup, timed = [], []
     for epoch in range(args.warmup + args.epochs):
         if epoch == args.warmup and cuda:
