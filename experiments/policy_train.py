@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError, RunConfig
+from experiments.studio.requests import StudioRequestsConfig
 from offline_data.errors import BackdropError
 from policy.config import InpaintModelConfig, PolicyConfig
 from policy.evaluation import EvaluationConfig
-from policy.studio import StudioRequestsConfig
 from policy.trainer_config import DDPOConfig
 
 logger = logging.getLogger("backdrop")
@@ -240,8 +240,8 @@ def train_policy(
 ) -> list[dict[str, float]]:
     """Build everything from ``config`` and train; writes into ``run.dir``. Returns the trainer's history."""
     from experiments.runtime import setup_runtime
+    from experiments.studio.requests import StudioGold, studio_requests
     from policy.evaluation import PolicyEvaluator
-    from policy.studio import StudioGold, studio_requests
     from policy.trainer import DDPOTrainer
 
     runtime = setup_runtime(config.run)

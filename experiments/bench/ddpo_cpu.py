@@ -40,8 +40,8 @@ def pixel_reward(images: Any, requests: Any) -> Any:
 
 def build_requests(count: int, resolution: int) -> list:
     """``count`` studio-world requests (catalogue shot, noisy mask, prompt) at ``resolution`` px."""
+    from experiments.studio.requests import product_request
     from offline_data.simulator import SimulatorConfig, StudioWorld, WorldConfig
-    from policy.studio import product_request
 
     world = StudioWorld(SimulatorConfig(world=WorldConfig(products=count, image_size=resolution)))
     return [product_request(world, i, prompt=world.product_prompts[i][0], segment="warm") for i in range(count)]

@@ -12,9 +12,8 @@ from PIL import Image
 
 from experiments.cli import main
 from offline_data.simulator import load_product_photo
-from policy.config import InpaintModelConfig
+from policy.config import InpaintModelConfig, StyleConfig
 from policy.model import STUDIO_TINY, InpaintPolicy
-from policy.pretrain_config import StyleConfig
 from policy.style import StyleConditioning
 from policy.vae import MaskAwareDecoder
 from rollout.trajectory import Trajectory

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from experiments.studio.requests import StudioGold, StudioRequestsConfig, studio_requests
 from offline_data.simulator import SimulatorConfig, StudioWorld, WorldConfig
 from offline_data.splits import assign
 from policy.evaluation import (
@@ -26,7 +27,6 @@ from policy.evaluation import (
     share_sizes,
     within_request_sd,
 )
-from policy.studio import StudioGold, StudioRequestsConfig, studio_requests
 
 from .test_trainer import SAMPLER, red_background, tiny_policy, tiny_requests
 

@@ -9,10 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from offline_data.simulator import prompt_family
-from policy.config import InpaintModelConfig
-from policy.model import InpaintPolicy
-from policy.pretrain import (
+from experiments.studio.pretrain.autoencoder import gradient_l1, psnr, train_vae, vae_loss, vae_training_images
+from experiments.studio.pretrain.checkpoint import Checkpointer
+from experiments.studio.pretrain.config import (
+    DenoiserStageConfig,
+    DenoiserTrainConfig,
+    MaskDecoderTrainConfig,
+    PretrainConfig,
+    PretrainDataConfig,
+    PretrainEvalConfig,
+    VAETrainConfig,
+)
+from experiments.studio.pretrain.data import random_known_masks, render_scene_pool, to_unit_range
+from experiments.studio.pretrain.optim import WeightEMA, learning_rate_at
+from experiments.studio.pretrain.train import (
     build_cache,
     denoiser_loss,
     make_denoiser_batch,
@@ -20,20 +30,9 @@ from policy.pretrain import (
     render_data,
     train_denoiser,
 )
-from policy.pretrain_autoencoder import gradient_l1, psnr, train_vae, vae_loss, vae_training_images
-from policy.pretrain_checkpoint import Checkpointer
-from policy.pretrain_config import (
-    DenoiserStageConfig,
-    DenoiserTrainConfig,
-    MaskDecoderTrainConfig,
-    PretrainConfig,
-    PretrainDataConfig,
-    PretrainEvalConfig,
-    StyleConfig,
-    VAETrainConfig,
-)
-from policy.pretrain_data import random_known_masks, render_scene_pool, to_unit_range
-from policy.pretrain_optim import WeightEMA, learning_rate_at
+from offline_data.simulator import prompt_family
+from policy.config import InpaintModelConfig, StyleConfig
+from policy.model import InpaintPolicy
 from policy.style import StyleConditioning
 
 TINY_DATA = PretrainDataConfig(scenes=64, products=16, validation=16)
