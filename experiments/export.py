@@ -140,6 +140,7 @@ def export_candidate(
     from experiments.model_card import write_model_card
     from experiments.policy_train import load_world
     from experiments.runtime import resolve_device, resolve_dtype, seed_everything
+    from experiments.studio.prompts import studio_vocabulary
     from experiments.studio.requests import studio_requests
     from policy.model import InpaintPolicy
     from reward.scorer import RewardScorer
@@ -153,7 +154,9 @@ def export_candidate(
     device = resolve_device(config.device)
     dtype = resolve_dtype(run.config.run.dtype, device)
     seed_everything(run.config.run.seed)
-    candidate = InpaintPolicy.from_config(run.config.policy.model, device=device, dtype=dtype)
+    candidate = InpaintPolicy.from_config(
+        run.config.policy.model, vocabulary=studio_vocabulary(), device=device, dtype=dtype
+    )
     candidate.load_adapter(run.adapter)
     world = load_world(run.config.world)
     held_out = studio_requests(run.config.requests, world).evaluation[: config.evaluation.requests]

@@ -176,10 +176,15 @@ def resolve_reward_dir(config: Any, override: str | None) -> Path:
 
 def build_policy(config: PolicyConfig, runtime: Any, device: Any = None) -> Any:
     """The base model with a fresh adapter, on the run's device (or ``device``) and dtype."""
+    from experiments.studio.prompts import studio_vocabulary
     from policy.model import InpaintPolicy
 
     return InpaintPolicy.from_config(
-        config.model, lora=config.lora, device=device or runtime.device, dtype=runtime.dtype
+        config.model,
+        lora=config.lora,
+        vocabulary=studio_vocabulary(),
+        device=device or runtime.device,
+        dtype=runtime.dtype,
     )
 
 

@@ -82,7 +82,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from experiments.studio.pretrain.checkpoint import LATEST
     from experiments.studio.pretrain.manifest import evaluate_and_write_manifest, export_model, halve_weights
     from experiments.studio.pretrain.train import pretrain
+    from experiments.studio.prompts import studio_training_prompts
     from experiments.tracking import start_run
+    from rollout.guards import write_training_prompts
 
     config_path = Path(args.config) if args.config else None
     if config_path is not None and str(config_path) == DEFAULT_CONFIG and not config_path.is_file():
@@ -120,6 +122,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         folder = run.dir / "model"
         result.policy.save_pretrained(folder)
         result.style.save(folder / "style")
+        write_training_prompts(folder, studio_training_prompts())  # what the prompt guard compares prompts with
         if config.pretrain.weights_dtype == "float16":
             halve_weights(folder)
         report = evaluate_and_write_manifest(

@@ -24,6 +24,7 @@ from experiments.export_config import (
 from experiments.export_reload import ReproducibilityError, verify_reload
 from experiments.gates import GateRefusedError
 from experiments.ope import OPEConfig
+from experiments.studio.prompts import studio_vocabulary
 from reward.audit_config import AuditConfig, ProbeConfig
 
 SAMPLER_STEPS = 3
@@ -87,7 +88,7 @@ def build_run(root: Path) -> Path:
     )
     run = root / "run"
     run.mkdir()
-    policy = InpaintPolicy.from_config(config.policy.model, lora=config.policy.lora)
+    policy = InpaintPolicy.from_config(config.policy.model, lora=config.policy.lora, vocabulary=studio_vocabulary())
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in policy.trainable_parameters():

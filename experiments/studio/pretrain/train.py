@@ -50,6 +50,7 @@ from experiments.studio.pretrain.data import (
     to_unit_range,
 )
 from experiments.studio.pretrain.optim import WeightEMA, set_learning_rates, trainable
+from experiments.studio.prompts import studio_vocabulary
 from policy.config import InpaintModelConfig
 from policy.model import InpaintPolicy
 from policy.style import StyleConditioning
@@ -163,7 +164,7 @@ def pretrain(
         raise ValueError("pretraining builds the model from the config; model.pretrained must not be set")
     device = torch.device(device)
     data = render_data(config.data, model_config.resolution, progress=progress)
-    policy = InpaintPolicy.from_config(model_config, device=device)
+    policy = InpaintPolicy.from_config(model_config, vocabulary=studio_vocabulary(), device=device)
     # The style adapter, then (after the VAE) the mask decoder's context branch, are initialised from one stream
     # seeded with `seed`, independent of whatever used the global generator before (exact resumes, repeat runs).
     with torch.random.fork_rng(devices=[]):

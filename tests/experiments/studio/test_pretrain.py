@@ -30,6 +30,7 @@ from experiments.studio.pretrain.train import (
     render_data,
     train_denoiser,
 )
+from experiments.studio.prompts import studio_vocabulary
 from offline_data.simulator import prompt_family
 from policy.config import InpaintModelConfig, StyleConfig
 from policy.model import InpaintPolicy
@@ -86,7 +87,7 @@ def test_style_partners_share_the_family_and_are_other_scenes() -> None:
 
 
 def test_batches_are_deterministic_and_consistent() -> None:
-    policy = InpaintPolicy.from_config(InpaintModelConfig())
+    policy = InpaintPolicy.from_config(InpaintModelConfig(), vocabulary=studio_vocabulary())
     data = render_data(TINY_DATA, 64)
     style = StyleConditioning(StyleConfig(), policy.text_encoder.config.hidden_size)
     cache = build_cache(policy, style, data.scenes, data.products)
@@ -110,7 +111,7 @@ def test_batches_are_deterministic_and_consistent() -> None:
 
 
 def test_vae_loss_decreases() -> None:
-    policy = InpaintPolicy.from_config(InpaintModelConfig())
+    policy = InpaintPolicy.from_config(InpaintModelConfig(), vocabulary=studio_vocabulary())
     data = render_data(TINY_DATA, 64)
     config = VAETrainConfig(steps=40, batch_size=8, learning_rate=2e-3, warmup_steps=2, crop=32)
     fixed = to_unit_range(vae_training_images(data.validation_scenes, data.validation_products, 16, 0.3,
@@ -128,7 +129,7 @@ def test_vae_loss_decreases() -> None:
 
 
 def test_denoiser_loss_decreases_and_only_trained_parts_change() -> None:
-    policy = InpaintPolicy.from_config(InpaintModelConfig())
+    policy = InpaintPolicy.from_config(InpaintModelConfig(), vocabulary=studio_vocabulary())
     data = render_data(TINY_DATA, 64)
     style = StyleConditioning(StyleConfig(), policy.text_encoder.config.hidden_size)
     cache = build_cache(policy, style, data.scenes, data.products)
