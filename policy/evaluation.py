@@ -5,8 +5,8 @@ samples are paired with the base model's samples of the same noise and the gain 
 variance. It reports:
 
 - ``eval/proxy_mean``, ``eval/proxy_std``: the reward model's combined reward (what training optimises);
-- ``gold/engagement``: the hidden gold of the samples (an injected ``GoldFn``: the studio world's, or a real
-  team's evaluation), NEVER used by training;
+- ``gold/engagement``: the hidden gold of the samples (an optional ``rollout.gold.GoldFn``: the studio world's,
+  or a real team's evaluation), NEVER used by training;
 - ``gold/gain`` (raw gold units) and ``gold/gain_sd`` (in within-request standard deviations of the base
   model's samples), with ``gold/gain_se`` (standard error over requests) and the share of requests improved;
   ``eval/proxy_gain_sd`` likewise for the proxy;
@@ -45,14 +45,12 @@ from policy.model import InpaintPolicy
 from policy.replay import background_dims, stepwise_kl
 from policy.reward_signal import RewardModelFn, score_rewards
 from rollout.config import SamplerConfig
+from rollout.gold import GoldFn, score_gold
 from rollout.request import InpaintRequest, expand_requests
 from rollout.rerank import rerank
 from rollout.sampler import Rollout, sample_trajectories
 
 logger = logging.getLogger(__name__)
-
-GoldFn = Callable[[torch.Tensor, Sequence[InpaintRequest]], torch.Tensor]
-"""``(images [B, 3, H, W] uint8, requests) -> [B]`` hidden engagement (evaluation only)."""
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 """``tensor [S, ...] -> [P S, ...]``: every process's tensor, concatenated in process order. A collective call
@@ -275,7 +273,7 @@ class PolicyEvaluator:
         if rollout is not None:
             proxy, _, _ = score_rewards(self.reward_fn, rollout.images, requests)
             if self.gold_fn is not None:
-                gold = torch.as_tensor(self.gold_fn(rollout.images, requests), dtype=torch.float64).reshape(-1)
+                gold = score_gold(self.gold_fn, rollout.images, requests)
         proxy = gather_shares(proxy, count * k, processes).reshape(count, k)
         gathered_gold = None
         if self.gold_fn is not None:
@@ -443,5 +441,5 @@ def best_of_n(
     chosen = torch.tensor(picked.indices, dtype=torch.int64) - torch.arange(len(requests)) * n
     gold = None
     if gold_fn is not None:
-        gold = torch.as_tensor(gold_fn(rollout.images, expanded), dtype=torch.float64).reshape(len(requests), n)
+        gold = score_gold(gold_fn, rollout.images, expanded).reshape(len(requests), n)
     return BestOfN(proxy=proxy, gold=gold, chosen=chosen, duplicates=picked.filtered)
