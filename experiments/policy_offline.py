@@ -220,7 +220,7 @@ def train_offline(config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_
         progress=True,
     )
     history = trainer.train()
-    evaluated = [h for h in history if "gold/gain_sd" in h]
+    evaluated = [h for h in history if "eval/kl_nats" in h]
     if evaluated:
         run.write_json("final_eval.json", evaluated[-1])
     return history
