@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv if needed, installs backdrop (editable), runs the whole studio-world loop
-#   make test   same set-up, runs the test suite
+#   make test   same set-up, checks the import contracts (pyproject.toml, lint-imports), runs the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/backdrop demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests
 
 lint: $(STAMP)

@@ -174,8 +174,8 @@ def reranking_rows(first_run: Any, n: int, *, stack_adapter: Path | None) -> tup
     from experiments.config import load_config
     from experiments.policy_train import PolicyTrainCommandConfig, build_policy, load_reward_model, load_world
     from experiments.runtime import setup_runtime
+    from experiments.studio.requests import StudioGold, studio_requests
     from policy.evaluation import best_of_n, best_of_n_kl_bound, within_request_sd
-    from policy.studio import StudioGold, studio_requests
 
     config = load_config(PolicyTrainCommandConfig, first_run.path / "config.toml")
     environment = json.loads((first_run.path / "environment.json").read_text(encoding="utf-8"))

@@ -7,7 +7,7 @@ Each section is the config of the stage that reads it, so every key is documente
 [reward]     the reward model (``reward/config.py``)
 [audit]      the reward-model audit (``reward/audit_config.py``)
 [policy]     base model and LoRA adapter (``policy/config.py``)
-[requests]   training / held-out products (``policy/studio.py``); its split is also the split of the logs
+[requests]   training / held-out products (``experiments/studio/requests.py``); its split is also the split of the logs
 [trainer]    DDPO (``policy/trainer_config.py``)
 [eval]       held-out evaluation during training (``policy/evaluation.py``)
 [export]     the candidate bundle and its gates (``experiments/export_config.py``)
@@ -21,10 +21,10 @@ from pathlib import Path
 
 from experiments.config import RunConfig
 from experiments.export_config import ExportConfig
+from experiments.studio.requests import StudioRequestsConfig
 from offline_data.simulator import SimulatorConfig
 from policy.config import InpaintModelConfig, PolicyConfig
 from policy.evaluation import EvaluationConfig
-from policy.studio import StudioRequestsConfig
 from policy.trainer_config import DDPOConfig
 from reward.audit_config import AuditConfig
 from reward.config import RewardConfig

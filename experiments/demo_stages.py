@@ -181,12 +181,19 @@ def reward_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> dic
 
 def audit_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
     """Audit the reward model on the test split with the world's truth (ceilings, probes, tamper)."""
+    from experiments.studio.truth import StudioTruth, prompt_family
     from reward.audit import audit_reward_model, audit_summary
     from reward.report import write_audit
     from reward.scorer import RewardScorer
 
     scorer = RewardScorer.load(paths.reward_model)
-    result = audit_reward_model(scorer, paths.splits / "test", truth_dir=paths.world, config=config.audit)
+    result = audit_reward_model(
+        scorer,
+        paths.splits / "test",
+        truth=StudioTruth(paths.world),
+        prompt_family=prompt_family,
+        config=config.audit,
+    )
     written = write_audit(result, paths.audit)
     print("\n".join(audit_summary(result.metrics)))
     metrics = result.metrics
@@ -333,8 +340,8 @@ def before_after_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
 
     from experiments.policy_train import build_policy, load_reward_model, load_world
     from experiments.runtime import setup_runtime
+    from experiments.studio.requests import StudioGold, studio_requests
     from policy.contact_sheet import draw_contact_sheet
-    from policy.studio import StudioGold, studio_requests
     from rollout.preservation import verify_preservation
     from rollout.sampler import sample_trajectories
 

@@ -140,8 +140,9 @@ def export_candidate(
     from experiments.model_card import write_model_card
     from experiments.policy_train import load_world
     from experiments.runtime import resolve_device, resolve_dtype, seed_everything
+    from experiments.studio.prompts import studio_vocabulary
+    from experiments.studio.requests import studio_requests
     from policy.model import InpaintPolicy
-    from policy.studio import studio_requests
     from reward.scorer import RewardScorer
 
     out = Path(out)
@@ -153,7 +154,9 @@ def export_candidate(
     device = resolve_device(config.device)
     dtype = resolve_dtype(run.config.run.dtype, device)
     seed_everything(run.config.run.seed)
-    candidate = InpaintPolicy.from_config(run.config.policy.model, device=device, dtype=dtype)
+    candidate = InpaintPolicy.from_config(
+        run.config.policy.model, vocabulary=studio_vocabulary(), device=device, dtype=dtype
+    )
     candidate.load_adapter(run.adapter)
     world = load_world(run.config.world)
     held_out = studio_requests(run.config.requests, world).evaluation[: config.evaluation.requests]
@@ -290,6 +293,7 @@ def _ope(candidate, scorer, logs_dir: Path | None, sampler, config: ExportConfig
 def _audit(scorer, logs_dir: Path | None, run: PolicyRun, config: ExportConfig):
     """The audit's result (None when read from a file) and its gate."""
     from experiments.export_manifest import find_truth
+    from experiments.studio.truth import prompt_family, studio_truth
     from reward.audit import audit_reward_model
 
     tolerated = config.gates.tolerated_flags
@@ -305,7 +309,14 @@ def _audit(scorer, logs_dir: Path | None, run: PolicyRun, config: ExportConfig):
         gate = GateResult("audit", False, None, 0.0, f"no logs to audit the reward model on ({logs_dir})")
         return None, gate
     truth = config.truth or (find_truth(Path(logs_dir)) if config.truth_search else None)
-    result = audit_reward_model(scorer, logs_dir, truth_dir=truth, run_dir=run.directory, config=config.audit)
+    result = audit_reward_model(
+        scorer,
+        logs_dir,
+        truth=studio_truth(truth),
+        prompt_family=prompt_family,
+        run_dir=run.directory,
+        config=config.audit,
+    )
     return {"result": result, "truth": str(truth) if truth else None}, audit_gate(result.flags, tolerated)
 
 

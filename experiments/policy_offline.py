@@ -18,11 +18,11 @@ from typing import Any
 
 from experiments.config import ConfigError, RunConfig
 from experiments.policy_train import RewardSourceConfig, WorldSourceConfig, build_policy, load_reward_model, load_world
+from experiments.studio.requests import StudioRequestsConfig
 from offline_data.errors import BackdropError
 from policy.config import InpaintModelConfig, PolicyConfig
 from policy.evaluation import EvaluationConfig
 from policy.offline_config import OfflineConfig
-from policy.studio import StudioRequestsConfig
 from rollout.config import SamplerConfig
 
 logger = logging.getLogger("backdrop")
@@ -185,9 +185,9 @@ def rwr_objective(policy: Any, data: Any, images: Any, config: OfflineConfig, re
 def train_offline(config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_dir: Path, run: Any) -> list[dict]:
     """Load the logs, build the objective, train with held-out evaluation; writes into ``run.dir``."""
     from experiments.runtime import setup_runtime
+    from experiments.studio.requests import StudioGold, studio_requests
     from policy.evaluation import PolicyEvaluator
     from policy.offline import OfflineTrainer
-    from policy.studio import StudioGold, studio_requests
     from reward.data import load_reward_data
 
     runtime = setup_runtime(config.run)
@@ -220,7 +220,7 @@ def train_offline(config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_
         progress=True,
     )
     history = trainer.train()
-    evaluated = [h for h in history if "gold/gain_sd" in h]
+    evaluated = [h for h in history if "eval/kl_nats" in h]
     if evaluated:
         run.write_json("final_eval.json", evaluated[-1])
     return history

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError, RunConfig
+from experiments.studio.requests import StudioRequestsConfig
 from offline_data.errors import BackdropError
 from policy.config import InpaintModelConfig, PolicyConfig
 from policy.evaluation import EvaluationConfig
-from policy.studio import StudioRequestsConfig
 from policy.trainer_config import DDPOConfig
 
 logger = logging.getLogger("backdrop")
@@ -176,10 +176,15 @@ def resolve_reward_dir(config: Any, override: str | None) -> Path:
 
 def build_policy(config: PolicyConfig, runtime: Any, device: Any = None) -> Any:
     """The base model with a fresh adapter, on the run's device (or ``device``) and dtype."""
+    from experiments.studio.prompts import studio_vocabulary
     from policy.model import InpaintPolicy
 
     return InpaintPolicy.from_config(
-        config.model, lora=config.lora, device=device or runtime.device, dtype=runtime.dtype
+        config.model,
+        lora=config.lora,
+        vocabulary=studio_vocabulary(),
+        device=device or runtime.device,
+        dtype=runtime.dtype,
     )
 
 
@@ -240,8 +245,8 @@ def train_policy(
 ) -> list[dict[str, float]]:
     """Build everything from ``config`` and train; writes into ``run.dir``. Returns the trainer's history."""
     from experiments.runtime import setup_runtime
+    from experiments.studio.requests import StudioGold, studio_requests
     from policy.evaluation import PolicyEvaluator
-    from policy.studio import StudioGold, studio_requests
     from policy.trainer import DDPOTrainer
 
     runtime = setup_runtime(config.run)
@@ -269,6 +274,7 @@ def train_policy(
         gold_fn=StudioGold(world),
         sampler=config.trainer.sampler,
         config=config.eval,
+        training_pessimism=config.trainer.reward.pessimism,
     )
     try:
         trainer = DDPOTrainer(
@@ -288,18 +294,28 @@ def train_policy(
     if resume_from is not None:
         trainer.resume(resume_from)
     history = trainer.train()
-    final = [h for h in history if "gold/gain_sd" in h]
+    final = [h for h in history if "eval/kl_nats" in h]
     if final:
         run.write_json("final_eval.json", {"epoch": final[-1]["epoch"], **final[-1]})
     return history
 
 
 def describe_evaluation(record: dict[str, float]) -> str:
-    """One line: gold and proxy gains (raw and in within-request SDs of the base) and the KL of an evaluation."""
-    sd = record["gold/base_within_sd"]
-    return (
-        f"epoch {int(record['epoch'])}: gold {record['gold/engagement']:+.3f} vs base "
-        f"{record['gold/base_engagement']:+.3f}: gain {record['gold/gain']:+.3f} raw = "
-        f"{record['gold/gain_sd']:+.2f} within-request SD (se {record['gold/gain_se'] / sd:.2f}); proxy gain "
-        f"{record['eval/proxy_gain_sd']:+.2f} SD; KL {record['eval/kl_nats']:.2f} nats per sample"
-    )
+    """One line of an evaluation: the gold gain when gold was measured, else the reward model's held-out gain
+    (raw and in within-request SDs of the base); the pessimistic proxy's gain; the KL to the base."""
+    if "gold/gain" in record:
+        sd = record["gold/base_within_sd"]
+        head = (
+            f"gold {record['gold/engagement']:+.3f} vs base {record['gold/base_engagement']:+.3f}: gain "
+            f"{record['gold/gain']:+.3f} raw = {record['gold/gain_sd']:+.2f} within-request SD (se "
+            f"{record['gold/gain_se'] / sd:.2f}); proxy gain {record['eval/proxy_gain_sd']:+.2f} SD"
+        )
+    else:
+        sd = record["eval/proxy_base_within_sd"]
+        head = (
+            f"no gold; proxy gain {record['eval/proxy_gain']:+.3f} raw = {record['eval/proxy_gain_sd']:+.2f} "
+            f"within-request SD (se {record['eval/proxy_gain_se'] / sd:.2f})"
+        )
+    if "eval/pessimistic_gain_sd" in record:
+        head += f"; pessimistic (mean - {record['eval/pessimism']:g} std) {record['eval/pessimistic_gain_sd']:+.2f} SD"
+    return f"epoch {int(record['epoch'])}: {head}; KL {record['eval/kl_nats']:.2f} nats per sample"

@@ -1,5 +1,5 @@
-"""The inpainting policy (UNet + VAE + text encoder, LoRA via peft) and how it learns: base-model
-pretraining, DDPO with a KL leash to the base, and offline Diffusion-DPO / reward-weighted regression.
+"""The inpainting policy (UNet + VAE + text encoder, LoRA via peft) and how it learns:
+DDPO with a KL leash to the base, and offline Diffusion-DPO / reward-weighted regression.
 
 Imports ``offline_data`` and ``rollout``.
 """

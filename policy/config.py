@@ -189,6 +189,41 @@ class InpaintModelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StyleConfig:
+    """The style adapter and its frozen encoder."""
+
+    num_tokens: int = 4
+    """K, extra conditioning tokens appended to the text tokens (each costs cross-attention time like a word)."""
+    hidden_size: int = 128
+    """Width of the adapter's MLP."""
+    encoder_filters: int = 8
+    """Filters of the encoder's fixed random bank; the embedding has 12 + 6 + F + F(F+1)/2 dimensions."""
+    encoder_seed: int = 0
+    """Seed of the random filter bank (the bank is also saved with the weights)."""
+
+    def __post_init__(self) -> None:
+        if self.num_tokens < 1 or self.hidden_size < 1 or self.encoder_filters < 1:
+            raise ValueError(
+                f"num_tokens, hidden_size and encoder_filters must be >= 1, got {self.num_tokens}, "
+                f"{self.hidden_size}, {self.encoder_filters}"
+            )
+        if self.encoder_seed < 0:
+            raise ValueError(f"encoder_seed must be >= 0, got {self.encoder_seed}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskDecoderConfig:
+    """The context branch of :class:`MaskAwareDecoder` (the decoder itself mirrors the VAE's)."""
+
+    context_channels: int = 16
+    """Width of the context branch at full resolution; each coarser level doubles it (capped at 4x)."""
+
+    def __post_init__(self) -> None:
+        if self.context_channels < 1:
+            raise ValueError(f"context_channels must be >= 1, got {self.context_channels}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class LoraConfig:
     """The trainable LoRA adapter on the UNet (peft), W x + (alpha / rank) B A x with B initialised to zero.
 

@@ -4,24 +4,31 @@ Every evaluation samples the same held-out requests with the same seeds (common 
 samples are paired with the base model's samples of the same noise and the gain is measured with little
 variance. It reports:
 
-- ``eval/proxy_mean``, ``eval/proxy_std``: the reward model's combined reward (what training optimises);
-- ``gold/engagement``: the hidden gold of the samples (an injected ``GoldFn``: the studio world's, or a real
-  team's evaluation), NEVER used by training;
-- ``gold/gain`` (raw gold units) and ``gold/gain_sd`` (in within-request standard deviations of the base
-  model's samples), with ``gold/gain_se`` (standard error over requests) and the share of requests improved;
-  ``eval/proxy_gain_sd`` likewise for the proxy;
+- ``eval/proxy_mean``, ``eval/proxy_std``: the reward model's combined reward (the ensemble mean);
+- ``eval/proxy_gain`` (raw), ``eval/proxy_gain_sd`` (in within-request SDs of the base model's proxy,
+  ``eval/proxy_base_within_sd``) and ``eval/proxy_gain_se``: the reward model's held-out estimate of the gain;
+- ``eval/pessimistic_mean``, ``eval/pessimistic_gain``, ``eval/pessimistic_gain_sd`` (in the same proxy SDs),
+  ``eval/pessimistic_gain_se``: the same for the ensemble's lower confidence bound proxy - k std
+  (``policy.reward_signal.pessimistic_reward``, k = ``eval/pessimism``), with ``eval/uncertainty_mean`` the mean
+  ensemble std. A proxy gain that the pessimistic gain does not share was bought where the ensemble disagrees,
+  which is where over-optimisation finds it; without gold these and the KL are the evidence;
+- with a gold function (an optional ``rollout.gold.GoldFn``: the studio world's, or a real team's evaluation;
+  NEVER used by training): ``gold/engagement``, the hidden gold of the samples, ``gold/gain`` (raw gold units)
+  and ``gold/gain_sd`` (in within-request standard deviations of the base model's samples), with
+  ``gold/gain_se`` (standard error over requests) and the share of requests improved;
 - ``eval/kl_step`` (the per-step KL to the base, mean over background latent dims, as the training loss uses it)
   and ``eval/kl_nats`` (the KL of whole chains in nats: the sum over steps of the per-dim KL times the number of
   background latent dims, comparable with best-of-n's log n - (n - 1) / n);
 - ``eval/preservation_max_abs_diff`` (must be 0).
 
-:func:`plot_overoptimisation` draws proxy and gold gains against ``eval/kl_nats`` (Gao et al. 2023, "Scaling
-Laws for Reward Model Overoptimization": the proxy keeps rising while gold turns over).
+:func:`plot_overoptimisation` draws the proxy, pessimistic proxy and (when measured) gold gains against
+``eval/kl_nats`` (Gao et al. 2023, "Scaling Laws for Reward Model Overoptimization": the proxy keeps rising while
+gold turns over).
 
 Several processes share one evaluation (:class:`EvaluationProcesses`): the R x K samples, request-major (sample
 i = r K + k has seed ``first_seed + i`` whatever the process count), are cut into contiguous blocks whose sizes
 differ by at most one (:func:`evaluation_share`); each process samples, scores and replays (KL) its block, and the
-per-sample tables (proxy, gold, per-step KL, background dims) and each process's preservation maximum are
+per-sample tables (proxy, ensemble std, gold, per-step KL, background dims) and each process's preservation maximum are
 gathered in sample order (:func:`gather_shares`: blocks padded with zeros to ceil(R K / P) rows for a fixed-shape
 gather, the padding dropped after it). Every process then computes the metrics from the same full [R, K] tables,
 so every process returns the same metrics (no broadcast needed) and caches the same base statistics. Only the
@@ -43,16 +50,14 @@ import torch
 from offline_data.errors import PreservationError
 from policy.model import InpaintPolicy
 from policy.replay import background_dims, stepwise_kl
-from policy.reward_signal import RewardModelFn, score_rewards
+from policy.reward_signal import RewardModelFn, pessimistic_reward, score_rewards
 from rollout.config import SamplerConfig
+from rollout.gold import GoldFn, score_gold
 from rollout.request import InpaintRequest, expand_requests
 from rollout.rerank import rerank
 from rollout.sampler import Rollout, sample_trajectories
 
 logger = logging.getLogger(__name__)
-
-GoldFn = Callable[[torch.Tensor, Sequence[InpaintRequest]], torch.Tensor]
-"""``(images [B, 3, H, W] uint8, requests) -> [B]`` hidden engagement (evaluation only)."""
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 """``tensor [S, ...] -> [P S, ...]``: every process's tensor, concatenated in process order. A collective call
@@ -73,6 +78,9 @@ class EvaluationConfig:
     training seeds, which are 32-bit hashes of (run seed, epoch)."""
     rows_per_forward: int = 128
     """(sample, step) rows per UNet call of the KL pass (no grad)."""
+    pessimism: float | None = None
+    """k of the reported pessimistic proxy mean - k std (ensemble std). None: the training reward's pessimism
+    lambda when it is > 0 (then the evaluation reports exactly what the trainer optimises), else 1."""
 
     def __post_init__(self) -> None:
         if self.seeds_per_request < 2:
@@ -81,6 +89,8 @@ class EvaluationConfig:
             )
         if self.first_seed < 0 or self.rows_per_forward < 1:
             raise ValueError("first_seed must be >= 0 and rows_per_forward >= 1")
+        if self.pessimism is not None and not self.pessimism >= 0:
+            raise ValueError(f"pessimism must be >= 0 or unset, got {self.pessimism}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,6 +175,8 @@ class EvaluationSamples:
     """This process's samples (:meth:`PolicyEvaluator.share`); None when its share is empty."""
     proxy: torch.Tensor
     """``[R, K]`` float32 proxy rewards."""
+    uncertainty: torch.Tensor
+    """``[R, K]`` float32 ensemble std of the proxy (zeros for a plain reward function)."""
     gold: torch.Tensor | None
     """``[R, K]`` float64 gold (None without a gold function)."""
     preservation_max_abs_diff: float
@@ -205,9 +217,10 @@ class PolicyEvaluator:
     Args:
         requests: R held-out requests (never trained on).
         reward_fn: the proxy reward (the trainer's reward model).
-        gold_fn: hidden engagement, or None (then only proxy and KL are reported).
+        gold_fn: hidden engagement, or None (then proxy, pessimistic proxy and KL are reported).
         sampler: the training rollouts' sampler settings (same T, eta and guidance).
-        config: seeds per request and chunk sizes.
+        config: seeds per request, chunk sizes and the pessimism of the reported lower bound.
+        training_pessimism: the trainer's ``reward.pessimism`` (the default k of the pessimistic proxy).
     """
 
     def __init__(
@@ -218,6 +231,7 @@ class PolicyEvaluator:
         gold_fn: GoldFn | None,
         sampler: SamplerConfig,
         config: EvaluationConfig | None = None,
+        training_pessimism: float = 0.0,
     ) -> None:
         if not requests:
             raise ValueError("no evaluation requests")
@@ -226,6 +240,9 @@ class PolicyEvaluator:
         self.gold_fn = gold_fn
         self.sampler = sampler
         self.config = config or EvaluationConfig()
+        fallback = training_pessimism if training_pessimism > 0 else 1.0
+        self.pessimism = self.config.pessimism if self.config.pessimism is not None else fallback
+        """k of the reported pessimistic proxy (:attr:`EvaluationConfig.pessimism`)."""
         self._base: dict[str, torch.Tensor] | None = None
 
     @property
@@ -270,27 +287,32 @@ class PolicyEvaluator:
                 mine = f"; this process's: {preservation.describe()}" if processes.index in failed else ""
                 raise PreservationError(f"evaluation samples of process(es) {failed} changed product pixels{mine}")
             max_abs_diff = float(everyone[:, 0].max())
-        proxy = torch.zeros(0, dtype=torch.float32)
+        proxy = uncertainty = torch.zeros(0, dtype=torch.float32)
         gold = torch.zeros(0, dtype=torch.float64)
         if rollout is not None:
-            proxy, _, _ = score_rewards(self.reward_fn, rollout.images, requests)
+            proxy, uncertainty, _ = score_rewards(self.reward_fn, rollout.images, requests)
             if self.gold_fn is not None:
-                gold = torch.as_tensor(self.gold_fn(rollout.images, requests), dtype=torch.float64).reshape(-1)
+                gold = score_gold(self.gold_fn, rollout.images, requests)
         proxy = gather_shares(proxy, count * k, processes).reshape(count, k)
+        uncertainty = gather_shares(uncertainty, count * k, processes).reshape(count, k)
         gathered_gold = None
         if self.gold_fn is not None:
             gathered_gold = gather_shares(gold, count * k, processes).reshape(count, k)
         return EvaluationSamples(
-            rollout=rollout, proxy=proxy, gold=gathered_gold, preservation_max_abs_diff=max_abs_diff
+            rollout=rollout,
+            proxy=proxy,
+            uncertainty=uncertainty,
+            gold=gathered_gold,
+            preservation_max_abs_diff=max_abs_diff,
         )
 
     def base(self, policy: InpaintPolicy, processes: EvaluationProcesses = ONE_PROCESS) -> dict[str, torch.Tensor]:
-        """Proxy and gold ``[R, K]`` of the base model's samples (adapters disabled), computed once and cached; with
-        several processes each samples its share and every process caches the full tables."""
+        """Proxy, ensemble std and gold ``[R, K]`` of the base model's samples (adapters disabled), computed once
+        and cached; with several processes each samples its share and every process caches the full tables."""
         if self._base is None:
             with policy.reference():
                 samples = self.sample(policy, processes)
-            self._base = {"proxy": samples.proxy}
+            self._base = {"proxy": samples.proxy, "uncertainty": samples.uncertainty}
             if samples.gold is not None:
                 self._base["gold"] = samples.gold
         return self._base
@@ -317,8 +339,7 @@ class PolicyEvaluator:
             "eval/kl_nats": float(kl_nats.mean()),
             "eval/preservation_max_abs_diff": samples.preservation_max_abs_diff,
         }
-        proxy_gain = paired_gain(samples.proxy, base["proxy"], within_request_sd(base["proxy"]))
-        metrics["eval/proxy_gain_sd"] = proxy_gain["gain_sd"]
+        metrics |= self._proxy_metrics(samples, base)
         if samples.gold is not None:
             gold_sd = within_request_sd(base["gold"])
             gain = paired_gain(samples.gold, base["gold"], gold_sd)
@@ -333,6 +354,26 @@ class PolicyEvaluator:
             }
         return metrics
 
+    def _proxy_metrics(self, samples: EvaluationSamples, base: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """The reward model's held-out gain and its pessimistic counterpart, both in the base proxy's SDs."""
+        k = self.pessimism
+        proxy_sd = within_request_sd(base["proxy"])
+        proxy = paired_gain(samples.proxy, base["proxy"], proxy_sd)
+        lower = pessimistic_reward(samples.proxy, samples.uncertainty, k)
+        pessimistic = paired_gain(lower, pessimistic_reward(base["proxy"], base["uncertainty"], k), proxy_sd)
+        return {
+            "eval/proxy_gain": proxy["gain"],
+            "eval/proxy_gain_sd": proxy["gain_sd"],
+            "eval/proxy_gain_se": proxy["gain_se"],
+            "eval/proxy_base_within_sd": proxy_sd,
+            "eval/uncertainty_mean": float(samples.uncertainty.mean()),
+            "eval/pessimism": k,
+            "eval/pessimistic_mean": float(lower.mean()),
+            "eval/pessimistic_gain": pessimistic["gain"],
+            "eval/pessimistic_gain_sd": pessimistic["gain_sd"],
+            "eval/pessimistic_gain_se": pessimistic["gain_se"],
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """The cached base statistics (JSON), so a resumed run does not sample the base again."""
         base = None if self._base is None else {k: v.tolist() for k, v in self._base.items()}
@@ -344,16 +385,21 @@ class PolicyEvaluator:
             raise ValueError(f"evaluator state is for {state.get('shape')} requests x seeds, this one is {self.shape}")
         base = state.get("base")
         self._base = None
-        if base is not None:
+        if base is not None and "uncertainty" not in base:
+            # Written before the ensemble std was kept: the base is sampled again (same seeds, same numbers).
+            logger.info("the saved evaluator state has no base ensemble std; the base is evaluated again")
+        elif base is not None:
             self._base = {
                 "proxy": torch.tensor(base["proxy"], dtype=torch.float32),
+                "uncertainty": torch.tensor(base["uncertainty"], dtype=torch.float32),
                 **({"gold": torch.tensor(base["gold"], dtype=torch.float64)} if "gold" in base else {}),
             }
 
 
 def plot_overoptimisation(history: Sequence[Mapping[str, float]], path: str | Path, *, title: str = "") -> Path:
-    """Proxy and gold gains (within-request SDs of the base) against the KL to the base (nats), one point per
-    evaluation, as a PNG at ``path``. Records without ``eval/kl_nats`` are skipped."""
+    """Proxy, pessimistic proxy and, when measured, gold gains (within-request SDs of the base) against the KL to
+    the base (nats), one point per evaluation, as a PNG at ``path``. Records without ``eval/kl_nats`` are skipped;
+    a curve is drawn when every evaluation has its metric."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -362,11 +408,16 @@ def plot_overoptimisation(history: Sequence[Mapping[str, float]], path: str | Pa
     points = [h for h in history if "eval/kl_nats" in h]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    has_gold = bool(points) and all("gold/gain_sd" in h for h in points)
     figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     if points:
         kl = [h["eval/kl_nats"] for h in points]
         axis.plot(kl, [h["eval/proxy_gain_sd"] for h in points], "o-", color="tab:blue", label="proxy (reward model)")
-        if all("gold/gain_sd" in h for h in points):
+        if all("eval/pessimistic_gain_sd" in h for h in points):
+            k = points[-1]["eval/pessimism"]
+            pessimistic = [h["eval/pessimistic_gain_sd"] for h in points]
+            axis.plot(kl, pessimistic, "^--", color="tab:purple", label=f"pessimistic proxy (mean - {k:g} std)")
+        if has_gold:
             gold = [h["gold/gain_sd"] for h in points]
             errors = [h["gold/gain_se"] / h["gold/base_within_sd"] for h in points]
             axis.errorbar(kl, gold, yerr=errors, fmt="s-", color="tab:red", capsize=3, label="gold (hidden)")
@@ -376,7 +427,8 @@ def plot_overoptimisation(history: Sequence[Mapping[str, float]], path: str | Pa
     axis.axhline(0.0, color="grey", linewidth=0.8)
     axis.set_xlabel("KL(policy || base) per sample, nats")
     axis.set_ylabel("gain over base, within-request SDs")
-    axis.set_title(title or "over-optimisation: proxy vs gold (labels: epoch)")
+    default = "proxy vs gold" if has_gold else "proxy vs pessimistic proxy"
+    axis.set_title(title or f"over-optimisation: {default} (labels: epoch)")
     axis.legend(loc="best")
     axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -443,5 +495,5 @@ def best_of_n(
     chosen = torch.tensor(picked.indices, dtype=torch.int64) - torch.arange(len(requests)) * n
     gold = None
     if gold_fn is not None:
-        gold = torch.as_tensor(gold_fn(rollout.images, expanded), dtype=torch.float64).reshape(len(requests), n)
+        gold = score_gold(gold_fn, rollout.images, expanded).reshape(len(requests), n)
     return BestOfN(proxy=proxy, gold=gold, chosen=chosen, duplicates=picked.filtered)

@@ -151,9 +151,13 @@ class InpaintPolicy:
         Args:
             config: architecture, or ``pretrained`` folder.
             lora: attach a fresh adapter (B = 0) with this configuration; None leaves the UNet without one.
-            vocabulary: words the tokenizer of a model built here encodes as single tokens; None takes
-                ``offline_data.simulator.PROMPT_VOCABULARY``. Ignored when loading a checkpoint.
+            vocabulary: words the tokenizer of a model built here encodes as single tokens (required then; the
+                studio world's is ``experiments.studio.prompts.studio_vocabulary()``). Ignored when loading a
+                checkpoint: a model folder carries its tokenizer.
             device, dtype: where the frozen weights live and their dtype.
+
+        Raises:
+            ValueError: no ``vocabulary`` for a model built from its config.
         """
         if config.pretrained is not None:
             return cls.from_pretrained(
@@ -163,7 +167,12 @@ class InpaintPolicy:
                 dtype=dtype,
                 channels_last=config.channels_last,
             )
-        words = _studio_vocabulary() if vocabulary is None else list(vocabulary)
+        if vocabulary is None:
+            raise ValueError(
+                "a model built from its config needs vocabulary=[...], the words its tokenizer encodes as single "
+                "tokens (or set pretrained to a model folder, which carries its tokenizer)"
+            )
+        words = list(vocabulary)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.init_seed)
             tokenizer = build_clip_tokenizer(words, config.text.max_length)
@@ -498,16 +507,6 @@ def resolve_model_folder(pretrained: str | Path) -> Path:
     if str(pretrained) == STUDIO_TINY_NAME and not path.exists():
         return STUDIO_TINY
     return path
-
-
-def _studio_vocabulary() -> list[str]:
-    try:
-        from offline_data.simulator import PROMPT_VOCABULARY
-    except ImportError as exc:
-        raise ValueError(
-            f"no vocabulary given and the studio prompt vocabulary is unavailable ({exc}); pass vocabulary=[...]"
-        ) from None
-    return list(PROMPT_VOCABULARY)
 
 
 def describe(policy: InpaintPolicy) -> dict[str, object]:

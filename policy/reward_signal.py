@@ -101,6 +101,15 @@ def score_rewards(
     return cpu(proxy), cpu(uncertainty), {k: cpu(v) for k, v in heads.items()}
 
 
+def pessimistic_reward(proxy: torch.Tensor, uncertainty: torch.Tensor, pessimism: float) -> torch.Tensor:
+    """The ensemble's lower confidence bound ``proxy - pessimism * uncertainty`` (elementwise, same shape).
+
+    What the trainer optimises (:attr:`RewardSignalConfig.pessimism` = lambda) and what evaluation reports as the
+    pessimistic proxy; with a plain reward function (uncertainty 0) it is the proxy itself.
+    """
+    return proxy - pessimism * uncertainty
+
+
 def reward_signal(
     reward_fn: RewardModelFn,
     images: torch.Tensor,
@@ -116,7 +125,7 @@ def reward_signal(
     signal = RewardSignal(
         proxy=proxy,
         uncertainty=uncertainty,
-        reward=proxy - config.pessimism * uncertainty,
+        reward=pessimistic_reward(proxy, uncertainty, config.pessimism),
         weights=torch.ones_like(proxy),
         heads=heads,
     )

@@ -5,9 +5,9 @@
 
 The UNet's cross-attention then reads ``L + K`` tokens (IP-Adapter-style token concatenation, Ye et al. 2023,
 without the decoupled attention). The adapter is trained jointly with the inpainting UNet in
-``policy.pretrain``: for half of the samples the style tokens are present (the style image is another scene
-of the same prompt family) and for the other half they are masked out of the attention, which is exactly
-equivalent to not appending them. Switched off (``style_tokens=None``), :class:`StyledModel` passes the text
+``experiments.studio.pretrain.train``: for half of the samples the style tokens are present (the style
+image is another scene of the same prompt family) and for the other half they are masked out of the
+attention, which is exactly equivalent to not appending them. Switched off (``style_tokens=None``), :class:`StyledModel` passes the text
 tokens through unchanged, so the model computes exactly the base behaviour (tested bit-for-bit).
 
 With guidance, the style tokens are appended to the unconditional (empty-prompt) branch as well, so classifier-
@@ -35,7 +35,7 @@ from torch import nn
 
 from offline_data.errors import AssetError
 from policy.component_files import load_state, read_component, save_component
-from policy.pretrain_config import StyleConfig
+from policy.config import StyleConfig
 from rollout.protocols import InpaintingModel
 
 WEIGHTS_NAME = "style.safetensors"

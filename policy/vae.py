@@ -10,7 +10,8 @@ What. Like the conditional branch of the "asymmetric VQGAN" (Zhu et al. 2023, "D
 VQGAN for StableDiffusion") and SD-XL-style mask-aware decoders, a small convolutional *context branch* encodes
 ``cat(masked_image, mask)`` into a feature pyramid, and each level is added into the decoder's activations
 (after the mid block and after every up block) through a 1x1 convolution initialised to zero. The decoder
-itself is a copy of the VAE's decoder, fine-tuned with the branch on composites (``policy.pretrain``).
+itself is a copy of the VAE's decoder, fine-tuned with the branch on composites
+(``experiments.studio.pretrain.train``).
 
 Zero-initialised fusion convolutions make :class:`MaskAwareDecoder` compute exactly what the VAE's own decoder
 computes until it is trained (tested), and the VAE inside the diffusers folder is left untouched, so a plain
@@ -36,7 +37,7 @@ from torch import nn
 
 from offline_data.errors import AssetError
 from policy.component_files import load_state, read_component, save_component
-from policy.pretrain_config import MaskDecoderConfig
+from policy.config import MaskDecoderConfig
 
 WEIGHTS_NAME = "mask_decoder.safetensors"
 FORMAT = "backdrop.mask_decoder"

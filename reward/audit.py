@@ -1,14 +1,14 @@
 """Auditing a trained reward model before anyone optimises against it.
 
 :func:`audit_reward_model` measures, on a folder of validated logs (e.g. the test split), and optionally
-against the simulator's truth sidecar (EVALUATION ONLY) and a policy run:
+against a world's hidden truth (``reward.truth.WorldTruth``, EVALUATION ONLY) and a policy run:
 
 1. calibration per head: the click head's ECE and reliability diagram (``reward.evaluation``), the
    preference head's P(a preferred | not a tie) against the choices, the dwell head's censoring-aware
    D-calibration (``reward.audit_metrics``);
 2. discrimination overall and by slice: click AUC by segment, slot, product kind and prompt family; pairwise
    accuracy by product kind and prompt family; dwell concordance (Harrell's C) overall and by segment; with
-   truth, each against its Bayes ceiling (``offline_data.simulator.ceilings``) on the same rows;
+   truth, each against its Bayes ceiling (``WorldTruth.ceilings``) on the same rows;
 3. ensemble disagreement: the member standard deviation of the reward relative to the reward's spread across
    images, and whether it points at errors (with truth: Spearman with |z(reward) − z(gold)|; from the logs:
    the AUC of the pair's disagreement at picking the pairs the model gets wrong);
@@ -36,16 +36,16 @@ from reward.audit_config import TAMPERS, AuditConfig
 from reward.audit_flags import collect_flags
 from reward.audit_metrics import concordance_index, d_calibration, dwell_cdf, slice_table, spearman
 from reward.audit_run import read_overoptimisation
-from reward.audit_truth import AuditTruth, gold_function, read_truth
 from reward.data import RewardData, load_reward_data
 from reward.ensemble import score_rows
 from reward.errors import RewardDataError
-from reward.evaluation import evaluate, index_for, prompt_family
+from reward.evaluation import PromptFamily, evaluate, index_for, single_family
 from reward.losses import CHOICE_A, CHOICE_TIE
 from reward.metrics import binary_auc, expected_calibration_error, expected_pairwise_accuracy, reliability_bins
 from reward.probes import ProbeOutcome, run_probes
 from reward.scorer import RewardScorer, ScoringRequest
 from reward.train import IndexedData
+from reward.truth import AuditTruth, WorldTruth, gold_function
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +74,20 @@ def audit_reward_model(
     scorer: RewardScorer,
     data_dir: str | Path,
     *,
-    truth_dir: str | Path | None = None,
+    truth: WorldTruth | None = None,
+    prompt_family: PromptFamily = single_family,
     run_dir: str | Path | None = None,
     config: AuditConfig | None = None,
 ) -> AuditResult:
     """Audit ``scorer`` on the validated logs in ``data_dir`` (module docstring).
+
+    Args:
+        scorer: the trained reward model.
+        data_dir: a folder of validated logs (e.g. the test split).
+        truth: the world's hidden truth (EVALUATION ONLY), or None to audit from the logs alone.
+        prompt_family: groups prompts for the by-family slices.
+        run_dir: a ``backdrop policy train`` run for the over-optimisation section, or None.
+        config: probes, thresholds and bins.
 
     Raises:
         RewardDataError / MissingImageError: the logs cannot be scored by this model.
@@ -86,14 +95,14 @@ def audit_reward_model(
     """
     config = config or AuditConfig()
     data_dir = Path(data_dir)
-    base, base_plots = evaluate(scorer, data_dir, truth_dir=truth_dir, bins=config.bins)
+    base, base_plots = evaluate(scorer, data_dir, truth=truth, prompt_family=prompt_family, bins=config.bins)
     data, masks_note = _load_data(data_dir, scorer)
     indexed = index_for(scorer, data)
-    truth = read_truth(Path(truth_dir), data) if truth_dir is not None else None
+    row_truth = truth.audit_truth(data) if truth is not None else None
     metrics: dict = {
         "model": {"members": scorer.members, "encoder": scorer.config.encoder.kind},
         "data": str(data_dir),
-        "truth": str(truth_dir) if truth_dir is not None else None,
+        "truth": str(truth.directory) if truth is not None else None,
         "run": str(run_dir) if run_dir is not None else None,
         "evaluation": base,
         "config": dataclasses.asdict(config),
@@ -104,17 +113,17 @@ def audit_reward_model(
         plots["examination_true"] = base_plots["examination_true"]
     metrics["calibration"], metrics["discrimination"] = {}, {}
     if len(data.impressions):
-        _click_sections(scorer, indexed, base, truth, metrics)
+        _click_sections(scorer, indexed, base, row_truth, metrics, prompt_family)
         _dwell_sections(scorer, indexed, config, metrics, plots)
     if "log_odds" in base_plots:
-        _preference_sections(indexed, base_plots["log_odds"], truth, config, metrics, plots)
+        _preference_sections(indexed, base_plots["log_odds"], row_truth, config, metrics, plots, prompt_family)
     metrics["disagreement"] = _pair_disagreement(scorer, indexed)
     examples: dict[str, np.ndarray] = {}
     sample = _image_sample(data, config)
     if sample is not None:
         image_scores = _score_images(scorer, data, sample)
-        _image_disagreement(image_scores, data, sample, truth, metrics, plots)
-        probes, examples = _probe_section(scorer, data, sample, truth, config, masks_note)
+        _image_disagreement(image_scores, data, sample, row_truth, metrics, plots)
+        probes, examples = _probe_section(scorer, data, sample, row_truth, config, masks_note)
         metrics["probes"] = probes
     else:
         metrics["probes"] = {"skipped": "no generated images with impressions to probe"}
@@ -148,7 +157,12 @@ def _load_data(data_dir: Path, scorer: RewardScorer) -> tuple[RewardData, str | 
 
 
 def _click_sections(
-    scorer: RewardScorer, indexed: IndexedData, base: dict, truth: AuditTruth | None, metrics: dict
+    scorer: RewardScorer,
+    indexed: IndexedData,
+    base: dict,
+    truth: AuditTruth | None,
+    metrics: dict,
+    prompt_family: PromptFamily,
 ) -> None:
     """Click calibration (from ``reward.evaluation``) and click AUC by slice, with each slice's ceiling."""
     data = indexed.data
@@ -235,6 +249,7 @@ def _preference_sections(
     config: AuditConfig,
     metrics: dict,
     plots: dict,
+    prompt_family: PromptFamily,
 ) -> None:
     data = indexed.data
     pairs = data.pairs

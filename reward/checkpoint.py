@@ -7,21 +7,30 @@
                               calibrator, head normalisation, product kinds
     <dir>/metrics.json        what training measured (written by the trainer)
 
-Weights are read with safetensors only; nothing is unpickled.
+Weights are read with safetensors only; nothing is unpickled. This module sits below ``reward.scorer``: it
+writes and reads the parts a scorer is made of (:class:`ScorerParts`), and ``RewardScorer.save`` / ``.load``
+call it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from offline_data.assets import file_sha256
 from reward.calibration import Calibrator
-from reward.config import config_to_dict, json_ready, reward_config_from_dict
+from reward.config import RewardConfig, config_to_dict, json_ready, reward_config_from_dict
+from reward.encoders import build_encoder
+from reward.ensemble import RewardEnsemble
 from reward.errors import CheckpointError
+from reward.train import build_model
 from reward.vocabulary import ContextVocabulary
 
 FORMAT = "backdrop-reward/1"
@@ -30,10 +39,30 @@ META_FILE = "reward.json"
 METRICS_FILE = "metrics.json"
 
 
-def save_scorer(scorer, path: Path, *, metrics: Mapping | None = None) -> Path:
-    """Write ``scorer`` (a :class:`~reward.scorer.RewardScorer`) to the folder ``path``; returns it."""
-    from safetensors.torch import save_file
+class ScorerState(Protocol):
+    """What a model folder stores of a scorer (``reward.scorer.RewardScorer`` and :class:`ScorerParts` have it)."""
 
+    ensemble: RewardEnsemble
+    config: RewardConfig
+    calibrator: Calibrator
+    normalisation: Mapping[str, tuple[float, float]]
+    product_kinds: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScorerParts:
+    """A model folder read back: the members, the config, the click calibrator, the head normalisation
+    {head: (mean, std)} and the training products' kinds; ``RewardScorer.load`` builds the scorer from them."""
+
+    ensemble: RewardEnsemble
+    config: RewardConfig
+    calibrator: Calibrator
+    normalisation: dict[str, tuple[float, float]]
+    product_kinds: dict[str, str]
+
+
+def save_scorer(scorer: ScorerState, path: Path, *, metrics: Mapping | None = None) -> Path:
+    """Write ``scorer`` (a ``reward.scorer.RewardScorer``) to the folder ``path``; returns it."""
     path.mkdir(parents=True, exist_ok=True)
     ensemble = scorer.ensemble
     first = ensemble.members[0]
@@ -56,7 +85,7 @@ def save_scorer(scorer, path: Path, *, metrics: Mapping | None = None) -> Path:
         "vocabulary": first.vocabulary.to_dict(),
         "calibrator": scorer.calibrator.to_dict(),
         "normalisation": {h: list(v) for h, v in scorer.normalisation.items()},
-        "product_kinds": scorer.product_kinds,
+        "product_kinds": dict(scorer.product_kinds),
         "examination": ensemble.examination().tolist(),
         "embeddings_sha256": file_sha256(Path(encoder.embeddings)) if encoder.kind == "precomputed" else None,
     }
@@ -84,16 +113,12 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def load_scorer(path: Path, device: torch.device):
-    """Rebuild the :class:`~reward.scorer.RewardScorer` saved in ``path`` on ``device``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load_parts(path: Path, device: torch.device) -> ScorerParts:
+    """Read the scorer saved in ``path``, its members on ``device``.
 
-    from reward.encoders import build_encoder
-    from reward.ensemble import RewardEnsemble
-    from reward.scorer import RewardScorer
-    from reward.train import build_model
-
+    Raises:
+        CheckpointError: missing or inconsistent files.
+    """
     meta = read_meta(path)
     try:
         config = reward_config_from_dict(meta["config"])
@@ -135,10 +160,10 @@ def load_scorer(path: Path, device: torch.device):
         model.eval()
         members.append(model.to(device))
     ensemble = RewardEnsemble(members, encoder.to(device) if frozen else None)
-    return RewardScorer(
-        ensemble,
-        config,
-        Calibrator.from_dict(meta["calibrator"]),
-        {h: tuple(v) for h, v in meta["normalisation"].items()},
-        meta.get("product_kinds", {}),
+    return ScorerParts(
+        ensemble=ensemble,
+        config=config,
+        calibrator=Calibrator.from_dict(meta["calibrator"]),
+        normalisation={h: (float(v[0]), float(v[1])) for h, v in meta["normalisation"].items()},
+        product_kinds=dict(meta.get("product_kinds", {})),
     )

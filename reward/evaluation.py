@@ -9,23 +9,27 @@ From the logs alone (``data_dir``, a folder of validated tables such as the test
   utilities alone), overall and by product kind and prompt family of image a;
 - the estimated examination probability per slot (relative to slot 1).
 
-With ``truth_dir`` (a ``backdrop simulate`` output; EVALUATION ONLY, never read by training), also:
+With ``truth`` (a :class:`reward.truth.WorldTruth`, e.g. the studio world's over a ``backdrop simulate`` output;
+EVALUATION ONLY, never read by training), also:
 
-- the Bayes ceilings of the same judgements and impressions (``offline_data.simulator.ceilings``), the
+- the Bayes ceilings of the same judgements and impressions (:meth:`~reward.truth.WorldTruth.ceilings`), the
   expected pairwise accuracy given the true choice probabilities and its ratio to the (expected) Bayes ceiling,
   the realised accuracy's ratio to the Bayes predictor's realised accuracy on the same choices, and the click
   AUC's ratio to the AUC of the true click probabilities;
 - examination estimated vs true, with relative errors;
 - per segment: accuracy of the click score at ordering the judged pairs by that segment's gold, and the
   Spearman correlation of head scores with gold over the images.
+
+Slices by prompt family use the caller's ``prompt_family`` (the studio world's groups by material); without one
+every prompted image is in one family, "all".
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +47,18 @@ from reward.metrics import (
 )
 from reward.scorer import RewardScorer
 from reward.train import IndexedData, encode_frozen, index_data
+from reward.truth import WorldTruth
 
 logger = logging.getLogger(__name__)
 
 
-def prompt_family(prompt: str | None) -> str:
-    from offline_data.simulator.prompts import PromptError, prompt_family
+PromptFamily = Callable[[str | None], str]
+"""A prompt's family for the by-family slices (``None`` or "" for an image without a prompt)."""
 
-    if not prompt:
-        return "none"
-    try:
-        return prompt_family(prompt)
-    except PromptError:
-        return "other"
+
+def single_family(prompt: str | None) -> str:
+    """The default :data:`PromptFamily`: "none" without a prompt, "all" otherwise."""
+    return "all" if prompt else "none"
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -75,9 +78,21 @@ def index_for(scorer: RewardScorer, data: RewardData) -> IndexedData:
 
 
 def evaluate(
-    scorer: RewardScorer, data_dir: str | Path, *, truth_dir: str | Path | None = None, bins: int | None = None
+    scorer: RewardScorer,
+    data_dir: str | Path,
+    *,
+    truth: WorldTruth | None = None,
+    prompt_family: PromptFamily = single_family,
+    bins: int | None = None,
 ) -> tuple[dict, dict]:
     """Metrics of ``scorer`` on the validated logs in ``data_dir`` (module docstring).
+
+    Args:
+        scorer: the trained reward model.
+        data_dir: a folder of validated logs.
+        truth: the world's hidden truth (EVALUATION ONLY), or None for the logs-only metrics.
+        prompt_family: groups prompts for the by-family slices.
+        bins: reliability bins (default: the model's calibration bins).
 
     Returns:
         ``(metrics, plot_data)``: JSON-ready metrics, and the arrays the plots draw.
@@ -115,9 +130,9 @@ def evaluate(
         metrics["click_pairs_by_segment"] = _click_pairs_by_segment(data, logits.mean(axis=0))
 
     if len(pairs):
-        _preference_metrics(scorer, indexed, metrics, plots)
-    if truth_dir is not None:
-        _truth_metrics(scorer, indexed, Path(truth_dir), metrics, plots, scores)
+        _preference_metrics(scorer, indexed, metrics, plots, prompt_family)
+    if truth is not None:
+        _truth_metrics(scorer, indexed, truth, metrics, plots)
     return metrics, plots
 
 
@@ -142,7 +157,9 @@ def _click_pairs_by_segment(data: RewardData, score: np.ndarray) -> dict[str, di
     return {seg: {"accuracy": correct[seg] / total[seg], "pairs": total[seg]} for seg in sorted(total)}
 
 
-def _preference_metrics(scorer: RewardScorer, indexed: IndexedData, metrics: dict, plots: dict) -> None:
+def _preference_metrics(
+    scorer: RewardScorer, indexed: IndexedData, metrics: dict, plots: dict, prompt_family: PromptFamily
+) -> None:
     data = indexed.data
     pairs = data.pairs
     ensemble = scorer.ensemble
@@ -185,15 +202,9 @@ def _preference_metrics(scorer: RewardScorer, indexed: IndexedData, metrics: dic
     plots["utility"] = utility.mean(dim=0).numpy()
 
 
-def _truth_metrics(
-    scorer: RewardScorer, indexed: IndexedData, truth_dir: Path, metrics: dict, plots: dict, scores: dict
-) -> None:
-    from offline_data.simulator.ceilings import bayes_ceilings
-    from offline_data.simulator.truth import WORLD_FILE, read_truth_table, truth_path
-
+def _truth_metrics(scorer: RewardScorer, indexed: IndexedData, world: WorldTruth, metrics: dict, plots: dict) -> None:
     data = indexed.data
-    world = json.loads((truth_path(truth_dir, "images").parent / WORLD_FILE).read_text(encoding="utf-8"))
-    true_theta = np.asarray(world["examination"], dtype=np.float64)
+    true_theta = world.examination()
     estimated = np.asarray(metrics["examination"], dtype=np.float64)
     slots = min(len(true_theta), len(estimated))
     relative = np.abs(estimated[:slots] - true_theta[:slots]) / true_theta[:slots]
@@ -203,18 +214,15 @@ def _truth_metrics(
         "examination_max_relative_error": float(relative.max()),
     }
     plots["examination_true"] = true_theta
-    ceilings = bayes_ceilings(
-        truth_dir,
+    ceilings = world.ceilings(
         pair_ids=list(data.pairs.pair_ids) if len(data.pairs) else None,
         event_ids=list(data.impressions.event_ids) if len(data.impressions) else None,
     )
     truth["ceilings"] = ceilings.as_dict()
     if len(data.pairs) and "log_odds" in plots:
-        table = read_truth_table(truth_dir, "preferences")
-        where = {pid: i for i, pid in enumerate(table["pair_id"])}
-        rows = np.array([where[p] for p in data.pairs.pair_ids])
+        p_a, p_b = world.choice_probabilities(list(data.pairs.pair_ids))
         decisive = data.pairs.choice.numpy() != CHOICE_TIE
-        p_a, p_b = table["p_a"][rows][decisive], table["p_b"][rows][decisive]
+        p_a, p_b = p_a[decisive], p_b[decisive]
         expected = expected_pairwise_accuracy(plots["log_odds"][decisive], p_a, p_b)
         truth["pairwise_accuracy_expected"] = expected
         truth["pairwise_accuracy_ratio"] = expected / ceilings.pairwise_accuracy
@@ -222,17 +230,14 @@ def _truth_metrics(
         truth["pairwise_accuracy_realised_ratio"] = metrics["pairwise_accuracy"] / ceilings.pairwise_accuracy_realised
     if "click_auc" in metrics:
         truth["click_auc_ratio"] = metrics["click_auc"] / ceilings.click_auc
-    images = read_truth_table(truth_dir, "images")
-    where = {iid: i for i, iid in enumerate(images["image_id"])}
-    rows = np.array([where[i] for i in data.images.image_ids])
+    image_gold = world.image_gold(list(data.images.image_ids))
     by_segment = {}
     if len(data.pairs):
         a, b = data.pairs.image_a.numpy(), data.pairs.image_b.numpy()
     for segment in scorer.ensemble.vocabulary.segments.tokens:
-        column = f"gold_{segment}"
-        if column not in images:
+        if segment not in image_gold:
             continue
-        gold = images[column][rows]
+        gold = image_gold[segment]
         segment_index = scorer.ensemble.vocabulary.segments.index([segment])[0]
         heads = score_rows(
             scorer.ensemble, indexed, torch.arange(len(data.images)), segment_index.repeat(len(data.images))
@@ -252,4 +257,3 @@ def _truth_metrics(
     truth["by_segment"] = by_segment
     plots["gold_pair_accuracy"] = {s: e.get("gold_pair_accuracy_click") for s, e in by_segment.items()}
     metrics["truth"] = truth
-    del scores

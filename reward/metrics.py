@@ -1,9 +1,9 @@
 """Evaluation metrics of the heads: click AUC, calibration error and reliability bins, pairwise accuracy.
 
 Pure numpy functions on arrays. Pairwise accuracy comes in two forms: *realised* (agreement with the drawn
-choices of non-tie judgements) and *expected* (given each judgement's true probabilities from the simulator's
-truth sidecar: mean of P(the model's pick) / (P(a) + P(b))), which is what the Bayes ceiling of
-``offline_data.simulator.ceilings`` is an expectation of, and has no sampling noise from the choices.
+choices of non-tie judgements) and *expected* (given each judgement's true probabilities from a world's hidden
+truth: mean of P(the model's pick) / (P(a) + P(b))), which is what the Bayes ceiling (``reward.truth.Ceilings``)
+is an expectation of, and has no sampling noise from the choices.
 """
 
 from __future__ import annotations

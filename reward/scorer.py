@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from reward.calibration import Calibrator
+from reward.checkpoint import load_parts, save_scorer
 from reward.config import HEADS, RewardConfig
 from reward.ensemble import RewardEnsemble
 from reward.features import check_images
@@ -205,8 +206,6 @@ class RewardScorer:
 
     def save(self, path: str | Path, *, metrics: Mapping | None = None) -> Path:
         """Write the model folder (``checkpoint.py`` has the layout)."""
-        from reward.checkpoint import save_scorer
-
         return save_scorer(self, Path(path), metrics=metrics)
 
     @classmethod
@@ -216,9 +215,8 @@ class RewardScorer:
         Raises:
             CheckpointError: missing or inconsistent files.
         """
-        from reward.checkpoint import load_scorer
-
-        return load_scorer(Path(path), torch.device(device))
+        parts = load_parts(Path(path), torch.device(device))
+        return cls(parts.ensemble, parts.config, parts.calibrator, parts.normalisation, parts.product_kinds)
 
 
 @dataclasses.dataclass(frozen=True)

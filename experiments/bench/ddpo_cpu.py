@@ -40,8 +40,8 @@ def pixel_reward(images: Any, requests: Any) -> Any:
 
 def build_requests(count: int, resolution: int) -> list:
     """``count`` studio-world requests (catalogue shot, noisy mask, prompt) at ``resolution`` px."""
+    from experiments.studio.requests import product_request
     from offline_data.simulator import SimulatorConfig, StudioWorld, WorldConfig
-    from policy.studio import product_request
 
     world = StudioWorld(SimulatorConfig(world=WorldConfig(products=count, image_size=resolution)))
     return [product_request(world, i, prompt=world.product_prompts[i][0], segment="warm") for i in range(count)]
@@ -51,6 +51,7 @@ def measure(args: argparse.Namespace, rows_per_forward: int, reward_fn: Any) -> 
     """Time ``args.epochs`` epochs after one warm-up with ``rows_per_forward`` rows per UNet call."""
     import torch
 
+    from experiments.studio.prompts import studio_vocabulary
     from policy.config import InpaintModelConfig, LoraConfig
     from policy.model import STUDIO_TINY, InpaintPolicy
     from policy.trainer import DDPOTrainer
@@ -61,7 +62,9 @@ def measure(args: argparse.Namespace, rows_per_forward: int, reward_fn: Any) -> 
     if STUDIO_TINY.is_dir():
         policy = InpaintPolicy.studio_base(lora=LoraConfig())  # the shipped base, mask-aware decoder included
     else:
-        policy = InpaintPolicy.from_config(InpaintModelConfig(), lora=LoraConfig())  # same UNet, random init
+        policy = InpaintPolicy.from_config(  # same UNet, random init
+            InpaintModelConfig(), lora=LoraConfig(), vocabulary=studio_vocabulary()
+        )
     config = DDPOConfig(
         epochs=args.epochs + 1,
         requests_per_epoch=2,

@@ -444,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from experiments.bench.rollout import sd15_inpainting_config
+    from experiments.studio.prompts import studio_vocabulary
     from policy.acceleration_config import AccelerationConfig
     from policy.config import LoraConfig
     from policy.model import InpaintPolicy, describe
@@ -459,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     started = time.perf_counter()
     torch.manual_seed(0)
-    policy = InpaintPolicy.from_config(model_config, lora=LoraConfig(), device=device, dtype=dtype)
+    policy = InpaintPolicy.from_config(
+        model_config, lora=LoraConfig(), vocabulary=studio_vocabulary(), device=device, dtype=dtype
+    )
     requests = bench_requests(policy.resolution)
     model = describe(policy)
     print(f"built {model['unet_params'] / 1e6:.1f} M-param UNet in {time.perf_counter() - started:.1f} s", flush=True)

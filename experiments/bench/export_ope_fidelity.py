@@ -235,6 +235,7 @@ def log_ratio_draws(
     from safetensors.numpy import load_file, save_file
 
     from experiments.export_ope import elbo_log_ratio_draws
+    from experiments.studio.prompts import studio_vocabulary
     from policy.model import InpaintPolicy
 
     path = cache / f"{candidate.label}-draws{draws}-seed{seed}.safetensors" if cache else None
@@ -244,9 +245,11 @@ def log_ratio_draws(
             logger.info("%s: log-ratios from %s", candidate.label, path)
             return stored
     if candidate.run_dir is None:
-        policy = InpaintPolicy.from_config(policy_config.model, lora=policy_config.lora, dtype=torch.float32)
+        policy = InpaintPolicy.from_config(
+            policy_config.model, lora=policy_config.lora, vocabulary=studio_vocabulary(), dtype=torch.float32
+        )
     else:
-        policy = InpaintPolicy.from_config(policy_config.model, dtype=torch.float32)
+        policy = InpaintPolicy.from_config(policy_config.model, vocabulary=studio_vocabulary(), dtype=torch.float32)
         policy.load_adapter(candidate.run_dir / "adapter")
     started = time.perf_counter()
     per_draw = elbo_log_ratio_draws(

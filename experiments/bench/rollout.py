@@ -163,6 +163,7 @@ def print_table(title: str, result: dict, steps: int, batch: int) -> None:
 def run_cpu(args: argparse.Namespace) -> dict:
     import torch
 
+    from experiments.studio.prompts import studio_vocabulary
     from policy.config import InpaintModelConfig, LoraConfig, UNetConfig
     from policy.model import InpaintPolicy
 
@@ -172,7 +173,7 @@ def run_cpu(args: argparse.Namespace) -> dict:
     if args.compare_attention:
         variants["attention_8x8"] = InpaintModelConfig(unet=UNetConfig(cross_attention_levels=(False, True, True)))
     for name, config in variants.items():
-        policy = InpaintPolicy.from_config(config, lora=LoraConfig())
+        policy = InpaintPolicy.from_config(config, lora=LoraConfig(), vocabulary=studio_vocabulary())
         result = measure(
             policy, batch=args.batch, steps=args.steps, guidance=args.guidance, repeats=args.repeats, sync=lambda: None
         )
@@ -199,13 +200,16 @@ def run_gpu(args: argparse.Namespace) -> dict | None:
     if not torch.cuda.is_available():
         print("--gpu: CUDA is not available on this machine; nothing measured (run it on a GPU host).")
         return None
+    from experiments.studio.prompts import studio_vocabulary
     from policy.config import LoraConfig
     from policy.model import InpaintPolicy
 
     device = torch.device("cuda:0")
     config = sd15_inpainting_config()
     steps = args.steps
-    policy = InpaintPolicy.from_config(config, lora=LoraConfig(), device=device, dtype=torch.bfloat16)
+    policy = InpaintPolicy.from_config(
+        config, lora=LoraConfig(), vocabulary=studio_vocabulary(), device=device, dtype=torch.bfloat16
+    )
     info = describe_model(policy)
     if info["unet_params"] != SD15_INPAINTING_UNET_PARAMS:
         print(

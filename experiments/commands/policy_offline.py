@@ -69,7 +69,7 @@ def run_policy_offline(args: argparse.Namespace) -> int:
         extra={"data": str(data_dir), "reward_model": str(reward_dir)},
     ) as run:  # fmt: skip
         history = train_offline(config, data_dir=data_dir, reward_dir=reward_dir, run=run)
-    evaluated = [h for h in history if "gold/gain_sd" in h]
+    evaluated = [h for h in history if "eval/kl_nats" in h]
     if evaluated:
         print(describe_evaluation({**evaluated[-1], "epoch": evaluated[-1]["step"]}).replace("epoch", "step", 1))
     print(f"run directory: {run.dir}")

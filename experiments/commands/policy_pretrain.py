@@ -2,7 +2,8 @@
 
 ``backdrop policy pretrain --config experiments/configs/pretrain_studio.toml --export policy/weights/studio_tiny``
 reproduces the shipped weights: VAE, mask-aware decoder, two-stage inpainting UNet with the text encoder and the
-style adapter (``policy.pretrain``), then the evaluation (``policy.pretrain_eval``), all into the run directory
+style adapter (``experiments.studio.pretrain.train``), then the evaluation
+(``experiments.studio.pretrain.eval``), all into the run directory
 (``<run>/model``: diffusers layout + mask_decoder/ + style/ + manifest.json + samples.png).
 
 The root config's sections are dataclass-only modules (no torch), imported at module level so that the class
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from experiments.config import RunConfig
+from experiments.studio.pretrain.config import PretrainConfig
 from policy.config import InpaintModelConfig
-from policy.pretrain_config import PretrainConfig
 
 DEFAULT_CONFIG = "experiments/configs/pretrain_studio.toml"
 
@@ -78,10 +79,12 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
     from experiments.config import ConfigError, dump_toml, load_config
     from experiments.runtime import setup_runtime
+    from experiments.studio.pretrain.checkpoint import LATEST
+    from experiments.studio.pretrain.manifest import evaluate_and_write_manifest, export_model, halve_weights
+    from experiments.studio.pretrain.train import pretrain
+    from experiments.studio.prompts import studio_training_prompts
     from experiments.tracking import start_run
-    from policy.pretrain import pretrain
-    from policy.pretrain_checkpoint import LATEST
-    from policy.pretrain_manifest import evaluate_and_write_manifest, export_model, halve_weights
+    from rollout.guards import write_training_prompts
 
     config_path = Path(args.config) if args.config else None
     if config_path is not None and str(config_path) == DEFAULT_CONFIG and not config_path.is_file():
@@ -119,6 +122,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         folder = run.dir / "model"
         result.policy.save_pretrained(folder)
         result.style.save(folder / "style")
+        write_training_prompts(folder, studio_training_prompts())  # what the prompt guard compares prompts with
         if config.pretrain.weights_dtype == "float16":
             halve_weights(folder)
         report = evaluate_and_write_manifest(

@@ -105,7 +105,7 @@ def run_policy_train(args: argparse.Namespace) -> int:
         if log_file is not None:
             logging.getLogger("backdrop").removeHandler(log_file)
             log_file.close()
-    evaluated = [h for h in history if "gold/gain_sd" in h]
+    evaluated = [h for h in history if "eval/kl_nats" in h]
     if is_main_process():
         if evaluated:
             print(describe_evaluation(evaluated[-1]))

@@ -226,6 +226,7 @@ def fit_from_logs(
     """
     from experiments.policy_train import launched_processes
     from experiments.runtime import setup_runtime
+    from experiments.studio.truth import prompt_family
     from reward.evaluation import evaluate
     from reward.pipeline import fit_reward_model
 
@@ -247,7 +248,7 @@ def fit_from_logs(
         log_metrics=log_metrics,
         progress=progress,
     )
-    test_metrics, plots = evaluate(scorer, splits / "test")
+    test_metrics, plots = evaluate(scorer, splits / "test", prompt_family=prompt_family)
     metrics["test"] = test_metrics
     metrics["splits"] = str(splits)
     return RewardFit(scorer, metrics, test_metrics, plots, splits, simulated)
@@ -344,6 +345,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import logging
 
     from experiments.runtime import resolve_device
+    from experiments.studio.truth import prompt_family, studio_truth
     from reward.evaluation import evaluate
     from reward.plots import write_plots
     from reward.scorer import RewardScorer
@@ -351,7 +353,7 @@ def run_eval(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = args.model / "model" if (args.model / "model" / "reward.json").is_file() else args.model
     scorer = RewardScorer.load(model, device=resolve_device(args.device))
-    metrics, plots = evaluate(scorer, args.data, truth_dir=args.truth)
+    metrics, plots = evaluate(scorer, args.data, truth=studio_truth(args.truth), prompt_family=prompt_family)
     out = args.out or model / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")

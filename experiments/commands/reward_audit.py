@@ -51,6 +51,7 @@ def run_audit(args: argparse.Namespace) -> int:
 
     from experiments.commands.arguments import load_root_config
     from experiments.runtime import resolve_device
+    from experiments.studio.truth import prompt_family, studio_truth
     from reward.audit import audit_reward_model, audit_summary
     from reward.audit_config import AuditCommandConfig
     from reward.report import write_audit
@@ -64,7 +65,14 @@ def run_audit(args: argparse.Namespace) -> int:
     model = Path(args.model)
     model = model / "model" if (model / "model" / "reward.json").is_file() else model
     scorer = RewardScorer.load(model, device=resolve_device(args.device))
-    result = audit_reward_model(scorer, args.data, truth_dir=args.truth, run_dir=args.run, config=config.audit)
+    result = audit_reward_model(
+        scorer,
+        args.data,
+        truth=studio_truth(args.truth),
+        prompt_family=prompt_family,
+        run_dir=args.run,
+        config=config.audit,
+    )
     out = Path(args.out) if args.out else model / "audit"
     written = write_audit(result, out)
     print("\n".join(audit_summary(result.metrics)))

@@ -69,7 +69,11 @@ def register(subparsers: Any) -> None:
         default=6,
         help="near-duplicate threshold of --best-of in pHash bits of 64 (default: 6)",
     )
-    parser.add_argument("--no-guard", action="store_true", help="skip the prompt guards")
+    parser.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="skip the prompt guards (the distribution check reads training_prompts.txt in the model folder)",
+    )
     parser.add_argument(
         "--max-distance",
         type=float,
@@ -92,7 +96,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from offline_data.errors import BackdropError
     from policy.model import InpaintPolicy, resolve_model_folder
     from rollout.config import SamplerConfig
-    from rollout.guards import GuardConfig, PromptGuard
+    from rollout.guards import GuardConfig, PromptGuard, read_training_prompts
     from rollout.request import expand_requests
     from rollout.sampler import sample_trajectories
 
@@ -107,10 +111,12 @@ def run_sample(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise BackdropError(f"invalid option: {exc}") from None
     set_threads(args.threads)
-    verdicts = [] if args.no_guard else PromptGuard(guard_config).require(args.prompts)
+    folder = resolve_model_folder(args.model)
+    # The guard compares prompts with the base model's training prompts, recorded in its folder.
+    guard = None if args.no_guard else PromptGuard(guard_config, read_training_prompts(folder))
+    verdicts = [] if guard is None else guard.require(args.prompts)
 
     device = resolve_device(args.device)
-    folder = resolve_model_folder(args.model)
     policy = InpaintPolicy.from_pretrained(folder, adapter=args.adapter, device=device)
     model = policy
     if args.style:

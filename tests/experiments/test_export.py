@@ -24,6 +24,7 @@ from experiments.export_config import (
 from experiments.export_reload import ReproducibilityError, verify_reload
 from experiments.gates import GateRefusedError
 from experiments.ope import OPEConfig
+from experiments.studio.prompts import studio_vocabulary
 from reward.audit_config import AuditConfig, ProbeConfig
 
 SAMPLER_STEPS = 3
@@ -63,9 +64,9 @@ def build_run(root: Path) -> Path:
     """A small world (logs + truth), a reward model trained on it, and a policy run whose adapter is a
     perturbed LoRA on the shipped tiny studio base (``backdrop policy train`` layout)."""
     from experiments.policy_train import PolicyTrainCommandConfig, RewardSourceConfig, WorldSourceConfig
+    from experiments.studio.requests import StudioRequestsConfig
     from policy.config import InpaintModelConfig, LoraConfig, PolicyConfig
     from policy.model import InpaintPolicy
-    from policy.studio import StudioRequestsConfig
     from policy.trainer_config import DDPOConfig
     from reward.pipeline import fit_reward_model
     from rollout.config import SamplerConfig
@@ -87,7 +88,7 @@ def build_run(root: Path) -> Path:
     )
     run = root / "run"
     run.mkdir()
-    policy = InpaintPolicy.from_config(config.policy.model, lora=config.policy.lora)
+    policy = InpaintPolicy.from_config(config.policy.model, lora=config.policy.lora, vocabulary=studio_vocabulary())
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in policy.trainable_parameters():
@@ -203,8 +204,8 @@ def test_reload_reproduces_the_reference_images(bundle: Path, run_dir: Path) -> 
 def test_reload_failure_is_loud(bundle: Path, run_dir: Path) -> None:
     from experiments.config import load_config
     from experiments.policy_train import PolicyTrainCommandConfig, load_world
+    from experiments.studio.requests import studio_requests
     from policy.model import STUDIO_TINY
-    from policy.studio import studio_requests
 
     config = load_config(PolicyTrainCommandConfig, run_dir / "config.toml")
     requests = studio_requests(config.requests, load_world(config.world)).evaluation[:2]
@@ -240,7 +241,7 @@ def test_planted_product_pixel_change_is_refused(run_dir: Path, tmp_path: Path, 
     import rollout.sampler as sampler_module
     from experiments.config import load_config
     from experiments.policy_train import PolicyTrainCommandConfig, load_world
-    from policy.studio import studio_requests
+    from experiments.studio.requests import studio_requests
 
     original = sampler_module.composite_product
     calls = []

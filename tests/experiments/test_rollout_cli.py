@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib.cbook
@@ -11,12 +12,13 @@ import pytest
 from PIL import Image
 
 from experiments.cli import main
+from experiments.studio.prompts import studio_training_prompts, studio_vocabulary
 from offline_data.simulator import load_product_photo
-from policy.config import InpaintModelConfig
+from policy.config import InpaintModelConfig, StyleConfig
 from policy.model import STUDIO_TINY, InpaintPolicy
-from policy.pretrain_config import StyleConfig
 from policy.style import StyleConditioning
 from policy.vae import MaskAwareDecoder
+from rollout.guards import TRAINING_PROMPTS_FILE, write_training_prompts
 from rollout.trajectory import Trajectory
 
 FAST = ["--steps", "2", "--threads", "1", "--no-progress", "--no-guard"]
@@ -24,12 +26,13 @@ FAST = ["--steps", "2", "--threads", "1", "--no-progress", "--no-guard"]
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random model in the shipped layout (diffusers folder + mask_decoder/ + style/)."""
+    """A tiny random model in the shipped layout (diffusers folder + mask_decoder/ + style/ + training prompts)."""
     folder = tmp_path_factory.mktemp("model")
-    policy = InpaintPolicy.from_config(InpaintModelConfig())
+    policy = InpaintPolicy.from_config(InpaintModelConfig(), vocabulary=studio_vocabulary())
     policy.mask_decoder = MaskAwareDecoder.from_vae(policy.vae)
     policy.save_pretrained(folder)
     StyleConditioning(StyleConfig(), policy.text_encoder.config.hidden_size).save(folder / "style")
+    write_training_prompts(folder, studio_training_prompts())
     return folder
 
 
@@ -106,6 +109,19 @@ def test_best_of_with_the_gold_reward_and_a_style_board(model: Path, tmp_path: P
     trajectory = Trajectory.load(tmp_path / "out" / "trajectories" / "studio-mug-0-p0.safetensors")
     # Style tokens extend the conditioning: 16 text tokens + 4 style tokens.
     assert trajectory.prompt_embeds.shape[1] == 20 and trajectory.batch_size == 2
+
+
+def test_guard_needs_the_training_prompts_recorded_beside_the_model(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(model, bare)
+    (bare / TRAINING_PROMPTS_FILE).unlink()
+    args = ["rollout", "sample", "--model", str(bare), "--products", "studio:can", "--prompts", "oak wood floor",
+            "--out", str(tmp_path / "out"), "--steps", "1"]  # fmt: skip
+    assert main(args) == 2
+    assert f"{bare / TRAINING_PROMPTS_FILE}: not found; the out-of-distribution guard" in capsys.readouterr().err
+    assert main([*args, "--no-guard"]) == 0
 
 
 def test_guard_refuses_a_blocklisted_prompt(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

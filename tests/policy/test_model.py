@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -149,15 +147,15 @@ def test_from_pretrained_errors(policy: InpaintPolicy, tmp_path: Path) -> None:
         InpaintPolicy.from_pretrained(tmp_path / "pickle")
 
 
-def test_vocabulary_defaults_to_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("offline_data.simulator")
-    fake.PROMPT_VOCABULARY = ("zebra stripes",)
-    monkeypatch.setitem(sys.modules, "offline_data.simulator", fake)
-    policy = InpaintPolicy.from_config(InpaintModelConfig())
-    assert policy.tokenizer.tokenize("zebra stripes") == ["zebra</w>", "stripes</w>"]
-    monkeypatch.setitem(sys.modules, "offline_data.simulator", types.ModuleType("offline_data.simulator"))
-    with pytest.raises(ValueError, match=r"pass vocabulary=\[...\]"):
+def test_a_model_built_from_its_config_needs_a_vocabulary_and_its_folder_carries_it(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"needs vocabulary=\[\.\.\.\]"):
         InpaintPolicy.from_config(InpaintModelConfig())
+    built = InpaintPolicy.from_config(InpaintModelConfig(), vocabulary=["zebra stripes"])
+    assert built.tokenizer.tokenize("zebra stripes") == ["zebra</w>", "stripes</w>"]
+    built.save_pretrained(tmp_path)
+    loaded = InpaintPolicy.from_config(InpaintModelConfig(pretrained=tmp_path), vocabulary=["ignored"])
+    assert loaded.tokenizer.tokenize("zebra stripes") == ["zebra</w>", "stripes</w>"]
+    assert len(loaded.tokenizer.tokenize("ignored")) > 1
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.studio.pretrain.data import render_scene_pool
 from offline_data.errors import AssetError
-from policy.config import InpaintModelConfig
+from policy.config import InpaintModelConfig, StyleConfig
 from policy.model import InpaintPolicy
-from policy.pretrain_config import StyleConfig
-from policy.pretrain_data import render_scene_pool
 from policy.style import StudioStyleEncoder, StyleConditioning, StyledModel, StyleImageEncoder
 from rollout.config import SamplerConfig
 from rollout.denoise import conditioning_from_trajectory, denoise_step

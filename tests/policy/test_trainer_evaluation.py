@@ -1,18 +1,15 @@
-"""Evaluation during training: paired gains, best-of-n, the evaluator's state, studio requests and gold."""
+"""Evaluation during training: paired gains, best-of-n, the evaluator's state, evaluation without gold."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
-from offline_data.simulator import SimulatorConfig, StudioWorld, WorldConfig
-from offline_data.splits import assign
 from policy.evaluation import (
     EvaluationConfig,
     EvaluationProcesses,
@@ -26,7 +23,7 @@ from policy.evaluation import (
     share_sizes,
     within_request_sd,
 )
-from policy.studio import StudioGold, StudioRequestsConfig, studio_requests
+from policy.lora import lora_parameters
 
 from .test_trainer import SAMPLER, red_background, tiny_policy, tiny_requests
 
@@ -81,6 +78,71 @@ def test_evaluator_state_round_trips_and_the_base_scores_zero_gain() -> None:
         other.load_state_dict(state)
 
 
+@dataclass(frozen=True)
+class Scored:
+    reward: torch.Tensor
+    uncertainty: torch.Tensor
+
+
+def uncertain_red(images: torch.Tensor, requests) -> Scored:
+    """A reward in [0, 2] whose ensemble std is half of it: the lower bound mean - k std is (1 - k / 2) mean."""
+    proxy = 1.0 + red_background(images, requests)
+    return Scored(reward=proxy, uncertainty=0.5 * proxy)
+
+
+def test_evaluation_without_gold_reports_the_proxy_its_lower_bound_and_the_kl() -> None:
+    policy = tiny_policy()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in lora_parameters(policy.unet):  # move the adapter off the base
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+
+    def evaluate(pessimism: float | None, training_pessimism: float) -> dict[str, float]:
+        config = EvaluationConfig(seeds_per_request=3, pessimism=pessimism)
+        evaluator = PolicyEvaluator(
+            tiny_requests(2, offset=40), reward_fn=uncertain_red, gold_fn=None, sampler=SAMPLER, config=config,
+            training_pessimism=training_pessimism,
+        )  # fmt: skip
+        return evaluator.evaluate(policy)
+
+    default = evaluate(None, 0.0)
+    assert not [name for name in default if name.startswith("gold/")]
+    assert default["eval/kl_nats"] > 0 and default["eval/proxy_gain"] != 0 and default["eval/pessimism"] == 1.0
+    assert default["eval/uncertainty_mean"] == pytest.approx(0.5 * default["eval/proxy_mean"], rel=1e-5)
+    for name in ("gain", "gain_sd", "gain_se"):
+        assert default[f"eval/pessimistic_{name}"] == pytest.approx(0.5 * default[f"eval/proxy_{name}"], rel=1e-4)
+    as_trained = evaluate(None, 2.0)  # the trainer's lambda = 2: the lower bound is 0 everywhere
+    assert as_trained["eval/pessimism"] == 2.0
+    assert as_trained["eval/pessimistic_gain"] == pytest.approx(0.0, abs=1e-7)
+    plain = evaluate(0.0, 2.0)  # an explicit k wins; k = 0 is the proxy itself
+    assert plain["eval/pessimistic_gain"] == plain["eval/proxy_gain"] == default["eval/proxy_gain"]
+
+
+def test_a_saved_base_without_its_ensemble_std_is_sampled_again() -> None:
+    policy = tiny_policy()
+    make = lambda: PolicyEvaluator(  # noqa: E731
+        tiny_requests(2, offset=30), reward_fn=uncertain_red, gold_fn=None, sampler=SAMPLER,
+        config=EvaluationConfig(seeds_per_request=2),
+    )  # fmt: skip
+    evaluator = make()
+    base = evaluator.base(policy)
+    state = evaluator.state_dict()
+    assert state["base"]["uncertainty"] == base["uncertainty"].tolist()
+    del state["base"]["uncertainty"]
+    restored = make()
+    restored.load_state_dict(state)
+    assert torch.equal(restored.base(policy)["uncertainty"], base["uncertainty"])
+
+
+def test_overoptimisation_plot_without_gold(tmp_path: Path) -> None:
+    history = [
+        {"epoch": e, "eval/kl_nats": kl, "eval/proxy_gain_sd": p, "eval/pessimistic_gain_sd": q, "eval/pessimism": 1.0}
+        for e, kl, p, q in [(0, 0.0, 0.0, 0.0), (10, 5.0, 0.8, 0.5), (20, 12.0, 1.5, 0.3)]
+    ]  # fmt: skip
+    path = plot_overoptimisation(history, tmp_path / "curve.png")
+    assert path.stat().st_size > 5000
+
+
 def test_overoptimisation_plot(tmp_path: Path) -> None:
     history = [
         {"epoch": e, "eval/kl_nats": kl, "eval/proxy_gain_sd": p, "gold/gain_sd": g, "gold/gain_se": 0.05,
@@ -89,45 +151,6 @@ def test_overoptimisation_plot(tmp_path: Path) -> None:
     ] + [{"epoch": 5, "policy/kl": 0.1}]  # fmt: skip
     path = plot_overoptimisation(history, tmp_path / "curve.png")
     assert path.stat().st_size > 5000
-
-
-@pytest.fixture(scope="module")
-def small_world() -> StudioWorld:
-    return StudioWorld(SimulatorConfig(world=WorldConfig(products=40)))
-
-
-def test_studio_requests_split_products_like_data_split(small_world: StudioWorld) -> None:
-    config = StudioRequestsConfig(eval_products=2, prompts_per_product=2)
-    requests = studio_requests(config, small_world)
-    split = assign(pa.array(small_world.product_ids), config.split_fractions, config.split_seed)
-    train_ids = {pid for pid, s in zip(small_world.product_ids, split) if s == 0}
-    test_ids = [pid for pid, s in zip(small_world.product_ids, split) if s == 2][:2]
-    assert set(requests.train_products) == train_ids and list(requests.eval_products) == test_ids
-    assert len(requests.train) == 2 * len(train_ids) and len(requests.evaluation) == 2
-    assert not {r.product_id for r in requests.train} & {r.product_id for r in requests.evaluation}
-    assert len({r.request_id for r in requests.train}) == len(requests.train)
-    assert [r.segment for r in requests.train[:4]] == ["warm", "cool", "minimal", "warm"]
-    first = requests.evaluation[0]
-    index = small_world.product_ids.index(first.product_id)
-    # What a user of the logs has: the catalogue shot and the segmenter's (noisy) mask with its confidence.
-    assert np.array_equal(first.product_mask.numpy(), small_world.noisy_masks[index])
-    assert np.array_equal(first.product_rgb.permute(1, 2, 0).numpy(), small_world.products[index].photo())
-    assert first.confidence is not None and first.prompt == small_world.product_prompts[index][0]
-
-
-def test_studio_gold_uses_the_exact_mask_and_the_request_segment(small_world: StudioWorld) -> None:
-    requests = studio_requests(StudioRequestsConfig(eval_products=2), small_world).evaluation
-    images = torch.stack([r.product_rgb for r in requests])
-    got = StudioGold(small_world)(images, requests)
-    indices = [small_world.product_ids.index(r.product_id) for r in requests]
-    expected = small_world.gold(
-        images.permute(0, 2, 3, 1).numpy(), small_world.exact_masks[indices], [r.prompt for r in requests],
-        [r.segment for r in requests],
-    )  # fmt: skip
-    assert np.array_equal(got.numpy(), expected)
-    stranger = tiny_requests(1)[0]
-    with pytest.raises(ValueError, match="not in the studio world"):
-        StudioGold(small_world)(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), [stranger])
 
 
 @pytest.mark.parametrize(("samples", "processes"), [(8, 1), (8, 2), (9, 2), (10, 4), (4, 3), (3, 5), (0, 2)])

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.studio.pretrain.autoencoder import encode_latents, sampler_latents
+from experiments.studio.pretrain.data import composite, masked_images, render_product_pool, render_scene_pool
 from offline_data.errors import AssetError
-from policy.config import InpaintModelConfig, VAEConfig
+from policy.config import InpaintModelConfig, MaskDecoderConfig, VAEConfig
 from policy.model import STUDIO_TINY, InpaintPolicy, build_vae
-from policy.pretrain_autoencoder import encode_latents, sampler_latents
-from policy.pretrain_config import MaskDecoderConfig
-from policy.pretrain_data import composite, masked_images, render_product_pool, render_scene_pool
 from policy.vae import MaskAwareDecoder, measure_seams
 from rollout.config import SamplerConfig
 from rollout.request import InpaintRequest

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from experiments.cli import main
+from experiments.studio.audit_truth import read_truth
+from experiments.studio.truth import StudioTruth, prompt_family
 from offline_data.errors import InputUnreadableError
 from reward.audit import audit_reward_model
 from reward.audit_config import AuditConfig, AuditThresholds, ProbeConfig
 from reward.audit_flags import collect_flags
 from reward.audit_run import read_overoptimisation
-from reward.audit_truth import read_truth
 from reward.data import load_reward_data
 from reward.report import write_audit
 
@@ -45,7 +46,13 @@ def trained(small_splits: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 @pytest.fixture(scope="module")
 def audited(trained: dict):
-    return audit_reward_model(trained["scorer"], trained["test"], truth_dir=trained["world"], config=SMALL)
+    return audit_reward_model(
+        trained["scorer"],
+        trained["test"],
+        truth=StudioTruth(trained["world"]),
+        prompt_family=prompt_family,
+        config=SMALL,
+    )
 
 
 def test_audit_sections_and_ceilings(audited, trained: dict) -> None:
@@ -108,7 +115,13 @@ def test_gold_recomputed_from_exact_masks_matches_the_truth_table(trained: dict)
 
 
 def test_audit_is_deterministic(audited, trained: dict) -> None:
-    again = audit_reward_model(trained["scorer"], trained["test"], truth_dir=trained["world"], config=SMALL)
+    again = audit_reward_model(
+        trained["scorer"],
+        trained["test"],
+        truth=StudioTruth(trained["world"]),
+        prompt_family=prompt_family,
+        config=SMALL,
+    )
     assert again.metrics == audited.metrics
 
 

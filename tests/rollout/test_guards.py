@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from offline_data.simulator import parse_prompt
-from rollout.guards import GuardConfig, MiniLMEmbedder, PromptGuard, PromptRefusedError, studio_training_prompts
+from experiments.studio.prompts import studio_training_prompts
+from offline_data.errors import AssetError
+from rollout.guards import (
+    TRAINING_PROMPTS_FILE,
+    GuardConfig,
+    MiniLMEmbedder,
+    PromptGuard,
+    PromptRefusedError,
+    read_training_prompts,
+    write_training_prompts,
+)
 
 TRAINING = ("white marble tabletop, soft window light, minimal", "oak wood floor, golden hour light, with plants")
 
@@ -108,10 +117,34 @@ def test_config_errors() -> None:
         GuardConfig(blocklist=("ok", " "))
 
 
-def test_studio_training_prompts_are_every_canonical_prompt() -> None:
-    prompts = studio_training_prompts()
-    assert len(prompts) == 9 * 6 * 3 * 4 * 3 == len(set(prompts))
-    assert all(parse_prompt(p).text == p for p in prompts[::97])
+def test_training_prompts_round_trip_through_the_model_folder(tmp_path: Path) -> None:
+    path = write_training_prompts(tmp_path, TRAINING)
+    assert path == tmp_path / TRAINING_PROMPTS_FILE
+    assert read_training_prompts(tmp_path) == TRAINING
+    path.write_text("\n  oak wood floor  \n\n", encoding="utf-8")
+    assert read_training_prompts(tmp_path) == ("oak wood floor",)
+    with pytest.raises(ValueError, match="non-empty single lines"):
+        write_training_prompts(tmp_path, ["two\nlines"])
+    with pytest.raises(ValueError, match="the distribution check needs at least one training prompt"):
+        PromptGuard(GuardConfig())
+    assert PromptGuard(GuardConfig(check_distribution=False)).check(["nike shoe"])[0].blocked == "nike"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "training_prompts.txt: not found; the out-of-distribution guard compares prompts with the base"),
+        (b"\n \n", "training_prompts.txt: lists no prompt; expected one training prompt per line"),
+        (b"\xff\xfe oak", "training_prompts.txt: cannot read the training prompts"),
+    ],
+)
+def test_unreadable_training_prompts_are_refused_by_name(tmp_path: Path, content: bytes | None, message: str) -> None:
+    if content is not None:
+        (tmp_path / TRAINING_PROMPTS_FILE).write_bytes(content)
+    with pytest.raises(AssetError, match=message):
+        read_training_prompts(tmp_path)
+    with pytest.raises(AssetError, match="model folder not found"):
+        read_training_prompts(tmp_path / "missing")
 
 
 def test_minilm_guard_on_real_prompts(tmp_path: Path) -> None:

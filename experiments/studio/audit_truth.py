@@ -2,31 +2,23 @@
 
 :func:`read_truth` loads, for the rows of one folder of logs: the true click probability of each impression, the
 true choice probabilities of each judgement, the hidden gold of each image for every segment, and the exact
-product masks; :func:`gold_function` scores edited images with the hidden gold (``offline_data.simulator``'s
-engagement model, with the exact masks), which is how the probes tell a spurious shift from a real one.
+product masks, into a :class:`reward.truth.AuditTruth` that carries the simulator's hidden engagement model
+(``offline_data.simulator.engagement.gold_engagement``); ``reward.truth.gold_function`` scores edited images
+with it, which is how the audit's probes tell a spurious shift from a real one.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from offline_data.errors import InputUnreadableError
+from offline_data.simulator.engagement import gold_engagement
+from offline_data.simulator.truth import TRUTH_DIR, read_truth_table
 from reward.data import RewardData
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class AuditTruth:
-    """The truth an audit reads for one folder of logs."""
-
-    directory: Path
-    click_probability: dict[str, float]
-    pair_probability: dict[str, tuple[float, float]]
-    image_gold: dict[str, dict[str, float]]
-    exact_masks: dict[str, np.ndarray]
+from reward.truth import AuditTruth
 
 
 def read_truth(truth_dir: Path, data: RewardData) -> AuditTruth:
@@ -35,10 +27,6 @@ def read_truth(truth_dir: Path, data: RewardData) -> AuditTruth:
     Raises:
         InputUnreadableError: a truth table or an exact mask is missing or unreadable.
     """
-    from PIL import Image
-
-    from offline_data.simulator.truth import TRUTH_DIR, read_truth_table
-
     impressions = read_truth_table(truth_dir, "impressions", ["event_id", "click_probability"])
     click = dict(zip(impressions["event_id"].tolist(), impressions["click_probability"].tolist()))
     pairs = read_truth_table(truth_dir, "preferences", ["pair_id", "p_a", "p_b"])
@@ -66,20 +54,4 @@ def read_truth(truth_dir: Path, data: RewardData) -> AuditTruth:
     missing = sorted(needed - set(exact_masks))
     if missing:
         raise InputUnreadableError(f"{truth_dir}: the truth sidecar has no exact mask for product(s) {missing[:5]}")
-    return AuditTruth(truth_dir, click, pair_probability, image_gold, exact_masks)
-
-
-def gold_function(
-    truth: AuditTruth, data: RewardData, rows: Sequence[int], segments: Sequence[str]
-) -> Callable[[np.ndarray], np.ndarray]:
-    """``images [N, H, W, 3] uint8 -> [N]`` hidden gold of edited copies of the images ``rows`` of ``data``, each
-    for its segment, with the exact product masks and the images' prompts."""
-    from offline_data.simulator.engagement import gold_engagement
-
-    exact = np.stack([truth.exact_masks[data.images.product_ids[r]] for r in rows])
-    prompts = [data.images.prompts[r] or "" for r in rows]
-
-    def gold(images: np.ndarray) -> np.ndarray:
-        return gold_engagement(images, exact, prompts, list(segments))
-
-    return gold
+    return AuditTruth(truth_dir, click, pair_probability, image_gold, exact_masks, gold_engagement)

@@ -23,12 +23,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from offline_data.simulator import gold_components, measure_features, parse_prompt
-from offline_data.simulator.engagement import PANEL_SEGMENT
-from policy.model import InpaintPolicy
-from policy.pretrain_autoencoder import encode_latents, psnr, sampler_latents
-from policy.pretrain_config import PretrainEvalConfig
-from policy.pretrain_data import (
+from experiments.studio.pretrain.autoencoder import encode_latents, psnr, sampler_latents
+from experiments.studio.pretrain.config import PretrainEvalConfig
+from experiments.studio.pretrain.data import (
     ProductPool,
     ScenePool,
     composite,
@@ -37,6 +34,9 @@ from policy.pretrain_data import (
     render_scene_pool,
     to_unit_range,
 )
+from offline_data.simulator import gold_components, measure_features, parse_prompt
+from offline_data.simulator.engagement import PANEL_SEGMENT
+from policy.model import InpaintPolicy
 from policy.style import StudioStyleEncoder, StyleConditioning, StyledModel
 from policy.vae import measure_seams
 from rollout.config import SamplerConfig

@@ -9,10 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from offline_data.simulator import prompt_family
-from policy.config import InpaintModelConfig
-from policy.model import InpaintPolicy
-from policy.pretrain import (
+from experiments.studio.pretrain.autoencoder import gradient_l1, psnr, train_vae, vae_loss, vae_training_images
+from experiments.studio.pretrain.checkpoint import Checkpointer
+from experiments.studio.pretrain.config import (
+    DenoiserStageConfig,
+    DenoiserTrainConfig,
+    MaskDecoderTrainConfig,
+    PretrainConfig,
+    PretrainDataConfig,
+    PretrainEvalConfig,
+    VAETrainConfig,
+)
+from experiments.studio.pretrain.data import random_known_masks, render_scene_pool, to_unit_range
+from experiments.studio.pretrain.optim import WeightEMA, learning_rate_at
+from experiments.studio.pretrain.train import (
     build_cache,
     denoiser_loss,
     make_denoiser_batch,
@@ -20,20 +30,10 @@ from policy.pretrain import (
     render_data,
     train_denoiser,
 )
-from policy.pretrain_autoencoder import gradient_l1, psnr, train_vae, vae_loss, vae_training_images
-from policy.pretrain_checkpoint import Checkpointer
-from policy.pretrain_config import (
-    DenoiserStageConfig,
-    DenoiserTrainConfig,
-    MaskDecoderTrainConfig,
-    PretrainConfig,
-    PretrainDataConfig,
-    PretrainEvalConfig,
-    StyleConfig,
-    VAETrainConfig,
-)
-from policy.pretrain_data import random_known_masks, render_scene_pool, to_unit_range
-from policy.pretrain_optim import WeightEMA, learning_rate_at
+from experiments.studio.prompts import studio_vocabulary
+from offline_data.simulator import prompt_family
+from policy.config import InpaintModelConfig, StyleConfig
+from policy.model import InpaintPolicy
 from policy.style import StyleConditioning
 
 TINY_DATA = PretrainDataConfig(scenes=64, products=16, validation=16)
@@ -87,7 +87,7 @@ def test_style_partners_share_the_family_and_are_other_scenes() -> None:
 
 
 def test_batches_are_deterministic_and_consistent() -> None:
-    policy = InpaintPolicy.from_config(InpaintModelConfig())
+    policy = InpaintPolicy.from_config(InpaintModelConfig(), vocabulary=studio_vocabulary())
     data = render_data(TINY_DATA, 64)
     style = StyleConditioning(StyleConfig(), policy.text_encoder.config.hidden_size)
     cache = build_cache(policy, style, data.scenes, data.products)
@@ -111,7 +111,7 @@ def test_batches_are_deterministic_and_consistent() -> None:
 
 
 def test_vae_loss_decreases() -> None:
-    policy = InpaintPolicy.from_config(InpaintModelConfig())
+    policy = InpaintPolicy.from_config(InpaintModelConfig(), vocabulary=studio_vocabulary())
     data = render_data(TINY_DATA, 64)
     config = VAETrainConfig(steps=40, batch_size=8, learning_rate=2e-3, warmup_steps=2, crop=32)
     fixed = to_unit_range(vae_training_images(data.validation_scenes, data.validation_products, 16, 0.3,
@@ -129,7 +129,7 @@ def test_vae_loss_decreases() -> None:
 
 
 def test_denoiser_loss_decreases_and_only_trained_parts_change() -> None:
-    policy = InpaintPolicy.from_config(InpaintModelConfig())
+    policy = InpaintPolicy.from_config(InpaintModelConfig(), vocabulary=studio_vocabulary())
     data = render_data(TINY_DATA, 64)
     style = StyleConditioning(StyleConfig(), policy.text_encoder.config.hidden_size)
     cache = build_cache(policy, style, data.scenes, data.products)

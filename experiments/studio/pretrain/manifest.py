@@ -3,7 +3,7 @@
 ``manifest.json`` sits next to the weights (DESIGN.md: "safetensors weights + the config that built them + a
 manifest"). It records the command, the resolved config (also written as ``config.toml``), the data and run
 seeds, training seconds per stage, package versions, parameter counts, every file's size and sha256, and the
-metrics of :mod:`policy.pretrain_eval` computed on the weights exactly as written (after any float16
+metrics of :mod:`experiments.studio.pretrain.eval` computed on the weights exactly as written (after any float16
 conversion). ``samples.png`` is the evaluation's contact sheet.
 """
 
@@ -22,17 +22,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from offline_data.errors import AssetError
-from policy.contact_sheet import draw_contact_sheet
-from policy.model import InpaintPolicy, describe
-from policy.pretrain_config import PretrainConfig
-from policy.pretrain_eval import (
+from experiments.studio.pretrain.config import PretrainConfig
+from experiments.studio.pretrain.eval import (
     build_evaluation_data,
     evaluate_reconstruction,
     evaluate_samples,
     evaluate_seams,
     fit_prompt_classifier,
 )
+from offline_data.errors import AssetError
+from policy.contact_sheet import draw_contact_sheet
+from policy.model import InpaintPolicy, describe
 from policy.style import StyleConditioning
 
 logger = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 The run, top to bottom (:func:`pretrain`):
 
-1. render the data pools (``policy.pretrain_data``) from the data seed;
-2. stage "vae": the autoencoder on crops, then its latent scaling factor (``policy.pretrain_autoencoder``);
+1. render the data pools (``experiments.studio.pretrain.data``) from the data seed;
+2. stage "vae": the autoencoder on crops, then its latent scaling factor (``experiments.studio.pretrain.autoencoder``);
 3. stage "mask_decoder": the mask-aware decoder on composites;
 4. stage "denoiser": the inpainting UNet, the text encoder and the style adapter, epsilon prediction,
    inpainting stage 1 (random masks on scenes) then stage 2 (mostly product masks on composites), one
@@ -20,7 +20,7 @@ which is SD-inpainting's objective (Rombach et al. 2022) with prompt dropout for
 (Ho & Salimans 2022). Style tokens switched off are removed from the cross-attention by its mask, which is
 the same computation as not appending them: what the model does without style is trained as well.
 
-Checkpoints (``policy.pretrain_checkpoint``) are written every ``checkpoint_every`` steps and at each stage's
+Checkpoints (``pretrain.checkpoint``) are written every ``checkpoint_every`` steps and at each stage's
 end; ``resume=`` continues from one, drawing the same batches.
 """
 
@@ -35,12 +35,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from policy.config import InpaintModelConfig
-from policy.model import InpaintPolicy
-from policy.pretrain_autoencoder import encode_latents, fit_scaling_factor, train_mask_decoder, train_vae
-from policy.pretrain_checkpoint import Checkpointer, load_checkpoint, read_state
-from policy.pretrain_config import DenoiserTrainConfig, PretrainConfig, PretrainDataConfig
-from policy.pretrain_data import (
+from experiments.studio.pretrain.autoencoder import encode_latents, fit_scaling_factor, train_mask_decoder, train_vae
+from experiments.studio.pretrain.checkpoint import Checkpointer, load_checkpoint, read_state
+from experiments.studio.pretrain.config import DenoiserTrainConfig, PretrainConfig, PretrainDataConfig
+from experiments.studio.pretrain.data import (
     VALIDATION_STREAM,
     ProductPool,
     ScenePool,
@@ -51,7 +49,10 @@ from policy.pretrain_data import (
     render_scene_pool,
     to_unit_range,
 )
-from policy.pretrain_optim import WeightEMA, set_learning_rates, trainable
+from experiments.studio.pretrain.optim import WeightEMA, set_learning_rates, trainable
+from experiments.studio.prompts import studio_vocabulary
+from policy.config import InpaintModelConfig
+from policy.model import InpaintPolicy
 from policy.style import StyleConditioning
 from policy.vae import MaskAwareDecoder
 from rollout.masks import inpaint_mask_channel, latent_product_mask
@@ -163,7 +164,7 @@ def pretrain(
         raise ValueError("pretraining builds the model from the config; model.pretrained must not be set")
     device = torch.device(device)
     data = render_data(config.data, model_config.resolution, progress=progress)
-    policy = InpaintPolicy.from_config(model_config, device=device)
+    policy = InpaintPolicy.from_config(model_config, vocabulary=studio_vocabulary(), device=device)
     # The style adapter, then (after the VAE) the mask decoder's context branch, are initialised from one stream
     # seeded with `seed`, independent of whatever used the global generator before (exact resumes, repeat runs).
     with torch.random.fork_rng(devices=[]):

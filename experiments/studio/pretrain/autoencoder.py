@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from policy.pretrain_checkpoint import Checkpointer, load_checkpoint
-from policy.pretrain_config import MaskDecoderTrainConfig, VAETrainConfig
-from policy.pretrain_data import ProductPool, ScenePool, composite, masked_images, to_unit_range
-from policy.pretrain_optim import set_learning_rates
+from experiments.studio.pretrain.checkpoint import Checkpointer, load_checkpoint
+from experiments.studio.pretrain.config import MaskDecoderTrainConfig, VAETrainConfig
+from experiments.studio.pretrain.data import ProductPool, ScenePool, composite, masked_images, to_unit_range
+from experiments.studio.pretrain.optim import set_learning_rates
 from policy.vae import MaskAwareDecoder
 from rollout.masks import latent_product_mask
 

@@ -136,7 +136,7 @@ def studio_requests(config: StudioRequestsConfig, world: StudioWorld | None = No
 class StudioGold:
     """Hidden gold engagement of composites answering studio requests (evaluation only).
 
-    Satisfies ``policy.evaluation.GoldFn``: ``(images [B, 3, H, W] uint8, requests) -> [B] float64 tensor``,
+    Satisfies ``rollout.gold.GoldFn``: ``(images [B, 3, H, W] uint8, requests) -> [B] float64 tensor``,
     scored with the product's EXACT mask, the request's prompt and segment.
     """
 
