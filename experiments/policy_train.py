@@ -1,11 +1,12 @@
 """``backdrop policy train``: DDPO fine-tuning of the inpainting policy against a learned reward model.
 
-Wires the pieces the policy package keeps apart: the studio world (training and held-out requests, hidden gold
-for evaluation only), the reward model (``reward``'s scorer, loaded from ``--reward`` or ``[reward] model_dir``),
-the run directory (``experiments.tracking``) and the trainer (``policy.trainer``). Resuming (``--resume RUN``)
-reopens the run directory, drops metrics logged after the last checkpoint, and continues from it.
+Wires the pieces the policy package keeps apart: the requests (a team's request table with ``--requests``, else the
+studio world's products with its hidden gold for evaluation only; ``experiments.policy_requests``), the reward
+model (``reward``'s scorer, loaded from ``--reward`` or ``[reward] model_dir``), the run directory
+(``experiments.tracking``) and the trainer (``policy.trainer``). Resuming (``--resume RUN``) reopens the run
+directory, drops metrics logged after the last checkpoint, and continues from it (its requests from its manifest).
 
-Root config sections: [run], [policy] (model + lora), [world], [requests], [reward], [trainer], [eval].
+Root config sections: [run], [policy] (model + lora), [catalogue], [world], [requests], [reward], [trainer], [eval].
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError, RunConfig
+from experiments.policy_requests import CatalogueSourceConfig
 from offline_data.errors import BackdropError
 from policy.config import InpaintModelConfig, PolicyConfig
 from policy.evaluation import EvaluationConfig
@@ -77,10 +79,12 @@ class PolicyTrainCommandConfig:
     """Run directory, seed, device, dtype and threads."""
     policy: PolicyConfig = PolicyConfig(model=InpaintModelConfig(pretrained=Path("studio_tiny")))
     """The base model (default: the shipped tiny studio base) and the LoRA adapter that is trained."""
+    catalogue: CatalogueSourceConfig = CatalogueSourceConfig()
+    """A team's own request table (``--requests``); when set, [world] and [requests] are unused; no gold."""
     world: WorldSourceConfig = WorldSourceConfig()
-    """Where requests and the hidden gold come from."""
+    """Where studio requests and the hidden gold come from (without [catalogue] requests)."""
     requests: StudioRequestsConfig = StudioRequestsConfig()
-    """Training products/prompts/segments and the held-out evaluation products."""
+    """Studio training products/prompts/segments and the held-out evaluation products."""
     reward: RewardSourceConfig = RewardSourceConfig()
     """The reward model."""
     trainer: DDPOConfig = DDPOConfig()
@@ -241,7 +245,6 @@ def train_policy(
     """Build everything from ``config`` and train; writes into ``run.dir``. Returns the trainer's history."""
     from experiments.runtime import setup_runtime
     from policy.evaluation import PolicyEvaluator
-    from policy.studio import StudioGold, studio_requests
     from policy.trainer import DDPOTrainer
 
     runtime = setup_runtime(config.run)
@@ -252,21 +255,20 @@ def train_policy(
 
         accelerator = Accelerator(cpu=runtime.device.type == "cpu")
         device = accelerator.device
-    world = load_world(config.world)
+    from experiments.policy_requests import run_requests
+
+    world = load_world(config.world) if config.catalogue.requests is None else None
     reward_fn = load_reward_model(reward_dir, head_weights=config.reward.head_weights, world=world)
-    try:
-        requests = studio_requests(config.requests, world)
-    except ValueError as exc:
-        raise ConfigError(f"[requests]: {exc}") from None
+    policy = build_policy(config.policy, runtime, device)  # after the reward model: both draw from torch's RNG
+    requests = run_requests(config, run.dir, policy.resolution, world)
     logger.info(
-        "%d training requests (%d products), %d held-out evaluation requests; reward model %s",
-        len(requests.train), len(requests.train_products), len(requests.evaluation), reward_dir,
+        "%d training requests, %d held-out evaluation requests (%s); reward model %s",
+        len(requests.train), len(requests.evaluation), requests.source, reward_dir,
     )  # fmt: skip
-    policy = build_policy(config.policy, runtime, device)
     evaluator = PolicyEvaluator(
         requests.evaluation,
         reward_fn=reward_fn,
-        gold_fn=StudioGold(world),
+        gold_fn=requests.gold_fn,
         sampler=config.trainer.sampler,
         config=config.eval,
     )
@@ -288,18 +290,24 @@ def train_policy(
     if resume_from is not None:
         trainer.resume(resume_from)
     history = trainer.train()
-    final = [h for h in history if "gold/gain_sd" in h]
+    final = [h for h in history if "eval/kl_nats" in h]
     if final:
         run.write_json("final_eval.json", {"epoch": final[-1]["epoch"], **final[-1]})
     return history
 
 
 def describe_evaluation(record: dict[str, float]) -> str:
-    """One line: gold and proxy gains (raw and in within-request SDs of the base) and the KL of an evaluation."""
+    """One line: the proxy gain (in within-request SDs of the base) and the KL of an evaluation, preceded by the
+    gold gain when the run had gold (the studio world)."""
+    text = (
+        f"proxy gain {record['eval/proxy_gain_sd']:+.2f} SD (reward model {record['eval/proxy_mean']:+.3f}); "
+        f"KL {record['eval/kl_nats']:.2f} nats per sample"
+    )
+    if "gold/gain_sd" not in record:
+        return f"epoch {int(record['epoch'])}: {text} (no gold: a catalogue run)"
     sd = record["gold/base_within_sd"]
     return (
         f"epoch {int(record['epoch'])}: gold {record['gold/engagement']:+.3f} vs base "
         f"{record['gold/base_engagement']:+.3f}: gain {record['gold/gain']:+.3f} raw = "
-        f"{record['gold/gain_sd']:+.2f} within-request SD (se {record['gold/gain_se'] / sd:.2f}); proxy gain "
-        f"{record['eval/proxy_gain_sd']:+.2f} SD; KL {record['eval/kl_nats']:.2f} nats per sample"
+        f"{record['gold/gain_sd']:+.2f} within-request SD (se {record['gold/gain_se'] / sd:.2f}); {text}"
     )

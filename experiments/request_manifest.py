@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from offline_data.assets import file_sha256
 from offline_data.errors import AssetError
+from offline_data.photos import PhotoLimits
 from offline_data.requests import RequestTable, RequestTableConfig, read_requests, write_requests
 
 MANIFEST_DIR = "requests"
@@ -59,7 +60,7 @@ def write_table_manifest(table: RequestTable, folder: Path) -> RequestTable:
                 copy[column] = f"files/{target.name}"
         rows.append(copy)
     _write_input(rows, folder)
-    manifest = read_manifest(folder, expected={r["request_id"]: r for r in table.rows()})
+    manifest = _record(folder, {r["request_id"]: r for r in table.rows()})
     pq.write_table(table.rejects, folder / "requests.rejects.parquet")
     return manifest
 
@@ -91,16 +92,11 @@ def write_studio_manifest(train: Sequence[Any], evaluation: Sequence[Any], folde
     _write_input(rows, folder)
     if confidence:
         save_file(confidence, str(folder / CONFIDENCE_FILE))
-    return read_manifest(folder)
+    return _record(folder, None)
 
 
-def read_manifest(folder: Path, *, expected: dict[str, dict] | None = None) -> RequestTable:
+def read_manifest(folder: Path) -> RequestTable:
     """A run's manifest, re-validated, with every file checked against the SHA-256 it records.
-
-    Args:
-        folder: ``<run>/requests``.
-        expected: request_id -> row with ``image_sha256`` / ``mask_sha256`` to check instead of the recorded ones
-            (used while writing, before they are recorded).
 
     Raises:
         AssetError: no manifest, a rejected row (a file missing or no longer valid), or a SHA-256 mismatch.
@@ -108,25 +104,34 @@ def read_manifest(folder: Path, *, expected: dict[str, dict] | None = None) -> R
     path = Path(folder) / "requests.parquet"
     if not path.is_file():
         raise AssetError(f"{folder}: no request manifest (requests.parquet); the run predates request manifests")
-    recorded = expected
-    if recorded is None:
-        recorded_table = pq.read_table(path)
-        if "image_sha256" not in recorded_table.schema.names:
-            raise AssetError(f"{path}: not a request manifest (no image_sha256 column)")
-        recorded = {r["request_id"]: r for r in recorded_table.to_pylist()}
-    table = read_requests(path, config=RequestTableConfig(limits=_any_size()))
+    recorded = pq.read_table(path)
+    if "image_sha256" not in recorded.schema.names:
+        raise AssetError(f"{path}: not a request manifest (no image_sha256 column)")
+    return _validated(Path(folder), {r["request_id"]: r for r in recorded.to_pylist()})
+
+
+def _validated(folder: Path, expected: dict[str, dict] | None) -> RequestTable:
+    """``folder/requests.parquet`` validated; each file's SHA-256 compared with ``expected`` (request_id -> row
+    with ``image_sha256`` / ``mask_sha256``) when given."""
+    path = folder / "requests.parquet"
+    table = read_requests(path, config=RequestTableConfig(limits=PhotoLimits(min_side=1, max_side=1 << 16)))
     if table.rejects.num_rows:
-        raise AssetError(f"{path}: the manifest no longer validates:\n" + "\n".join(table.problems()))
-    for row in table.rows():
-        want = recorded.get(row["request_id"])
+        raise AssetError(f"{path}: the manifest does not validate:\n" + "\n".join(table.problems()))
+    for row in table.rows() if expected is not None else []:
+        want = expected.get(row["request_id"], {})
         for column in ("image", "mask"):
-            if want is not None and row[f"{column}_sha256"] != want[f"{column}_sha256"]:
+            if row[f"{column}_sha256"] != want.get(f"{column}_sha256"):
                 raise AssetError(
                     f"{folder / row[column]}: SHA-256 is {row[f'{column}_sha256']}, but the manifest records "
-                    f"{want[f'{column}_sha256']} for request {row['request_id']!r} (the file changed)"
+                    f"{want.get(f'{column}_sha256')} for request {row['request_id']!r} (the file changed)"
                 )
-    if expected is not None:
-        write_requests(table, Path(folder))  # the validated table, with its hashes, replaces the input
+    return table
+
+
+def _record(folder: Path, expected: dict[str, dict] | None) -> RequestTable:
+    """Validate the manifest just written and replace its input table with the validated one (with hashes)."""
+    table = _validated(folder, expected)
+    write_requests(table, folder)
     return table
 
 
@@ -157,9 +162,3 @@ def _write_input(rows: list[dict], folder: Path) -> None:
     names = ("request_id", "product_id", "image", "mask", "prompt", "segment", "split")
     columns = {name: pa.array([r.get(name) for r in rows], type=pa.string()) for name in names}
     pq.write_table(pa.table(columns), folder / "requests.parquet")
-
-
-def _any_size() -> Any:
-    from offline_data.photos import PhotoLimits
-
-    return PhotoLimits(min_side=1, max_side=1 << 16)
