@@ -371,6 +371,18 @@ def _file_stem(request_id: str) -> str:
 
 
 def _contact_sheet(out: Any, rows: list) -> Any:
+    """The sheet of every kept image; photos larger than 192 px are shown as thumbnails (the files keep full size)."""
+    import numpy as np
+    from PIL import Image
+
     from policy.contact_sheet import draw_contact_sheet
 
+    def shown(image: Any) -> Any:
+        if max(image.shape[:2]) <= 192:
+            return image
+        thumbnail = Image.fromarray(image)
+        thumbnail.thumbnail((192, 192), Image.Resampling.LANCZOS)
+        return np.asarray(thumbnail)
+
+    rows = [(label, [(shown(image), caption) for image, caption in cells]) for label, cells in rows]
     return draw_contact_sheet(rows, out / "contact_sheet.png", label_width=260)
