@@ -56,7 +56,9 @@ class RunRequests:
     """``catalogue <file>`` or ``studio world``."""
 
 
-def run_requests(config: Any, run_dir: Path | None, resolution: int, world: Any) -> RunRequests:
+def run_requests(
+    config: Any, run_dir: Path | None, resolution: int, world: Any, *, need_train: bool = True
+) -> RunRequests:
     """The requests of a run of ``config`` (``[catalogue]``, ``[world]``, ``[requests]``; module docstring).
 
     Args:
@@ -65,6 +67,7 @@ def run_requests(config: Any, run_dir: Path | None, resolution: int, world: Any)
             process of a multi-process launch other than the first, which writes nothing.
         resolution: the model's resolution (catalogue photos are letterboxed onto it).
         world: the studio world of ``config.world`` (``experiments.policy_train.load_world``), None for a catalogue.
+        need_train: refuse a table without train rows (``policy offline`` trains on logs and needs eval rows only).
 
     Raises:
         ConfigError: a split without requests, or unusable studio settings.
@@ -92,9 +95,16 @@ def run_requests(config: Any, run_dir: Path | None, resolution: int, world: Any)
         if folder is not None:
             write_studio_manifest(train, evaluation, folder)
     for split, requests in (("train", train), ("eval", evaluation)):
-        if not requests:
+        if not requests and (split == "eval" or need_train):
             raise ConfigError(f"{source}: no {split} request; give some rows split = {split} (or another split)")
     return RunRequests(train, evaluation, world, gold_fn, source)
+
+
+def with_requests(config: Any, requests: str | None) -> Any:
+    """``config`` with ``[catalogue] requests`` set to ``--requests`` when given."""
+    if not requests:
+        return config
+    return dataclasses.replace(config, catalogue=dataclasses.replace(config.catalogue, requests=Path(requests)))
 
 
 def manifest_eval(run_dir: Path, resolution: int) -> list:

@@ -51,13 +51,13 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_policy_train(args: argparse.Namespace) -> int:
-    import dataclasses
     import json
     import logging
     from pathlib import Path
 
     from experiments.commands.arguments import load_root_config
     from experiments.config import ConfigError, load_config
+    from experiments.policy_requests import with_requests
     from experiments.policy_train import (
         DEFAULT_CONFIG,
         PolicyTrainCommandConfig,
@@ -101,10 +101,7 @@ def run_policy_train(args: argparse.Namespace) -> int:
         if args.config == "experiments/configs/studio_ddpo.toml" and not Path(args.config).is_file():
             args.config = str(DEFAULT_CONFIG)  # run from outside the repository: the installed copy
         config = load_root_config(PolicyTrainCommandConfig, args)
-        if args.requests:
-            config = dataclasses.replace(
-                config, catalogue=dataclasses.replace(config.catalogue, requests=Path(args.requests))
-            )
+        config = with_requests(config, args.requests)
         reward_dir = resolve_reward_dir(config, args.reward)
         checkpoint, log_file = None, None
         if is_main_process():

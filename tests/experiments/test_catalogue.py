@@ -87,3 +87,30 @@ def test_bring_your_own_catalogue(reward_model: Path, tmp_path: Path, capsys: py
     pipe = StableDiffusionInpaintPipeline.from_pretrained(STUDIO_TINY, safety_checker=None)
     pipe.load_lora_weights(bundle / "adapter")
     assert any("lora" in name for name, _ in pipe.unet.named_parameters())
+
+
+def test_offline_method_evaluates_on_the_catalogue(reward_model: Path, tmp_path: Path) -> None:
+    table = write_example(tmp_path / "my_catalogue")
+    splits = Path(json.loads((reward_model / "metrics.json").read_text())["splits"])
+    settings = ["run.threads=1", "run.tensorboard=false", "offline.steps=2", "offline.batch_size=4",
+                "offline.eval_every=2", "sampler.num_steps=2", "eval.seeds_per_request=2",
+                f"run.output_dir={tmp_path / 'runs'}"]  # fmt: skip
+    code = main(["policy", "offline", "--method", "dpo", "--data", str(splits / "train"), "--requests", str(table),
+                 "--reward", str(reward_model), *[a for s in settings for a in ("--set", s)]])  # fmt: skip
+    assert code == 0
+    (run,) = (tmp_path / "runs" / "policy_offline_dpo").iterdir()
+    final = json.loads((run / "final_eval.json").read_text())
+    assert final["eval/kl_nats"] >= 0 and not any(k.startswith("gold/") for k in final)
+    assert pq.read_table(run / "requests" / "requests.parquet").num_rows == 24
+
+
+def test_compare_refuses_a_catalogue_run_by_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from experiments.compare import load_run
+    from experiments.compare_methods import ComparisonError, reranking_rows
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(f'[catalogue]\nrequests = "{tmp_path / "requests.csv"}"\n')
+    (run / "metrics.jsonl").write_text('{"step": 0, "eval/kl_nats": 0.0}\n')
+    with pytest.raises(ComparisonError, match="a catalogue run .* has no gold"):
+        reranking_rows(load_run(run), 2, stack_adapter=None)
