@@ -36,7 +36,7 @@ from offline_data.errors import BackdropError
 logger = logging.getLogger("backdrop")
 
 Z_95 = 1.959964
-MATCHED_KEYS = ("trainer.sampler", "eval", "requests", "world")
+MATCHED_KEYS = ("trainer.sampler", "eval", "requests", "world", "catalogue")
 """Config sections that must agree between runs for their evaluations to compare (offline runs name the sampler
 [sampler] instead of [trainer.sampler])."""
 
@@ -172,19 +172,30 @@ def reranking_rows(first_run: Any, n: int, *, stack_adapter: Path | None) -> tup
     import torch
 
     from experiments.config import load_config
+    from experiments.policy_requests import manifest_eval
     from experiments.policy_train import PolicyTrainCommandConfig, build_policy, load_reward_model, load_world
     from experiments.runtime import setup_runtime
-    from experiments.studio.requests import StudioGold, studio_requests
+    from experiments.studio.requests import StudioGold
+    from offline_data.errors import AssetError
     from policy.evaluation import best_of_n, best_of_n_kl_bound, within_request_sd
 
     config = load_config(PolicyTrainCommandConfig, first_run.path / "config.toml")
+    if config.catalogue.requests is not None:
+        raise ComparisonError(
+            f"{first_run.path}: a catalogue run (--requests {config.catalogue.requests}) has no gold, and this "
+            "comparison ranks methods by held-out gold; compare catalogue runs' proxy gain and KL with "
+            "'backdrop runs compare RUN... --metrics eval/proxy_gain_sd,eval/kl_nats'"
+        )
     environment = json.loads((first_run.path / "environment.json").read_text(encoding="utf-8"))
     reward_dir = Path(environment["reward_model"])
     runtime = setup_runtime(config.run)
-    world = load_world(config.world)
+    world = load_world(config.world)  # gold of the held-out products; the requests come from the run's manifest
     reward_fn = load_reward_model(reward_dir, head_weights=config.reward.head_weights, world=world)
-    requests = studio_requests(config.requests, world).evaluation
     policy = build_policy(config.policy, runtime)
+    try:
+        requests = manifest_eval(first_run.path, policy.resolution)
+    except AssetError as exc:
+        raise ComparisonError(str(exc)) from None
     common = {
         "n": n, "reward_fn": reward_fn, "gold_fn": StudioGold(world), "sampler": config.trainer.sampler,
         "first_seed": config.eval.first_seed + 7_919,  # candidates independent of the evaluation's samples

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from experiments.config import ConfigError, dump_toml, load_config, to_dict
@@ -48,7 +49,7 @@ from experiments.gates import (
     recorded_override,
 )
 from experiments.policy_train import PolicyTrainCommandConfig
-from offline_data.errors import BackdropError, InputUnreadableError
+from offline_data.errors import AssetError, BackdropError, InputUnreadableError
 
 logger = logging.getLogger("backdrop")
 
@@ -138,10 +139,10 @@ def export_candidate(
         ReproducibilityError: the written bundle did not reproduce its reference images.
     """
     from experiments.model_card import write_model_card
+    from experiments.policy_requests import manifest_eval
     from experiments.policy_train import load_world
     from experiments.runtime import resolve_device, resolve_dtype, seed_everything
     from experiments.studio.prompts import studio_vocabulary
-    from experiments.studio.requests import studio_requests
     from policy.model import InpaintPolicy
     from reward.scorer import RewardScorer
 
@@ -158,8 +159,12 @@ def export_candidate(
         run.config.policy.model, vocabulary=studio_vocabulary(), device=device, dtype=dtype
     )
     candidate.load_adapter(run.adapter)
-    world = load_world(run.config.world)
-    held_out = studio_requests(run.config.requests, world).evaluation[: config.evaluation.requests]
+    try:
+        held_out = manifest_eval(run.directory, candidate.resolution)[: config.evaluation.requests]
+    except AssetError as exc:
+        raise ExportInputError(str(exc)) from None
+    # The world only names the studio products' kinds for the reward model; a catalogue run has none.
+    world = load_world(run.config.world) if run.config.catalogue.requests is None else None
     sampler = dataclasses.replace(run.config.trainer.sampler, enforce_preservation=False)
     scorer = RewardScorer.load(run.reward_dir, device=device)
 
@@ -358,7 +363,7 @@ def _contact_sheet(candidate, scorer, world, requests, sampler, config: ExportCo
     after = sample_trajectories(candidate, list(requests), seeds, sampler).images
     with candidate.reference():
         before = sample_trajectories(candidate, list(requests), seeds, sampler).images
-    reward = StudioRewardFn(scorer, {p.product_id: p.kind for p in world.products})
+    reward = StudioRewardFn(scorer, {p.product_id: p.kind for p in world.products} if world is not None else {})
     reward_before = reward(before, list(requests)).reward.tolist()
     reward_after = reward(after, list(requests)).reward.tolist()
     rows = []
@@ -448,7 +453,10 @@ def _manifest(run: PolicyRun, config: ExportConfig, evidence: GateEvidence, file
                 "folder": str(evidence.logs_dir) if evidence.logs_dir else None,
                 "tables": table_digests(evidence.logs_dir),
             },
-            "world": {"config": str(run.config.world.config) if run.config.world.config else "default studio world"},
+            "world": None
+            if run.config.catalogue.requests is not None
+            else {"config": str(run.config.world.config) if run.config.world.config else "default studio world"},
+            "requests": _requests_identity(run.directory),
         },
         "seeds": {
             "run": run.config.run.seed,
@@ -493,6 +501,17 @@ def _manifest(run: PolicyRun, config: ExportConfig, evidence: GateEvidence, file
         "contact_sheet": files.contact.name,
     }
     return manifest
+
+
+def _requests_identity(run_dir: Path) -> dict:
+    """The run's request manifest: where it is, its rows per split, and the SHA-256 of its table file."""
+    from experiments.request_manifest import MANIFEST_DIR
+    from offline_data.assets import file_sha256
+
+    table = run_dir / MANIFEST_DIR / "requests.parquet"
+    splits = pq.read_table(table, columns=["split"]).column("split").to_pylist()
+    return {"manifest": str(table), "sha256": file_sha256(table), "train": splits.count("train"),
+            "eval": splits.count("eval")}  # fmt: skip
 
 
 def _ope_summary(ope_result, config: ExportConfig) -> dict:

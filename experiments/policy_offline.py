@@ -4,9 +4,11 @@ The logs are a folder of validated tables (``backdrop data validate`` output, or
 ``backdrop data split``), read with ``reward.data.load_reward_data``: the logged composites, their product masks
 and prompts, the pairwise judgements (DPO) and the impressions (RWR). RWR's weights come from the reward model's
 debiased click and dwell heads on the logged images, averaged over the configured shopper segments. Evaluation is
-the same as ``backdrop policy train``'s (held-out studio products, proxy, gold, KL) so the runs compare.
+the same as ``backdrop policy train``'s (held-out studio products: proxy, gold, KL; or, with ``--requests``, the
+eval rows of a team's request table: proxy and KL) so the runs compare; the run writes its request manifest.
 
-Root config sections: [run], [policy], [world], [requests], [reward], [data], [offline], [sampler], [eval].
+Root config sections: [run], [policy], [catalogue], [world], [requests], [reward], [data], [offline], [sampler],
+[eval].
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from experiments.config import ConfigError, RunConfig
+from experiments.config import RunConfig
+from experiments.policy_requests import CatalogueSourceConfig
 from experiments.policy_train import RewardSourceConfig, WorldSourceConfig, build_policy, load_reward_model, load_world
 from experiments.studio.requests import StudioRequestsConfig
 from offline_data.errors import BackdropError
@@ -62,8 +65,10 @@ class PolicyOfflineCommandConfig:
     """Run directory, seed, device, dtype and threads."""
     policy: PolicyConfig = PolicyConfig(model=InpaintModelConfig(pretrained=Path("studio_tiny")))
     """The base model and the LoRA adapter that is trained."""
+    catalogue: CatalogueSourceConfig = CatalogueSourceConfig()
+    """A team's own request table (``--requests``): its eval rows are the held-out evaluation (no gold)."""
     world: WorldSourceConfig = WorldSourceConfig()
-    """The studio world of the held-out evaluation (gold)."""
+    """The studio world of the held-out evaluation (gold), without [catalogue] requests."""
     requests: StudioRequestsConfig = StudioRequestsConfig()
     """Held-out evaluation products (and the segments RWR's reward is averaged over)."""
     reward: RewardSourceConfig = RewardSourceConfig()
@@ -184,14 +189,14 @@ def rwr_objective(policy: Any, data: Any, images: Any, config: OfflineConfig, re
 
 def train_offline(config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_dir: Path, run: Any) -> list[dict]:
     """Load the logs, build the objective, train with held-out evaluation; writes into ``run.dir``."""
+    from experiments.policy_requests import run_requests
     from experiments.runtime import setup_runtime
-    from experiments.studio.requests import StudioGold, studio_requests
     from policy.evaluation import PolicyEvaluator
     from policy.offline import OfflineTrainer
     from reward.data import load_reward_data
 
     runtime = setup_runtime(config.run)
-    world = load_world(config.world)
+    world = load_world(config.world) if config.catalogue.requests is None else None
     reward_fn = load_reward_model(reward_dir, head_weights=config.reward.head_weights, world=world)
     data = load_reward_data(data_dir, load_masks=True, progress=True)
     images = logged_images(data)
@@ -201,12 +206,9 @@ def train_offline(config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_
         objective = dpo_objective(policy, data, images, config.offline)
     else:
         objective = rwr_objective(policy, data, images, config.offline, reward_fn, config.requests.segments)
-    try:
-        requests = studio_requests(config.requests, world)
-    except ValueError as exc:
-        raise ConfigError(f"[requests]: {exc}") from None
+    requests = run_requests(config, run.dir, policy.resolution, world, need_train=False)
     evaluator = PolicyEvaluator(
-        requests.evaluation, reward_fn=reward_fn, gold_fn=StudioGold(world), sampler=config.sampler, config=config.eval
+        requests.evaluation, reward_fn=reward_fn, gold_fn=requests.gold_fn, sampler=config.sampler, config=config.eval
     )
     trainer = OfflineTrainer(
         policy,

@@ -1,11 +1,12 @@
 """``backdrop policy train``: DDPO fine-tuning of the inpainting policy against a learned reward model.
 
-Wires the pieces the policy package keeps apart: the studio world (training and held-out requests, hidden gold
-for evaluation only), the reward model (``reward``'s scorer, loaded from ``--reward`` or ``[reward] model_dir``),
-the run directory (``experiments.tracking``) and the trainer (``policy.trainer``). Resuming (``--resume RUN``)
-reopens the run directory, drops metrics logged after the last checkpoint, and continues from it.
+Wires the pieces the policy package keeps apart: the requests (a team's request table with ``--requests``, else the
+studio world's products with its hidden gold for evaluation only; ``experiments.policy_requests``), the reward
+model (``reward``'s scorer, loaded from ``--reward`` or ``[reward] model_dir``), the run directory
+(``experiments.tracking``) and the trainer (``policy.trainer``). Resuming (``--resume RUN``) reopens the run
+directory, drops metrics logged after the last checkpoint, and continues from it (its requests from its manifest).
 
-Root config sections: [run], [policy] (model + lora), [world], [requests], [reward], [trainer], [eval].
+Root config sections: [run], [policy] (model + lora), [catalogue], [world], [requests], [reward], [trainer], [eval].
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError, RunConfig
+from experiments.policy_requests import CatalogueSourceConfig
 from experiments.studio.requests import StudioRequestsConfig
 from offline_data.errors import BackdropError
 from policy.config import InpaintModelConfig, PolicyConfig
@@ -77,10 +79,12 @@ class PolicyTrainCommandConfig:
     """Run directory, seed, device, dtype and threads."""
     policy: PolicyConfig = PolicyConfig(model=InpaintModelConfig(pretrained=Path("studio_tiny")))
     """The base model (default: the shipped tiny studio base) and the LoRA adapter that is trained."""
+    catalogue: CatalogueSourceConfig = CatalogueSourceConfig()
+    """A team's own request table (``--requests``); when set, [world] and [requests] are unused; no gold."""
     world: WorldSourceConfig = WorldSourceConfig()
-    """Where requests and the hidden gold come from."""
+    """Where studio requests and the hidden gold come from (without [catalogue] requests)."""
     requests: StudioRequestsConfig = StudioRequestsConfig()
-    """Training products/prompts/segments and the held-out evaluation products."""
+    """Studio training products/prompts/segments and the held-out evaluation products."""
     reward: RewardSourceConfig = RewardSourceConfig()
     """The reward model."""
     trainer: DDPOConfig = DDPOConfig()
@@ -245,7 +249,6 @@ def train_policy(
 ) -> list[dict[str, float]]:
     """Build everything from ``config`` and train; writes into ``run.dir``. Returns the trainer's history."""
     from experiments.runtime import setup_runtime
-    from experiments.studio.requests import StudioGold, studio_requests
     from policy.evaluation import PolicyEvaluator
     from policy.trainer import DDPOTrainer
 
@@ -257,21 +260,20 @@ def train_policy(
 
         accelerator = Accelerator(cpu=runtime.device.type == "cpu")
         device = accelerator.device
-    world = load_world(config.world)
+    from experiments.policy_requests import run_requests
+
+    world = load_world(config.world) if config.catalogue.requests is None else None
     reward_fn = load_reward_model(reward_dir, head_weights=config.reward.head_weights, world=world)
-    try:
-        requests = studio_requests(config.requests, world)
-    except ValueError as exc:
-        raise ConfigError(f"[requests]: {exc}") from None
+    policy = build_policy(config.policy, runtime, device)  # after the reward model: both draw from torch's RNG
+    requests = run_requests(config, run.dir, policy.resolution, world)
     logger.info(
-        "%d training requests (%d products), %d held-out evaluation requests; reward model %s",
-        len(requests.train), len(requests.train_products), len(requests.evaluation), reward_dir,
+        "%d training requests, %d held-out evaluation requests (%s); reward model %s",
+        len(requests.train), len(requests.evaluation), requests.source, reward_dir,
     )  # fmt: skip
-    policy = build_policy(config.policy, runtime, device)
     evaluator = PolicyEvaluator(
         requests.evaluation,
         reward_fn=reward_fn,
-        gold_fn=StudioGold(world),
+        gold_fn=requests.gold_fn,
         sampler=config.trainer.sampler,
         config=config.eval,
         training_pessimism=config.trainer.reward.pessimism,

@@ -2,8 +2,9 @@
 
 ``dpo``: Diffusion-DPO on the pairwise preference logs (the base model, adapter disabled, is the reference).
 ``rwr``: reward-weighted regression on the images of the impression logs, weighted by the reward model's
-debiased click and dwell heads. Both are evaluated like ``backdrop policy train`` (held-out products: proxy,
-hidden gold, KL) and keep an adapter per evaluation under adapters/ for matched-KL comparisons.
+debiased click and dwell heads. Both are evaluated like ``backdrop policy train`` (held-out requests: proxy,
+KL, and hidden gold on the studio world; ``--requests FILE`` evaluates on a team's own request table) and keep
+an adapter per evaluation under adapters/ for matched-KL comparisons.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="MODEL_DIR",
         help="reward model folder (RWR weights, evaluation proxy); overrides [reward] model_dir",
     )
+    parser.add_argument(
+        "--requests",
+        metavar="FILE",
+        help="evaluate on the eval rows of a request table of your own photos (sets [catalogue] requests; no gold) "
+        "instead of the studio world's held-out products",
+    )
     add_config_arguments(parser, default_config="experiments/configs/studio_<method>.toml")
     parser.set_defaults(handler=run_policy_offline)
 
@@ -46,6 +53,7 @@ def run_policy_offline(args: argparse.Namespace) -> int:
     from experiments.commands.arguments import load_root_config
     from experiments.config import ConfigError
     from experiments.policy_offline import CONFIGS, PolicyOfflineCommandConfig, train_offline
+    from experiments.policy_requests import with_requests
     from experiments.policy_train import describe_evaluation, resolve_reward_dir
     from experiments.tracking import start_run
 
@@ -57,6 +65,7 @@ def run_policy_offline(args: argparse.Namespace) -> int:
     if args.method:
         args.overrides = [*args.overrides, f"offline.method={args.method}"]
     config = load_root_config(PolicyOfflineCommandConfig, args)
+    config = with_requests(config, args.requests)
     data_dir = Path(args.data) if args.data else config.data.dir
     if data_dir is None:
         raise ConfigError(

@@ -1,10 +1,11 @@
 """``backdrop policy train``: fine-tune the inpainting policy with DDPO against a learned reward model.
 
-Samples backgrounds for the studio world's training products, scores them with the reward model, and updates the
-LoRA adapter with a clipped policy gradient and a KL penalty to the base model; every ``eval_every`` epochs the
-held-out products are sampled and scored with the proxy reward AND the simulator's hidden gold engagement (which
-training never sees). The run directory holds metrics.jsonl, checkpoints/, adapter/, final_eval.json and
-overoptimisation.png (proxy and gold against KL).
+Samples backgrounds for the training requests (a team's request table with ``--requests FILE``, else the studio
+world's training products), scores them with the reward model, and updates the LoRA adapter with a clipped policy
+gradient and a KL penalty to the base model; every ``eval_every`` epochs the held-out requests are sampled and scored
+with the proxy reward and, for the studio world only, the simulator's hidden gold engagement (which training never
+sees). The run directory holds metrics.jsonl, checkpoints/, adapter/, final_eval.json, overoptimisation.png and the
+request manifest requests/ (``experiments.request_manifest``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 DESCRIPTION = (
     "DDPO fine-tuning of the inpainting policy's LoRA adapter against a learned reward model (reward/), with "
     "per-request advantages, a clipped policy gradient and a closed-form KL penalty to the base model; product "
-    "pixels are verified every epoch. Evaluates proxy reward, hidden gold engagement and KL on held-out products "
-    "and draws the over-optimisation curve. Needs a reward model: --reward DIR or [reward] model_dir."
+    "pixels are verified every epoch. Evaluates proxy reward and KL (plus the hidden gold engagement on the studio "
+    "world) on held-out requests and draws the over-optimisation curve. Needs a reward model: --reward DIR or "
+    "[reward] model_dir."
 )
 
 
@@ -31,6 +33,12 @@ def add_parser(subparsers: Any) -> None:
         "--reward",
         metavar="MODEL_DIR",
         help="reward model folder written by 'backdrop reward train' (overrides [reward] model_dir)",
+    )
+    parser.add_argument(
+        "--requests",
+        metavar="FILE",
+        help="train on a request table of your own photos (.parquet/.csv/.jsonl; sets [catalogue] requests) instead "
+        "of the studio world; rows with split = eval are the held-out requests",
     )
     parser.add_argument(
         "--resume",
@@ -49,6 +57,7 @@ def run_policy_train(args: argparse.Namespace) -> int:
 
     from experiments.commands.arguments import load_root_config
     from experiments.config import ConfigError, load_config
+    from experiments.policy_requests import with_requests
     from experiments.policy_train import (
         DEFAULT_CONFIG,
         PolicyTrainCommandConfig,
@@ -63,8 +72,10 @@ def run_policy_train(args: argparse.Namespace) -> int:
     from policy.checkpoint import latest_checkpoint
 
     if args.resume:
-        if args.overrides or args.config != "experiments/configs/studio_ddpo.toml":
-            raise ConfigError("--resume continues a run with its own config.toml; drop --config and --set")
+        if args.overrides or args.requests or args.config != "experiments/configs/studio_ddpo.toml":
+            raise ConfigError(
+                "--resume continues a run with its own config.toml; drop --config and --set (and --requests)"
+            )
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").is_file():
             raise ConfigError(f"{run_dir}: not a policy train run (no config.toml)")
@@ -90,6 +101,7 @@ def run_policy_train(args: argparse.Namespace) -> int:
         if args.config == "experiments/configs/studio_ddpo.toml" and not Path(args.config).is_file():
             args.config = str(DEFAULT_CONFIG)  # run from outside the repository: the installed copy
         config = load_root_config(PolicyTrainCommandConfig, args)
+        config = with_requests(config, args.requests)
         reward_dir = resolve_reward_dir(config, args.reward)
         checkpoint, log_file = None, None
         if is_main_process():

@@ -29,14 +29,25 @@ def register(subparsers: Any) -> None:
 
     group = group_parser(subparsers, "rollout", "sample backgrounds with the inpainting model")
     parser = group.add_parser("sample", help="paint backgrounds behind product photos", description=DESCRIPTION)
-    parser.add_argument("--products", nargs="+", required=True, metavar="PRODUCT",
+    parser.add_argument("--requests", metavar="FILE",
+                        help="request table (.parquet/.csv/.jsonl: request_id, product_id, image, mask, prompt, "
+                             "segment, split; offline_data.requests): one image per request, named after its "
+                             "request_id, at its photo's own size")  # fmt: skip
+    parser.add_argument("--products", nargs="+", metavar="PRODUCT",
                         help="RGBA photos (alpha = product), RGB photos with --masks, or studio:KIND[:SEED] "
                              "procedural products (KIND: bottle, box, can, ball, shoe, jar, mug)")  # fmt: skip
     parser.add_argument("--masks", nargs="+", metavar="MASK",
                         help="one mask image per product (white/>=128 = product); use '-' for a product that "
                              "needs none (RGBA or studio)")  # fmt: skip
-    parser.add_argument("--prompts", nargs="+", required=True, metavar="PROMPT", help="background descriptions")
-    parser.add_argument("--n", type=int, default=8, help="images per (product, prompt) (default: 8)")
+    parser.add_argument("--prompts", nargs="+", metavar="PROMPT", help="background descriptions (with --products)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="images per request (default: 1 with --requests, else 8 per product and prompt)",
+    )
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="accept request-table image/mask paths outside the table's folder")  # fmt: skip
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/rollout/<timestamp>)")
     parser.add_argument(
         "--model",
@@ -50,8 +61,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--native",
         action="store_true",
-        help="keep photos at their own size and pixels instead of fitting them to the model",
+        help="paint photos at their own size (padded to the VAE factor) instead of letterboxed at the model's "
+        "resolution",
     )
+    parser.add_argument("--max-native-side", type=int, default=1024, metavar="PX",
+                        help="largest photo side --native paints (default: 1024)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default: 20)")
     parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default: 5)")
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta in (0, 1] (default: 1)")
@@ -60,8 +74,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--best-of", type=int, default=1, metavar="N",
                         help="keep the best of N candidates per image (needs --reward)")  # fmt: skip
     parser.add_argument("--reward", metavar="SPEC",
-                        help="reward for --best-of: gold[:SEGMENT] (the studio world's hidden gold, evaluation "
-                             "only) or MODULE:FACTORY, called with --reward-model if given")  # fmt: skip
+                        help="reward for --best-of: a reward model folder ('backdrop reward train'), gold[:SEGMENT] "
+                             "(the studio world's hidden gold, evaluation only) or MODULE:FACTORY, called with "
+                             "--reward-model if given")  # fmt: skip
     parser.add_argument("--reward-model", metavar="PATH", help="argument passed to a MODULE:FACTORY reward")
     parser.add_argument(
         "--max-hamming",
@@ -97,13 +112,16 @@ def run_sample(args: argparse.Namespace) -> int:
     from policy.model import InpaintPolicy, resolve_model_folder
     from rollout.config import SamplerConfig
     from rollout.guards import GuardConfig, PromptGuard, read_training_prompts
+    from rollout.photo import fit_canvas, merge_checks, native_canvas
     from rollout.request import expand_requests
     from rollout.sampler import sample_trajectories
 
-    if args.n < 1 or args.best_of < 1:
+    _check_sources(args)
+    n = args.n if args.n is not None else (1 if args.requests else 8)
+    if n < 1 or args.best_of < 1:
         raise BackdropError("--n and --best-of must be >= 1")
     if args.best_of > 1 and not args.reward:
-        raise BackdropError("--best-of needs --reward (gold[:SEGMENT] or MODULE:FACTORY)")
+        raise BackdropError("--best-of needs --reward (a reward model folder, gold[:SEGMENT] or MODULE:FACTORY)")
     try:
         sampler = SamplerConfig(num_steps=args.steps, guidance_scale=args.guidance, eta=args.eta,
                                 batch_size=args.batch_size)  # fmt: skip
@@ -114,25 +132,32 @@ def run_sample(args: argparse.Namespace) -> int:
     folder = resolve_model_folder(args.model)
     # The guard compares prompts with the base model's training prompts, recorded in its folder.
     guard = None if args.no_guard else PromptGuard(guard_config, read_training_prompts(folder))
-    verdicts = [] if guard is None else guard.require(args.prompts)
+    out = Path(args.out or f"runs/rollout/{dt.datetime.now():%Y%m%d-%H%M%S}")
+    if args.requests:
+        photos, verdicts = _table_photos(args, guard, out), []
+    else:
+        verdicts = [] if guard is None else guard.require(args.prompts)
 
     device = resolve_device(args.device)
     policy = InpaintPolicy.from_pretrained(folder, adapter=args.adapter, device=device)
     model = policy
     if args.style:
         model = _styled(policy, folder, args.style)
-    products = _load_products(args.products, args.masks, policy.resolution, native=args.native)
-    templates = [_request(name, rgba, prompt, i, j, args.segment)
-                 for i, (name, rgba) in enumerate(products) for j, prompt in enumerate(args.prompts)]  # fmt: skip
-    requests, seeds = expand_requests(templates, args.n * args.best_of, args.seed)
+    if not args.requests:
+        products = _load_products(args.products, args.masks, policy.resolution)
+        photos = [_photo(name, rgb, alpha, prompt, j, args.segment)
+                  for name, rgb, alpha in products for j, prompt in enumerate(args.prompts)]  # fmt: skip
+    placed = [native_canvas(p, policy.vae_scale_factor, args.max_native_side) if args.native
+              else fit_canvas(p, policy.resolution) for p in photos]  # fmt: skip
+    requests, seeds = expand_requests([r for r, _ in placed], n * args.best_of, args.seed)
     by_size: dict[tuple[int, int], list[int]] = {}
     for index, request in enumerate(requests):
         by_size.setdefault(request.size, []).append(index)
 
-    out = Path(args.out or f"runs/rollout/{dt.datetime.now():%Y%m%d-%H%M%S}")
     (out / "images").mkdir(parents=True, exist_ok=True)
     reward_fn = _load_reward(args.reward, args.reward_model) if args.reward else None
-    rows, records, reports, filtered_total = [], [], [], 0
+    sources = {p.request_id: (p, placement) for p, (_, placement) in zip(photos, placed)}
+    rows, records, reports, checks, filtered_total = [], [], [], [], 0
     for indices in by_size.values():  # the sampler takes one image size per call
         batch = [requests[i] for i in indices]
         rollout = sample_trajectories(model, batch, [seeds[i] for i in indices], sampler,
@@ -142,28 +167,57 @@ def run_sample(args: argparse.Namespace) -> int:
         if reward_fn is not None:
             from rollout.rerank import rerank
 
-            ranked = rerank(rollout.images, batch, reward_fn, keep=args.n, max_hamming=args.max_hamming)
+            ranked = rerank(rollout.images, batch, reward_fn, keep=n, max_hamming=args.max_hamming)
             chosen, scores = list(ranked.indices), ranked.scores.tolist()
             filtered_total += ranked.filtered
-        _write_outputs(out, rollout, batch, chosen, scores, rows, records)
+        checks.extend(_write_outputs(out, rollout, batch, chosen, scores, sources, rows, records))
     sheet = _contact_sheet(out, rows)
-    ok = all(r.ok for r in reports)
+    check = merge_checks(checks)
+    ok = all(r.ok for r in reports) and check.ok
     report = {
         "model": str(folder), "adapter": args.adapter, "style_board": args.style, "native": args.native,
-        "sampler": {"steps": args.steps, "guidance": args.guidance, "eta": args.eta},
+        "requests": args.requests, "sampler": {"steps": args.steps, "guidance": args.guidance, "eta": args.eta},
         "best_of": args.best_of, "reward": args.reward, "near_duplicates_filtered": filtered_total,
         "guards": [{"prompt": v.prompt, "nearest_prompt": v.nearest_prompt, "distance": v.distance}
                    for v in verdicts],
         "preservation": {"ok": ok, "max_abs_diff": max(r.max_abs_diff for r in reports),
                          "mask_pixels": sum(r.mask_pixels for r in reports),
                          "differing_pixels": sum(r.differing_pixels for r in reports)},
+        "alpha_rule": {"ok": check.ok, "product_pixels": check.product_pixels, "soft_pixels": check.soft_pixels,
+                       "product_changed": check.product_changed, "soft_off": check.soft_off},
         "images": records,
     }  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for r in reports:
         print(f"preservation: {r.describe()}")
+    print(f"alpha rule at the photos' own size: {check.product_pixels} product pixel(s), {check.product_changed} "
+          f"changed; {check.soft_pixels} soft pixel(s), {check.soft_off} off the formula")  # fmt: skip
     print(f"{len(records)} image(s) in {out / 'images'}; contact sheet {sheet}; report {out / 'report.json'}")
     return 0 if ok else 1
+
+
+def _check_sources(args: argparse.Namespace) -> None:
+    """--requests, or --products with --prompts (and optional --masks), never both."""
+    from offline_data.errors import BackdropError
+
+    if args.requests and (args.products or args.masks or args.prompts):
+        raise BackdropError("--requests replaces --products, --masks and --prompts; give one or the other")
+    if not args.requests and not (args.products and args.prompts):
+        raise BackdropError("give --requests FILE, or --products and --prompts")
+
+
+def _table_photos(args: argparse.Namespace, guard: Any, out: Any) -> list:
+    """The photos of a validated request table (rejects listed and written to OUT/requests/); refuses an empty one."""
+    from experiments.request_manifest import guard_fn, write_table_manifest
+    from offline_data.requests import RequestTableConfig, read_requests, require_requests
+    from rollout.photo import row_photo
+
+    config = RequestTableConfig(allow_outside=args.allow_outside, default_segment=args.segment)
+    table = require_requests(read_requests(args.requests, guard=guard_fn(guard), config=config))
+    for message in table.problems():
+        print(f"rejected: {message}")
+    write_table_manifest(table, out / "requests")
+    return [row_photo(table, row) for row in table.rows()]
 
 
 def _styled(policy: Any, folder: Any, paths: list[str]) -> Any:
@@ -189,16 +243,19 @@ def _styled(policy: Any, folder: Any, paths: list[str]) -> Any:
     return StyledModel(policy, style.tokens(torch.stack(board)))
 
 
-def _load_products(paths: list[str], masks: list[str] | None, size: int, *, native: bool) -> list[tuple[str, Any]]:
-    """(name, RGBA uint8 [H, W, 4]) per product, alpha exactly 0/255 (module docstring for the sources)."""
-    import tempfile
+def _load_products(paths: list[str], masks: list[str] | None, size: int) -> list[tuple[str, Any, Any]]:
+    """(name, rgb [H, W, 3] uint8, product alpha [H, W] uint8) per product (module docstring for the sources).
+
+    Photo files keep their own size and pixels (``offline_data.photos`` decodes them); studio products are
+    rendered at the model's resolution with a 0/255 alpha.
+    """
     from pathlib import Path
 
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
 
     from offline_data.errors import AssetError
-    from offline_data.simulator import PRODUCT_KINDS, load_product_photo, render_product
+    from offline_data.photos import decode_mask, decode_photo, product_alpha
+    from offline_data.simulator import PRODUCT_KINDS, render_product
 
     if masks is not None and len(masks) != len(paths):
         raise AssetError(f"--masks has {len(masks)} entries but --products has {len(paths)}; give one per product "
@@ -210,81 +267,43 @@ def _load_products(paths: list[str], masks: list[str] | None, size: int, *, nati
             kind, _, seed = spec.removeprefix("studio:").partition(":")
             if kind not in PRODUCT_KINDS or (seed and not seed.isdigit()):
                 raise AssetError(f"{spec}: expected studio:KIND[:SEED] with KIND in {', '.join(PRODUCT_KINDS)}")
-            product = render_product(kind, np.random.default_rng(int(seed or 0)), size, product_id=spec)
-            products.append((f"studio-{kind}-{seed or 0}", product.rgba))
+            rgba = render_product(kind, np.random.default_rng(int(seed or 0)), size, product_id=spec).rgba
+            alpha = np.where(rgba[..., 3] >= 128, np.uint8(255), np.uint8(0))
+            products.append((f"studio-{kind}-{seed or 0}", np.ascontiguousarray(rgba[..., :3]), alpha))
             continue
         path = Path(spec)
-        try:
-            with Image.open(path) as image:
-                image.load()
-                photo = np.asarray(image.convert("RGBA" if mask_path is None else "RGB")).copy()
-        except FileNotFoundError:
-            raise AssetError(f"{path}: product photo not found") from None
-        except (UnidentifiedImageError, OSError) as exc:
-            raise AssetError(f"{path}: cannot read product photo: {exc}") from None
-        if mask_path is not None:
-            photo = np.dstack([photo, _read_mask(Path(mask_path), photo.shape[:2]) * np.uint8(255)])
-        elif not native:
-            products.append((path.stem, load_product_photo(path, size, product_id=path.stem).rgba))
-            continue
-        if native:
-            alpha = np.where(photo[..., 3] >= 128, 255, 0).astype(np.uint8)
-            products.append((path.stem, np.dstack([photo[..., :3], alpha])))
-            continue
-        # An RGB photo + mask, fitted like an RGBA photo: load_product_photo reads files, so hand it one.
-        with tempfile.TemporaryDirectory() as scratch:
-            rgba_path = Path(scratch) / f"{path.stem}.png"
-            Image.fromarray(photo, mode="RGBA").save(rgba_path)
-            products.append((path.stem, load_product_photo(rgba_path, size, product_id=path.stem).rgba))
+        photo = decode_photo(path)
+        mask = decode_mask(Path(mask_path), photo.size) if mask_path is not None else None
+        products.append((path.stem, photo.rgb, product_alpha(photo, mask, str(path))))
     return products
 
 
-def _read_mask(path: Any, shape: tuple[int, int]) -> Any:
-    """A mask image as bool [H, W] (grey level >= 128 = product), checked against the photo's size."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+def _photo(name: str, rgb: Any, alpha: Any, prompt: str, prompt_index: int, segment: str) -> Any:
+    from rollout.photo import PhotoRequest
 
-    from offline_data.errors import AssetError
-
-    try:
-        with Image.open(path) as image:
-            grey = np.asarray(image.convert("L"))
-    except FileNotFoundError:
-        raise AssetError(f"{path}: mask file not found") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise AssetError(f"{path}: cannot read mask: {exc}") from None
-    if grey.shape != shape:
-        raise AssetError(f"{path}: mask is {grey.shape[1]}x{grey.shape[0]} but its photo is {shape[1]}x{shape[0]}")
-    mask = grey >= 128
-    if not mask.any():
-        raise AssetError(f"{path}: mask has no product pixel (none >= 128)")
-    if mask.all():
-        raise AssetError(f"{path}: mask covers the whole image; there is no background to paint")
-    return mask
-
-
-def _request(name: str, rgba: Any, prompt: str, product: int, prompt_index: int, segment: str) -> Any:
-    from offline_data.errors import AssetError
-    from rollout.request import request_from_rgba
-
-    try:
-        return request_from_rgba(rgba, request_id=f"{name}-p{prompt_index}", product_id=name, segment=segment,
-                                 prompt=prompt)  # fmt: skip
-    except ValueError as exc:
-        raise AssetError(f"product {product + 1} ({name}): {exc}") from None
+    return PhotoRequest(request_id=f"{name}-p{prompt_index}", product_id=name, segment=segment, prompt=prompt,
+                        rgb=rgb, alpha=alpha)  # fmt: skip
 
 
 def _load_reward(spec: str, model_path: str | None) -> Any:
     """A ``rollout.protocols.RewardFn`` from ``gold[:SEGMENT]`` or ``MODULE:FACTORY``."""
     import importlib
+    from pathlib import Path
 
     from offline_data.errors import BackdropError
 
     if spec == "gold" or spec.startswith("gold:"):
         return _GoldReward(spec.partition(":")[2] or None)
+    if (Path(spec) / "reward.json").is_file():
+        from experiments.policy_train import load_reward_model
+
+        reward_model = load_reward_model(Path(spec))
+        return lambda images, requests: reward_model(images, requests).reward
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise BackdropError(f"--reward {spec!r}: expected gold[:SEGMENT] or MODULE:FACTORY")
+        raise BackdropError(
+            f"--reward {spec!r}: expected a reward model folder (with reward.json), gold[:SEGMENT] or MODULE:FACTORY"
+        )
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
@@ -314,32 +333,61 @@ class _GoldReward:
         return torch.from_numpy(gold).float()
 
 
-def _write_outputs(out: Any, rollout: Any, batch: list, chosen: list[int], scores: list, rows: list,
-                   records: list) -> None:  # fmt: skip
-    """Write the chosen images and their trajectories (one file per request), and collect sheet rows."""
-    import numpy as np
+def _write_outputs(out: Any, rollout: Any, batch: list, chosen: list[int], scores: list, sources: dict, rows: list,
+                   records: list) -> list:  # fmt: skip
+    """Write the chosen images at their photos' own size and their trajectories; collect sheet rows.
+
+    Images are ``<request_id>.png`` when one is kept per request, else ``<request_id>_<k>.png`` (characters other
+    than letters, digits, ``.``, ``_`` and ``-`` become ``_``). Returns the alpha-rule check of every image.
+    """
     from PIL import Image
+
+    from rollout.photo import paint_back
 
     groups: dict[str, list[int]] = {}
     for position, index in enumerate(chosen):
         groups.setdefault(batch[index].request_id, []).append(position)
+    checks = []
     for request_id, positions in groups.items():
         indices = [chosen[p] for p in positions]
-        rollout.trajectory.select(indices).save(out / "trajectories" / f"{request_id}.safetensors")
+        stem = _file_stem(request_id)
+        rollout.trajectory.select(indices).save(out / "trajectories" / f"{stem}.safetensors")
+        photo, placement = sources[request_id]
         cells = []
         for k, (position, index) in enumerate(zip(positions, indices)):
-            image = rollout.images[index].permute(1, 2, 0).numpy()
-            name = f"{request_id}_{k}.png"
-            Image.fromarray(np.ascontiguousarray(image)).save(out / "images" / name)
+            image, check = paint_back(rollout.images[index], photo, placement)
+            checks.append(check)
+            name = f"{stem}.png" if len(indices) == 1 else f"{stem}_{k}.png"
+            Image.fromarray(image).save(out / "images" / name)
             score = scores[position]
             records.append({"image": f"images/{name}", "request_id": request_id, "prompt": batch[index].prompt,
                             "product_id": batch[index].product_id, "seed": rollout.trajectory.seeds[index],
-                            "reward": score})  # fmt: skip
+                            "size": [image.shape[0], image.shape[1]], "reward": score,
+                            "alpha_rule_ok": check.ok})  # fmt: skip
             cells.append((image, f"{score:.2f}" if score is not None else f"seed {rollout.trajectory.seeds[index]}"))
         rows.append((f"{batch[indices[0]].product_id}: {batch[indices[0]].prompt}", cells))
+    return checks
+
+
+def _file_stem(request_id: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", request_id)
 
 
 def _contact_sheet(out: Any, rows: list) -> Any:
+    """The sheet of every kept image; photos larger than 192 px are shown as thumbnails (the files keep full size)."""
+    import numpy as np
+    from PIL import Image
+
     from policy.contact_sheet import draw_contact_sheet
 
+    def shown(image: Any) -> Any:
+        if max(image.shape[:2]) <= 192:
+            return image
+        thumbnail = Image.fromarray(image)
+        thumbnail.thumbnail((192, 192), Image.Resampling.LANCZOS)
+        return np.asarray(thumbnail)
+
+    rows = [(label, [(shown(image), caption) for image, caption in cells]) for label, cells in rows]
     return draw_contact_sheet(rows, out / "contact_sheet.png", label_width=260)

@@ -63,7 +63,8 @@ FAST_SET = [
 def build_run(root: Path) -> Path:
     """A small world (logs + truth), a reward model trained on it, and a policy run whose adapter is a
     perturbed LoRA on the shipped tiny studio base (``backdrop policy train`` layout)."""
-    from experiments.policy_train import PolicyTrainCommandConfig, RewardSourceConfig, WorldSourceConfig
+    from experiments.policy_requests import run_requests
+    from experiments.policy_train import PolicyTrainCommandConfig, RewardSourceConfig, WorldSourceConfig, load_world
     from experiments.studio.requests import StudioRequestsConfig
     from policy.config import InpaintModelConfig, LoraConfig, PolicyConfig
     from policy.model import InpaintPolicy
@@ -94,6 +95,7 @@ def build_run(root: Path) -> Path:
         for parameter in policy.trainable_parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
     policy.save_adapter(run / "adapter")
+    run_requests(config, run, policy.resolution, load_world(config.world))  # the run's request manifest
     (run / "config.toml").write_text(dump_toml(config))
     (run / "environment.json").write_text(json.dumps({"argv": ["backdrop", "policy", "train"], "git": {"sha": "abc"}}))
     record = {

@@ -13,7 +13,6 @@ from PIL import Image
 
 from experiments.cli import main
 from experiments.studio.prompts import studio_training_prompts, studio_vocabulary
-from offline_data.simulator import load_product_photo
 from policy.config import InpaintModelConfig, StyleConfig
 from policy.model import STUDIO_TINY, InpaintPolicy
 from policy.style import StyleConditioning
@@ -60,20 +59,20 @@ def test_real_photo_with_a_mask_file(model: Path, photo, tmp_path: Path, capsys:
     assert code == 0
     out = capsys.readouterr().out
     assert "max |diff| 0, 0 differing pixel(s)" in out
-    # The expected product: the photo with its binary mask, fitted to 64 px as the simulator fits photos.
-    staged = tmp_path / "staged.png"
-    Image.fromarray(rgba, mode="RGBA").save(staged)
-    product = load_product_photo(staged, 64)
+    assert "0 changed;" in out and "0 off the formula" in out
+    # Outputs have the photo's own size (128 px), painted at the model's 64 px: every product pixel is the photo's.
+    product = rgba[..., 3] == 255
     images = sorted((tmp_path / "out" / "images").glob("*.png"))
     assert len(images) == 4
     for path in images:
         pixels = read(path)
-        assert pixels.shape == (64, 64, 3)
-        np.testing.assert_array_equal(pixels[product.mask], product.rgb[product.mask])
-        assert (pixels[~product.mask] != 0).any()  # a background was painted
+        assert pixels.shape == (128, 128, 3)
+        np.testing.assert_array_equal(pixels[product], rgba[..., :3][product])
+        assert (pixels[~product] != 0).any()  # a background was painted
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["preservation"] == {"ok": True, "max_abs_diff": 0, "mask_pixels": 4 * int(product.mask.sum()),
-                                      "differing_pixels": 0}  # fmt: skip
+    assert report["preservation"]["ok"] and report["preservation"]["differing_pixels"] == 0
+    assert report["alpha_rule"] == {"ok": True, "product_pixels": 4 * int(product.sum()), "soft_pixels": 0,
+                                    "product_changed": 0, "soft_off": 0}  # fmt: skip
     assert {r["prompt"] for r in report["images"]} == set(prompts)
     trajectory = Trajectory.load(tmp_path / "out" / "trajectories" / "gift-p0.safetensors")
     assert trajectory.batch_size == 2 and trajectory.num_steps == 2 and trajectory.prompts[0] == prompts[0]
@@ -137,7 +136,7 @@ def test_guard_refuses_a_blocklisted_prompt(model: Path, tmp_path: Path, capsys:
     ("args", "message"),
     [
         (["--products", "studio:vase"], "studio:vase: expected studio:KIND[:SEED] with KIND in bottle"),
-        (["--products", "missing.png"], "missing.png: product photo not found"),
+        (["--products", "missing.png"], "missing.png: image file not found"),
         (["--products", "studio:can", "--masks", "a.png", "b.png"], "--masks has 2 entries but --products has 1"),
         (["--products", "studio:can", "--best-of", "2"], "--best-of needs --reward"),
         (["--products", "studio:can", "--reward", "gold:nobody", "--best-of", "2"], "unknown segment"),
@@ -169,3 +168,71 @@ def test_default_model_is_the_shipped_base(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "report.json").read_text())
     assert Path(report["model"]) == STUDIO_TINY and report["preservation"]["ok"]
     assert report["preservation"]["max_abs_diff"] == 0
+
+
+def soft_cutout(height: int, width: int, seed: int) -> np.ndarray:
+    """A random RGBA photo of odd size: a product box (alpha 255) with a soft rim (alpha 1..254)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    image[..., 3] = 0
+    image[height // 4 - 2 : 3 * height // 4 + 2, width // 4 - 2 : 3 * width // 4 + 2, 3] = rng.integers(1, 255)
+    image[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4, 3] = 255
+    return image
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_request_table_outputs_at_each_photos_own_size(model: Path, photo, tmp_path: Path, native: bool) -> None:
+    rgb_path, mask_path, rgba = photo
+    cutouts = {"odd": soft_cutout(45, 71, 1), "tall": soft_cutout(90, 33, 2)}
+    for name, image in cutouts.items():
+        Image.fromarray(image).save(tmp_path / f"{name}.png")
+    (tmp_path / "photos").mkdir()
+    Image.open(rgb_path).save(tmp_path / "photos" / "gift.png")
+    Image.open(mask_path).save(tmp_path / "photos" / "gift_mask.png")
+    (tmp_path / "requests.csv").write_text(
+        "request_id,product_id,image,mask,prompt\n"
+        "odd/1,odd,odd.png,,oak wood floor\ntall-1,tall,tall.png,,white marble tabletop\n"
+        "gift-1,gift,photos/gift.png,photos/gift_mask.png,oak wood floor\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    code = main(["rollout", "sample", "--model", str(model), "--requests", str(tmp_path / "requests.csv"),
+                 "--out", str(out), *(["--native"] if native else []), *FAST])  # fmt: skip
+    assert code == 0
+    expected = {"odd_1.png": cutouts["odd"], "tall-1.png": cutouts["tall"], "gift-1.png": rgba}
+    assert sorted(p.name for p in (out / "images").glob("*.png")) == sorted(expected)
+    for name, source in expected.items():
+        pixels = read(out / "images" / name)
+        assert pixels.shape == (*source.shape[:2], 3)
+        alpha = source[..., 3].astype(np.uint32)[..., None]
+        full, soft = alpha[..., 0] == 255, (alpha[..., 0] > 0) & (alpha[..., 0] < 255)
+        np.testing.assert_array_equal(pixels[full], source[..., :3][full])
+        # Soft pixels lie between the photo and the background, by the integer formula: a painted value q exists.
+        lo = (alpha * source[..., :3] + 127) // 255
+        hi = (alpha * source[..., :3] + (255 - alpha) * 255 + 127) // 255
+        assert ((pixels >= lo) & (pixels <= hi))[soft].all()
+    report = json.loads((out / "report.json").read_text())
+    assert report["alpha_rule"]["ok"] and report["alpha_rule"]["soft_pixels"] > 0
+    manifest = out / "requests" / "requests.parquet"
+    assert manifest.is_file() and len(list((out / "requests" / "files").iterdir())) == 4
+
+
+@pytest.mark.parametrize(
+    ("table", "code", "message"),
+    [
+        ("request_id,product_id,image,prompt\na,p,nowhere.png,oak\n", 1,
+         "no request was accepted (1 read):\n  "),
+        ("request_id,product_id,image\na,p,x.png\n", 2, "missing required column 'prompt'"),
+    ],
+)  # fmt: skip
+def test_request_table_errors(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture, table: str, code: int,
+                              message: str) -> None:  # fmt: skip
+    (tmp_path / "r.csv").write_text(table, encoding="utf-8")
+    assert main(["rollout", "sample", "--model", str(model), "--requests", str(tmp_path / "r.csv"), *FAST]) == code
+    assert message in capsys.readouterr().err
+
+
+def test_requests_exclude_products(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["rollout", "sample", "--model", str(model), "--requests", "r.csv", "--products", "studio:can", *FAST]
+    assert main(args) == 2
+    assert "--requests replaces --products, --masks and --prompts" in capsys.readouterr().err
