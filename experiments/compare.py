@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from offline_data.errors import BackdropError, InputUnreadableError
+from offline_data.finite import NON_FINITE_KEY
 
 COST_WORDS = ("loss", "kl", "error", "nll", "ece", "regret", "violation", "sec", "time")
 IGNORED_CONFIG_KEYS = ("run.name", "run.output_dir")
@@ -65,7 +66,7 @@ class RunRecord:
 
     @property
     def metric_names(self) -> set[str]:
-        return {k for record in self.metrics for k in record if k not in ("step", "time")}
+        return {k for record in self.metrics for k in record if k not in ("step", "time", NON_FINITE_KEY)}
 
 
 def load_run(path: str | Path) -> RunRecord:

@@ -49,6 +49,7 @@ from experiments.gates import (
 )
 from experiments.policy_train import PolicyTrainCommandConfig
 from offline_data.errors import BackdropError, InputUnreadableError
+from offline_data.finite import dumps_strict
 
 logger = logging.getLogger("backdrop")
 
@@ -497,7 +498,7 @@ def _ope_summary(ope_result, config: ExportConfig) -> dict:
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:
-    text = json.dumps(manifest, indent=2, default=_default) + "\n"
+    text = dumps_strict(manifest, indent=2, default=_default) + "\n"  # a NaN metric is null, listed in non_finite
     (out / "manifest.json").write_text(text, encoding="utf-8")
 
 

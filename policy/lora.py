@@ -66,9 +66,14 @@ def has_lora(unet: UNet2DConditionModel) -> bool:
     return bool(getattr(unet, "peft_config", None))
 
 
+def named_lora_parameters(unet: UNet2DConditionModel) -> list[tuple[str, torch.nn.Parameter]]:
+    """The adapter's parameters (A and B of every adapted layer) with their names, in module order."""
+    return [(name, p) for name, p in unet.named_parameters() if ".lora_A." in name or ".lora_B." in name]
+
+
 def lora_parameters(unet: UNet2DConditionModel) -> list[torch.nn.Parameter]:
     """The adapter's parameters (A and B of every adapted layer), in module order."""
-    return [p for name, p in unet.named_parameters() if ".lora_A." in name or ".lora_B." in name]
+    return [p for _, p in named_lora_parameters(unet)]
 
 
 def lora_config_of(unet: UNet2DConditionModel) -> LoraConfig:
