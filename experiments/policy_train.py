@@ -19,6 +19,7 @@ from typing import Any
 
 from experiments.config import ConfigError, RunConfig
 from offline_data.errors import BackdropError
+from offline_data.finite import NonFiniteError
 from policy.config import InpaintModelConfig, PolicyConfig
 from policy.evaluation import EvaluationConfig
 from policy.studio import StudioRequestsConfig
@@ -27,6 +28,9 @@ from policy.trainer_config import DDPOConfig
 logger = logging.getLogger("backdrop")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "studio_ddpo.toml"
+DIVERGED_FILE = "diverged.json"
+"""Written into a run that stopped with ``NonFiniteError`` (the message); export refuses such a run, and a resume
+that finishes removes it."""
 REWARD_TRAIN_HINT = (
     "train one first, e.g.\n"
     "  backdrop simulate --out runs/studio_world\n"
@@ -287,7 +291,13 @@ def train_policy(
         raise ConfigError(f"[trainer]: {exc}") from None
     if resume_from is not None:
         trainer.resume(resume_from)
-    history = trainer.train()
+    try:
+        history = trainer.train()
+    except NonFiniteError as exc:
+        run.write_json(DIVERGED_FILE, {"error": str(exc)})
+        raise
+    if run.dir is not None:
+        (run.dir / DIVERGED_FILE).unlink(missing_ok=True)
     final = [h for h in history if "gold/gain_sd" in h]
     if final:
         run.write_json("final_eval.json", {"epoch": final[-1]["epoch"], **final[-1]})

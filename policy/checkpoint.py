@@ -10,7 +10,9 @@ A checkpoint folder ``<dir>/epoch-000040/`` holds
   RNG states, and the trainer's own state (epoch, steps, stat tracker, KL controller, evaluation history...).
 
 Folders are written under a temporary name and renamed when complete, then ``<dir>/latest.json`` is pointed at
-them, so a run killed while writing leaves the previous checkpoint intact.
+them, so a run killed while writing leaves the previous checkpoint intact. A ``SHA256SUMS`` of its weight files
+(``offline_data.integrity``) is written last, inside the temporary folder; loading refuses a checkpoint without it,
+one whose files do not match it, or tensors with NaN/inf.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from offline_data.errors import AssetError
+from offline_data.integrity import require_finite_weights, verify_weights, write_checksums
 from policy.model import InpaintPolicy
 
 FORMAT = "backdrop.policy_checkpoint"
@@ -136,6 +139,7 @@ def save_checkpoint(
         "trainer": dict(trainer_state),
     }
     (temporary / _STATE).write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    write_checksums(temporary)
     if final.exists():
         shutil.rmtree(final)
     os.replace(temporary, final)
@@ -188,10 +192,12 @@ def load_checkpoint(
             (payload.get("format"), payload.get("version")) if isinstance(payload, dict) else type(payload).__name__
         )
         raise CheckpointError(f"{state_path}: expected format {FORMAT!r} version {VERSION}, got {found}")
+    verify_weights(folder, required=True, what="training checkpoint")
     try:
         tensors = load_file(str(tensors_path))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"{tensors_path}: unreadable checkpoint tensors: {exc}") from None
+    require_finite_weights(tensors, str(tensors_path))
     try:
         policy.load_adapter(folder / _ADAPTER)
     except AssetError as exc:

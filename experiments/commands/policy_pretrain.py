@@ -79,6 +79,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from experiments.config import ConfigError, dump_toml, load_config
     from experiments.runtime import setup_runtime
     from experiments.tracking import start_run
+    from offline_data.integrity import rewrite_checksums
     from policy.pretrain import pretrain
     from policy.pretrain_checkpoint import LATEST
     from policy.pretrain_manifest import evaluate_and_write_manifest, export_model, halve_weights
@@ -121,6 +122,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         result.style.save(folder / "style")
         if config.pretrain.weights_dtype == "float16":
             halve_weights(folder)
+        rewrite_checksums(folder)  # the style adapter was added and the weights may be float16 now
         report = evaluate_and_write_manifest(
             folder, command=shlex.join(command), config_toml=dump_toml(config), seconds=result.seconds,
             training_metrics=result.metrics, log_metrics=run.log_metrics, **manifest_args,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from offline_data.errors import AssetError
+from offline_data.integrity import write_checksums
 from policy.config import InpaintModelConfig
 from policy.model import InpaintPolicy
 from policy.pretrain_config import StyleConfig
@@ -130,6 +131,9 @@ def test_save_load_round_trip(style: StyleConditioning, tmp_path: Path) -> None:
     board = render_scene_pool(2, 64, seed=5).images
     assert torch.equal(loaded.tokens(board), style.tokens(board))
     (tmp_path / "style" / "style.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(AssetError, match="style.safetensors: SHA-256 mismatch"):
+        StyleConditioning.load(tmp_path / "style")
+    write_checksums(tmp_path / "style")  # the list agrees with the broken file: reading it is what fails now
     with pytest.raises(AssetError, match="cannot read the style adapter weights"):
         StyleConditioning.load(tmp_path / "style")
 
