@@ -11,15 +11,14 @@ Root config sections: [run], [policy] (model + lora), [world], [requests], [rewa
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError, RunConfig
-from offline_data.errors import BackdropError
-from offline_data.finite import NonFiniteError
+from offline_data.errors import BackdropError, InputUnreadableError
+from offline_data.finite import NonFiniteError, dumps_strict
 from policy.config import InpaintModelConfig, PolicyConfig
 from policy.evaluation import EvaluationConfig
 from policy.studio import StudioRequestsConfig
@@ -220,18 +219,27 @@ class ProcessRun:
 
 
 def truncate_metrics(run_dir: Path, last_step: int) -> int:
-    """Drop records of ``metrics.jsonl`` logged after ``last_step`` (the checkpoint a resume continues from).
+    """Drop records of ``metrics.jsonl`` logged after ``last_step`` (the checkpoint a resume continues from), and a
+    last line cut short by a kill (``experiments.tracking.read_metrics``).
 
     Returns:
-        How many records were dropped.
+        How many records were dropped (the torn line not counted).
+
+    Raises:
+        InputUnreadableError: a record that is not JSON (other than a torn last line) or has no integer step.
     """
+    from experiments.tracking import read_metrics
+
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return 0
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    return len(lines) - len(kept)
+    records = read_metrics(run_dir)
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record.get("step"), int):
+            raise InputUnreadableError(f"{path}: record {number} has no integer 'step': {str(record)[:80]}")
+    kept = [record for record in records if record["step"] <= last_step]
+    path.write_text("".join(dumps_strict(record) + "\n" for record in kept), encoding="utf-8")
+    return len(records) - len(kept)
 
 
 def train_policy(

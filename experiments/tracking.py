@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import RunConfig, dump_toml
+from offline_data.errors import InputUnreadableError
 from offline_data.finite import dumps_strict, strict_json
 
 logger = logging.getLogger("backdrop")
@@ -234,12 +235,31 @@ def start_run(
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Read a run's metrics.jsonl back as a list of records (in logged order)."""
+    """Read a run's metrics.jsonl back as a list of records (in logged order).
+
+    A last line without its newline that is not JSON was cut short by a kill while it was written: it is dropped
+    with a warning (a resume logs that step again). Any other line that is not a JSON object is an error.
+
+    Raises:
+        InputUnreadableError: a line before the last, or a complete last line, that is not a JSON object.
+    """
     path = Path(run_dir) / "metrics.jsonl"
+    text = path.read_text(encoding="utf-8", errors="replace")  # a torn multi-byte character is part of a torn line
+    lines = text.split("\n")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if line:
-                records.append(json.loads(line))
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):  # the last line, and the file does not end with a newline
+                logger.warning(
+                    "%s: line %d was cut short (killed while writing?); dropped: %r", path, number, line[:80]
+                )
+                continue
+            raise InputUnreadableError(f"{path}: line {number}: not JSON ({exc.msg}): {line[:80]!r}") from None
+        if not isinstance(record, dict):
+            raise InputUnreadableError(f"{path}: line {number}: expected a JSON object, got {line[:80]!r}")
+        records.append(record)
     return records

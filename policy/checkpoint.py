@@ -164,10 +164,53 @@ def latest_checkpoint(directory: str | Path) -> Path:
         name = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{pointer}: unreadable checkpoint pointer: {exc}") from None
-    folder = directory / str(name)
+    # The pointer names a folder beside it, never a path: a run resumes from its own checkpoints only.
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise CheckpointError(f"{pointer}: 'checkpoint' must name a folder in {directory}, got {name!r}")
+    folder = directory / name
     if not folder.is_dir():
         raise CheckpointError(f"{pointer}: points at {folder}, which does not exist")
+    if folder.resolve().parent != directory.resolve():
+        raise CheckpointError(f"{pointer}: {folder} leads to {folder.resolve()}, outside {directory}")
     return folder
+
+
+def read_checkpoint_state(folder: str | Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint, checked before anything of it is used: format, version and the type of every
+    part the loader reads (the trainer's own part is checked by the trainer).
+
+    Raises:
+        CheckpointError: missing, unreadable, another format or version, or a part of the wrong type (by key).
+    """
+    state_path = Path(folder) / _STATE
+    if not state_path.is_file():
+        raise CheckpointError(f"{state_path}: checkpoint file not found")
+    try:
+        payload = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{state_path}: unreadable checkpoint state: {exc}") from None
+    if not isinstance(payload, dict) or (payload.get("format"), payload.get("version")) != (FORMAT, VERSION):
+        found = (
+            (payload.get("format"), payload.get("version")) if isinstance(payload, dict) else type(payload).__name__
+        )
+        raise CheckpointError(f"{state_path}: expected format {FORMAT!r} version {VERSION}, got {found}")
+    expected = {
+        ("optimizer",): dict, ("optimizer", "param_groups"): list, ("optimizer", "scalars"): dict,
+        ("rng",): dict, ("rng", "python"): list, ("rng", "numpy"): dict, ("trainer",): dict,
+    }  # fmt: skip
+    for keys, kind in expected.items():
+        value: Any = payload
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, kind):
+            raise CheckpointError(
+                f"{state_path}: '{'.'.join(keys)}' must be a {'list' if kind is list else 'table'}, got "
+                f"{type(value).__name__}"
+            )
+    numpy_keys = {"kind", "keys", "pos", "has_gauss", "cached"}
+    if len(payload["rng"]["python"]) != 3 or set(payload["rng"]["numpy"]) != numpy_keys:
+        raise CheckpointError(f"{state_path}: 'rng' does not hold python's and numpy's generator states")
+    return payload
 
 
 def load_checkpoint(
@@ -179,19 +222,10 @@ def load_checkpoint(
         CheckpointError: missing files, wrong format/version, or state that does not fit.
     """
     folder = Path(folder)
-    state_path, tensors_path = folder / _STATE, folder / _TENSORS
-    for path in (state_path, tensors_path):
-        if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        payload = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{state_path}: unreadable checkpoint state: {exc}") from None
-    if not isinstance(payload, dict) or (payload.get("format"), payload.get("version")) != (FORMAT, VERSION):
-        found = (
-            (payload.get("format"), payload.get("version")) if isinstance(payload, dict) else type(payload).__name__
-        )
-        raise CheckpointError(f"{state_path}: expected format {FORMAT!r} version {VERSION}, got {found}")
+    tensors_path = folder / _TENSORS
+    payload = read_checkpoint_state(folder)
+    if not tensors_path.is_file():
+        raise CheckpointError(f"{tensors_path}: checkpoint file not found")
     verify_weights(folder, required=True, what="training checkpoint")
     try:
         tensors = load_file(str(tensors_path))

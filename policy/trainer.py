@@ -58,7 +58,13 @@ from offline_data.errors import PreservationError
 from offline_data.finite import NonFiniteError, check_finite, check_finite_tensors
 from policy.acceleration import accelerate
 from policy.advantages import RequestStatTracker, clip_advantages
-from policy.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from policy.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint_state,
+    save_checkpoint,
+)
 from policy.evaluation import EvaluationProcesses, PolicyEvaluator, plot_overoptimisation
 from policy.kl_control import KLController
 from policy.lora import named_lora_parameters
@@ -555,6 +561,26 @@ class DDPOTrainer:
             "history": self.history,
         }
 
+    def _check_state(self, state: Mapping[str, Any], folder: Path) -> None:
+        """The trainer part of a checkpoint's state.json has every key :meth:`load_state_dict` reads, with its type,
+        and an epoch this run can continue from."""
+        kinds = {
+            "epoch": int, "optimizer_steps": int, "seed": int, "train_cpu_seconds": (int, float), "tracker": dict,
+            "kl_controller": dict, "history": list,
+        }  # fmt: skip
+        where = folder / "state.json"
+        for key, kind in kinds.items():
+            value = state.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+                raise CheckpointError(f"{where}: trainer.{key} is {value!r}, not what a DDPO checkpoint holds")
+        if not all(isinstance(record, dict) for record in state["history"]):
+            raise CheckpointError(f"{where}: trainer.history must be a list of metric records")
+        if state["epoch"] > self.config.epochs:
+            raise CheckpointError(
+                f"{where}: trainer.epoch = {state['epoch']} is past this run's trainer.epochs = {self.config.epochs}; "
+                "the checkpoint belongs to a longer run"
+            )
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (the seed must match)."""
         if state.get("format") != STATE_FORMAT:
@@ -586,7 +612,12 @@ class DDPOTrainer:
 
     def resume(self, folder: str | Path) -> None:
         """Continue from a checkpoint folder written by :meth:`save_checkpoint` (adapter, optimiser, RNGs,
-        tracker, controller, epoch, history)."""
+        tracker, controller, epoch, history); its state is checked before any of it is loaded.
+
+        Raises:
+            CheckpointError: a state of the wrong shape, or an epoch past ``config.epochs``.
+        """
+        self._check_state(read_checkpoint_state(folder)["trainer"], Path(folder))
         state = load_checkpoint(folder, policy=self.policy, optimizer=self.optimizer)
         self.load_state_dict(state)
         logger.info("resumed from %s at epoch %d", folder, self.epoch)

@@ -20,3 +20,20 @@ def test_metrics_and_summaries_are_strict_json(tmp_path: Path) -> None:
     final = json.loads((tmp_path / "final_eval.json").read_text())  # json.loads accepts NaN: check the text too
     assert "Infinity" not in (tmp_path / "final_eval.json").read_text()
     assert final == {"gold/gain": None, "epoch": 3, "non_finite": ["gold/gain"]}
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path: Path, caplog) -> None:
+    import pytest
+
+    from experiments.policy_train import truncate_metrics
+    from offline_data.errors import InputUnreadableError
+
+    whole = '{"step": 1, "reward/mean": 0.1}\n{"step": 2, "reward/mean": 0.2}\n'
+    (tmp_path / "metrics.jsonl").write_text(whole + '{"step": 3, "rew')  # killed mid-write
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert "line 3 was cut short (killed while writing?); dropped" in caplog.text
+    assert truncate_metrics(tmp_path, 1) == 1  # step 2 dropped; the torn line too, without counting
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "reward/mean": 0.1}\n'
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "rew\n{"step": 3}\n')  # not a kill: an error
+    with pytest.raises(InputUnreadableError, match=r"metrics.jsonl: line 2: not JSON"):
+        read_metrics(tmp_path)
