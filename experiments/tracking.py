@@ -241,7 +241,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     with a warning (a resume logs that step again). Any other line that is not a JSON object is an error.
 
     Raises:
-        InputUnreadableError: a line before the last, or a complete last line, that is not a JSON object.
+        InputUnreadableError: a line before the last, or a complete last line, that is not a JSON object with an
+            integer ``step``.
     """
     path = Path(run_dir) / "metrics.jsonl"
     text = path.read_text(encoding="utf-8", errors="replace")  # a torn multi-byte character is part of a torn line
@@ -259,7 +260,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
                 )
                 continue
             raise InputUnreadableError(f"{path}: line {number}: not JSON ({exc.msg}): {line[:80]!r}") from None
-        if not isinstance(record, dict):
-            raise InputUnreadableError(f"{path}: line {number}: expected a JSON object, got {line[:80]!r}")
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise InputUnreadableError(
+                f"{path}: line {number}: expected an object with an integer 'step', got {line.strip()[:80]}"
+            )
         records.append(record)
     return records
