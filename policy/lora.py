@@ -131,8 +131,26 @@ def save_lora(unet: UNet2DConditionModel, folder: Path) -> Path:
     StableDiffusionInpaintPipeline.save_lora_weights(
         folder, unet_lora_layers=layers, safe_serialization=True, unet_lora_adapter_metadata=metadata
     )
+    _sort_metadata(folder / WEIGHT_NAME)
     write_checksums(folder)
     return folder / WEIGHT_NAME
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the safetensors header with its ``__metadata__`` keys sorted.
+
+    safetensors (0.8) keeps the metadata in a Rust ``HashMap``, whose iteration order is seeded per process, so
+    the two keys diffusers writes ("format", "lora_adapter_metadata") came out in either order and identical runs
+    wrote different bytes. The header is JSON after an 8-byte little-endian length, padded with spaces to a multiple
+    of 8; tensor offsets count from its end, so rewriting it alone keeps the tensors valid.
+    """
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()  # always ours: the bytes never depend on the order
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + length :])
 
 
 def read_lora_config(folder: Path) -> LoraConfig:
