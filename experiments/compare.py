@@ -25,7 +25,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from experiments.tracking import read_metrics
 from offline_data.errors import BackdropError, InputUnreadableError
+from offline_data.finite import NON_FINITE_KEY
 
 COST_WORDS = ("loss", "kl", "error", "nll", "ece", "regret", "violation", "sec", "time")
 IGNORED_CONFIG_KEYS = ("run.name", "run.output_dir")
@@ -65,7 +67,7 @@ class RunRecord:
 
     @property
     def metric_names(self) -> set[str]:
-        return {k for record in self.metrics for k in record if k not in ("step", "time")}
+        return {k for record in self.metrics for k in record if k not in ("step", "time", NON_FINITE_KEY)}
 
 
 def load_run(path: str | Path) -> RunRecord:
@@ -83,21 +85,10 @@ def load_run(path: str | Path) -> RunRecord:
         raise RunDirectoryError(
             f"{path}: not a run directory: no metrics.jsonl (a run directory holds metrics.jsonl and config.toml)"
         )
-    metrics = []
-    with metrics_path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RunDirectoryError(f"{metrics_path}: line {number}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise RunDirectoryError(
-                    f"{metrics_path}: line {number}: expected an object with an integer 'step', "
-                    f"got {line.strip()[:80]}"
-                )
-            metrics.append(record)
+    try:
+        metrics = read_metrics(path)  # a torn last line (a run killed mid-write) is dropped with a warning
+    except InputUnreadableError as exc:
+        raise RunDirectoryError(str(exc)) from None
     config: dict[str, Any] = {}
     config_path = path / "config.toml"
     if config_path.is_file():

@@ -7,6 +7,8 @@ dataclass whose fields are the TOML sections. This module turns TOML text into t
 - precedence is defaults < file < ``--set`` overrides;
 - an unknown key fails with a suggestion (``unknown key 'policy.lora.rnak' (did you mean 'rank'?)``);
 - a value of the wrong type fails naming the key, the expected type and the value found;
+- every float must be finite (TOML reads ``nan`` and ``inf`` as floats; no setting of backdrop means them) and
+  no larger in magnitude than :data:`MAX_MAGNITUDE`; learning rates must lie in (0, :data:`MAX_LEARNING_RATE`];
 - a ``ValueError`` from a component's ``__post_init__`` is re-raised naming the section it came from;
 - :func:`dump_toml` writes the resolved config back out, so every run directory holds what it ran with.
 """
@@ -34,6 +36,15 @@ UNSET_KEY = "_unset"
 that a field set to None where its default is not None survives the round trip through ``config.toml``."""
 
 _NONE = object()  # marks a key listed in `_unset` until it is coerced
+
+MAX_MAGNITUDE = 1e12
+"""Largest absolute value a float setting may take. The largest float default is 2,000 (the DPO beta); a number past
+1e12 is a typo (``1e300``) whose products overflow float32 (max 3.4e38) mid-run."""
+
+MAX_LEARNING_RATE = 1.0
+"""Upper bound of every ``*learning_rate`` key. Every optimiser here is AdamW, whose step moves each weight by about
+the learning rate whatever the gradient's scale: above 1 one step exceeds the weights' own magnitude, and the run
+turns into NaN within an epoch."""
 
 
 class ConfigError(BackdropError):
@@ -238,6 +249,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if origin in (types.UnionType, typing.Union) and type(None) in typing.get_args(tp):
             return None
         raise ConfigError(f"{source}: key '{key}' is listed in '{UNSET_KEY}' but expects {_type_name(tp)}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        _check_number(value, key, source)
     fail = ConfigError(f"{source}: key '{key}' expects {_type_name(tp)}, got {_show(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
@@ -299,6 +312,20 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return Path(value)
         raise fail
     raise TypeError(f"config key '{key}': unsupported annotation {tp!r}")
+
+
+def _check_number(value: int | float, key: str, source: str) -> None:
+    """Refuse NaN, infinities, floats past :data:`MAX_MAGNITUDE` and learning rates outside their range (integers
+    are exact: counts and seeds keep their full range)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: key '{key}' must be a finite number, got {value}")
+    if isinstance(value, float) and abs(value) > MAX_MAGNITUDE:
+        raise ConfigError(f"{source}: key '{key}' must be at most {MAX_MAGNITUDE:g} in magnitude, got {value:g}")
+    if key.rsplit(".", 1)[-1].endswith("learning_rate") and not 0 < value <= MAX_LEARNING_RATE:
+        raise ConfigError(
+            f"{source}: key '{key}' must be in (0, {MAX_LEARNING_RATE:g}] (an AdamW step moves every weight by about "
+            f"the learning rate), got {value:g}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------

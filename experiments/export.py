@@ -48,8 +48,10 @@ from experiments.gates import (
     preservation_gate,
     recorded_override,
 )
-from experiments.policy_train import PolicyTrainCommandConfig
+from experiments.policy_train import DIVERGED_FILE, PolicyTrainCommandConfig
 from offline_data.errors import AssetError, BackdropError, InputUnreadableError
+from offline_data.finite import dumps_strict
+from offline_data.integrity import check_sha256, write_checksums
 
 logger = logging.getLogger("backdrop")
 
@@ -89,6 +91,11 @@ def read_run(run_dir: Path, reward_dir: Path | None = None) -> PolicyRun:
         config = load_config(PolicyTrainCommandConfig, run_dir / "config.toml")
     except ConfigError as exc:
         raise ExportInputError(f"{run_dir / 'config.toml'}: not a policy train config: {exc}") from None
+    if (run_dir / DIVERGED_FILE).is_file():
+        raise ExportInputError(
+            f"{run_dir}: the run went non-finite and stopped (see {run_dir / DIVERGED_FILE}); a diverged run is not "
+            "exported: train again with a smaller trainer.optim.learning_rate or a larger trainer.kl.coef"
+        )
     environment_path = run_dir / "environment.json"
     environment = json.loads(environment_path.read_text(encoding="utf-8")) if environment_path.is_file() else {}
     records = []
@@ -188,6 +195,7 @@ def export_candidate(
     manifest["reload"] = _reload(manifest, files, sampler, device, dtype)
     _write_manifest(out, manifest)
     write_model_card(out, manifest)
+    write_checksums(out)  # every weight file of the bundle (adapter, base, merged UNet) in one list
     return ExportResult(bundle=out, gates=gates, failed=failed, manifest=manifest)
 
 
@@ -527,7 +535,7 @@ def _ope_summary(ope_result, config: ExportConfig) -> dict:
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:
-    text = json.dumps(manifest, indent=2, default=_default) + "\n"
+    text = dumps_strict(manifest, indent=2, default=_default) + "\n"  # a NaN metric is null, listed in non_finite
     (out / "manifest.json").write_text(text, encoding="utf-8")
 
 
@@ -542,6 +550,8 @@ def _default(value: Any) -> Any:
 def _reload(manifest: dict, files: BundleFiles, sampler, device, dtype) -> dict:
     from experiments.export_reload import ReproducibilityError, verify_reload
 
+    candidate = manifest["candidate"]
+    check_sha256(files.out / candidate["adapter"], candidate["adapter_sha256"], "manifest.json adapter_sha256")
     try:
         return verify_reload(
             files.hashes, files.references, files.reference_seeds, sampler, base_folder=files.base_folder,

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from offline_data.errors import BackdropError
+from offline_data.integrity import verify_weights, write_checksums
 from policy.model import MASK_DECODER, InpaintPolicy
 from rollout.config import SamplerConfig
 from rollout.request import InpaintRequest
@@ -120,6 +121,7 @@ def verify_reload(
         from diffusers import UNet2DConditionModel
 
         base = InpaintPolicy.from_pretrained(base_folder, device=device, dtype=dtype)
+        verify_weights(merged_unet, required=True, what="merged UNet")
         merged = InpaintPolicy(
             unet=UNet2DConditionModel.from_pretrained(merged_unet, use_safetensors=True),
             vae=base.vae,
@@ -149,4 +151,5 @@ def merge_adapter(base_folder: Path, adapter_folder: Path, out: Path) -> Path:
     pipe.fuse_lora()
     pipe.unload_lora_weights()  # keeps the fused weights, drops the adapter layers
     pipe.unet.save_pretrained(out, safe_serialization=True)
+    write_checksums(out)
     return out

@@ -12,7 +12,6 @@ Root config sections: [run], [policy] (model + lora), [catalogue], [world], [req
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from experiments.config import ConfigError, RunConfig
 from experiments.policy_requests import CatalogueSourceConfig
 from experiments.studio.requests import StudioRequestsConfig
 from offline_data.errors import BackdropError
+from offline_data.finite import NonFiniteError, dumps_strict
 from policy.config import InpaintModelConfig, PolicyConfig
 from policy.evaluation import EvaluationConfig
 from policy.trainer_config import DDPOConfig
@@ -29,6 +29,9 @@ from policy.trainer_config import DDPOConfig
 logger = logging.getLogger("backdrop")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "studio_ddpo.toml"
+DIVERGED_FILE = "diverged.json"
+"""Written into a run that stopped with ``NonFiniteError`` (the message); export refuses such a run, and a resume
+that finishes removes it."""
 REWARD_TRAIN_HINT = (
     "train one first, e.g.\n"
     "  backdrop simulate --out runs/studio_world\n"
@@ -225,18 +228,24 @@ class ProcessRun:
 
 
 def truncate_metrics(run_dir: Path, last_step: int) -> int:
-    """Drop records of ``metrics.jsonl`` logged after ``last_step`` (the checkpoint a resume continues from).
+    """Drop records of ``metrics.jsonl`` logged after ``last_step`` (the checkpoint a resume continues from), and a
+    last line cut short by a kill (``experiments.tracking.read_metrics``).
 
     Returns:
-        How many records were dropped.
+        How many records were dropped (the torn line not counted).
+
+    Raises:
+        InputUnreadableError: a record that is not JSON (other than a torn last line) or has no integer step.
     """
+    from experiments.tracking import read_metrics
+
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return 0
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    return len(lines) - len(kept)
+    records = read_metrics(run_dir)
+    kept = [record for record in records if record["step"] <= last_step]
+    path.write_text("".join(dumps_strict(record) + "\n" for record in kept), encoding="utf-8")
+    return len(records) - len(kept)
 
 
 def train_policy(
@@ -295,7 +304,13 @@ def train_policy(
         raise ConfigError(f"[trainer]: {exc}") from None
     if resume_from is not None:
         trainer.resume(resume_from)
-    history = trainer.train()
+    try:
+        history = trainer.train()
+    except NonFiniteError as exc:
+        run.write_json(DIVERGED_FILE, {"error": str(exc)})
+        raise
+    if run.dir is not None:
+        (run.dir / DIVERGED_FILE).unlink(missing_ok=True)
     final = [h for h in history if "eval/kl_nats" in h]
     if final:
         run.write_json("final_eval.json", {"epoch": final[-1]["epoch"], **final[-1]})

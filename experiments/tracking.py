@@ -4,7 +4,8 @@ A run lives in ``<output_dir>/<name>/<timestamp>``, created fresh and never over
 
 - ``config.toml``: the resolved configuration (defaults < file < --set), loadable again with ``--config``;
 - ``environment.json``: command line, package versions, git sha and dirty flag, python, host, process count, device;
-- ``metrics.jsonl``: one JSON object per logged step (``{"step": 3, "policy/kl": 0.01, ...}``);
+- ``metrics.jsonl``: one JSON object per logged step (``{"step": 3, "policy/kl": 0.01, ...}``), strict JSON: a NaN
+  or infinite value is written as null and its key listed under ``"non_finite"`` (``offline_data.finite``);
 - ``log.txt``: the text log (Python ``logging``), also shown on the console;
 
 and, when enabled, TensorBoard event files (``tb/``) and a local MLflow file store.
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import RunConfig, dump_toml
+from offline_data.errors import InputUnreadableError
+from offline_data.finite import dumps_strict, strict_json
 
 logger = logging.getLogger("backdrop")
 
@@ -119,7 +122,7 @@ class Run:
         """Append one step's scalar metrics to metrics.jsonl (and TensorBoard / MLflow when enabled)."""
         clean = {k: _to_float(v) for k, v in metrics.items()}
         record = {"step": int(step), "time": round(dt.datetime.now().timestamp(), 3), **clean}
-        self._metrics.write(json.dumps(record, allow_nan=True) + "\n")
+        self._metrics.write(dumps_strict(record) + "\n")
         self._metrics.flush()
         if self._tb is not None:
             for key, value in clean.items():
@@ -130,10 +133,14 @@ class Run:
             self._mlflow.log_metrics(finite, step=int(step))
 
     def write_json(self, name: str, payload: Any) -> Path:
-        """Write ``payload`` as pretty JSON to ``<run>/<name>`` and return the path."""
+        """Write ``payload`` as pretty strict JSON to ``<run>/<name>`` and return the path (a NaN/inf value is
+        written as null, listed under ``"non_finite"`` and named in a warning)."""
         path = self.dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+        clean, non_finite = strict_json(payload)
+        path.write_text(json.dumps(clean, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8")
+        if non_finite:
+            logger.warning("%s: non-finite value(s) written as null: %s", path, ", ".join(non_finite))
         return path
 
     def close(self) -> None:
@@ -228,12 +235,34 @@ def start_run(
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Read a run's metrics.jsonl back as a list of records (in logged order)."""
+    """Read a run's metrics.jsonl back as a list of records (in logged order).
+
+    A last line without its newline that is not JSON was cut short by a kill while it was written: it is dropped
+    with a warning (a resume logs that step again). Any other line that is not a JSON object is an error.
+
+    Raises:
+        InputUnreadableError: a line before the last, or a complete last line, that is not a JSON object with an
+            integer ``step``.
+    """
     path = Path(run_dir) / "metrics.jsonl"
+    text = path.read_text(encoding="utf-8", errors="replace")  # a torn multi-byte character is part of a torn line
+    lines = text.split("\n")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if line:
-                records.append(json.loads(line))
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):  # the last line, and the file does not end with a newline
+                logger.warning(
+                    "%s: line %d was cut short (killed while writing?); dropped: %r", path, number, line[:80]
+                )
+                continue
+            raise InputUnreadableError(f"{path}: line {number}: not JSON ({exc.msg}): {line[:80]!r}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise InputUnreadableError(
+                f"{path}: line {number}: expected an object with an integer 'step', got {line.strip()[:80]}"
+            )
+        records.append(record)
     return records

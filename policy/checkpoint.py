@@ -10,7 +10,9 @@ A checkpoint folder ``<dir>/epoch-000040/`` holds
   RNG states, and the trainer's own state (epoch, steps, stat tracker, KL controller, evaluation history...).
 
 Folders are written under a temporary name and renamed when complete, then ``<dir>/latest.json`` is pointed at
-them, so a run killed while writing leaves the previous checkpoint intact.
+them, so a run killed while writing leaves the previous checkpoint intact. A ``SHA256SUMS`` of its weight files
+(``offline_data.integrity``) is written last, inside the temporary folder; loading refuses a checkpoint without it,
+one whose files do not match it, or tensors with NaN/inf.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from offline_data.errors import AssetError
+from offline_data.integrity import require_finite_weights, verify_weights, write_checksums
 from policy.model import InpaintPolicy
 
 FORMAT = "backdrop.policy_checkpoint"
@@ -136,6 +139,7 @@ def save_checkpoint(
         "trainer": dict(trainer_state),
     }
     (temporary / _STATE).write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    write_checksums(temporary)
     if final.exists():
         shutil.rmtree(final)
     os.replace(temporary, final)
@@ -160,10 +164,53 @@ def latest_checkpoint(directory: str | Path) -> Path:
         name = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{pointer}: unreadable checkpoint pointer: {exc}") from None
-    folder = directory / str(name)
+    # The pointer names a folder beside it, never a path: a run resumes from its own checkpoints only.
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise CheckpointError(f"{pointer}: 'checkpoint' must name a folder in {directory}, got {name!r}")
+    folder = directory / name
     if not folder.is_dir():
         raise CheckpointError(f"{pointer}: points at {folder}, which does not exist")
+    if folder.resolve().parent != directory.resolve():
+        raise CheckpointError(f"{pointer}: {folder} leads to {folder.resolve()}, outside {directory}")
     return folder
+
+
+def read_checkpoint_state(folder: str | Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint, checked before anything of it is used: format, version and the type of every
+    part the loader reads (the trainer's own part is checked by the trainer).
+
+    Raises:
+        CheckpointError: missing, unreadable, another format or version, or a part of the wrong type (by key).
+    """
+    state_path = Path(folder) / _STATE
+    if not state_path.is_file():
+        raise CheckpointError(f"{state_path}: checkpoint file not found")
+    try:
+        payload = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{state_path}: unreadable checkpoint state: {exc}") from None
+    if not isinstance(payload, dict) or (payload.get("format"), payload.get("version")) != (FORMAT, VERSION):
+        found = (
+            (payload.get("format"), payload.get("version")) if isinstance(payload, dict) else type(payload).__name__
+        )
+        raise CheckpointError(f"{state_path}: expected format {FORMAT!r} version {VERSION}, got {found}")
+    expected = {
+        ("optimizer",): dict, ("optimizer", "param_groups"): list, ("optimizer", "scalars"): dict,
+        ("rng",): dict, ("rng", "python"): list, ("rng", "numpy"): dict, ("trainer",): dict,
+    }  # fmt: skip
+    for keys, kind in expected.items():
+        value: Any = payload
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, kind):
+            raise CheckpointError(
+                f"{state_path}: '{'.'.join(keys)}' must be a {'list' if kind is list else 'table'}, got "
+                f"{type(value).__name__}"
+            )
+    numpy_keys = {"kind", "keys", "pos", "has_gauss", "cached"}
+    if len(payload["rng"]["python"]) != 3 or set(payload["rng"]["numpy"]) != numpy_keys:
+        raise CheckpointError(f"{state_path}: 'rng' does not hold python's and numpy's generator states")
+    return payload
 
 
 def load_checkpoint(
@@ -175,23 +222,16 @@ def load_checkpoint(
         CheckpointError: missing files, wrong format/version, or state that does not fit.
     """
     folder = Path(folder)
-    state_path, tensors_path = folder / _STATE, folder / _TENSORS
-    for path in (state_path, tensors_path):
-        if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        payload = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{state_path}: unreadable checkpoint state: {exc}") from None
-    if not isinstance(payload, dict) or (payload.get("format"), payload.get("version")) != (FORMAT, VERSION):
-        found = (
-            (payload.get("format"), payload.get("version")) if isinstance(payload, dict) else type(payload).__name__
-        )
-        raise CheckpointError(f"{state_path}: expected format {FORMAT!r} version {VERSION}, got {found}")
+    tensors_path = folder / _TENSORS
+    payload = read_checkpoint_state(folder)
+    if not tensors_path.is_file():
+        raise CheckpointError(f"{tensors_path}: checkpoint file not found")
+    verify_weights(folder, required=True, what="training checkpoint")
     try:
         tensors = load_file(str(tensors_path))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"{tensors_path}: unreadable checkpoint tensors: {exc}") from None
+    require_finite_weights(tensors, str(tensors_path))
     try:
         policy.load_adapter(folder / _ADAPTER)
     except AssetError as exc:

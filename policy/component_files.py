@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from offline_data.errors import AssetError
+from offline_data.integrity import require_finite_weights, verify_weights, write_checksums
 
 CONFIG_NAME = "config.json"
 
@@ -27,6 +28,7 @@ def save_component(folder: str | Path, payload: dict[str, Any], module: nn.Modul
     (folder / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     state = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(folder / weights_name), metadata={"format": "pt"})
+    write_checksums(folder)
     return folder
 
 
@@ -38,6 +40,8 @@ def read_component(
     Raises:
         AssetError: a missing or unreadable file, or a config whose format is not ``format_tag``; the message
             names the file and ``what`` the component is.
+        WeightIntegrityError: no ``SHA256SUMS`` (:func:`save_component` writes it), weights that do not match it,
+            or NaN/inf weights.
     """
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_NAME, folder / weights_name
@@ -51,10 +55,13 @@ def read_component(
     if not isinstance(payload, dict) or payload.get("format") != format_tag:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise AssetError(f"{config_path}: expected format {format_tag!r}, got {found!r}")
+    verify_weights(folder, required=True, what=what)
     try:
-        return payload, load_file(str(weights_path))
+        tensors = load_file(str(weights_path))
     except (OSError, SafetensorError) as exc:
         raise AssetError(f"{weights_path}: cannot read the {what} weights: {exc}") from None
+    require_finite_weights(tensors, str(weights_path))
+    return payload, tensors
 
 
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], source: Path, what: str) -> None:

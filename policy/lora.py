@@ -3,7 +3,10 @@
 The adapter is written with peft's key names (``get_peft_model_state_dict`` ->
 ``StableDiffusionInpaintPipeline.save_lora_weights``, safetensors, with the peft ``LoraConfig`` as adapter
 metadata so that alpha and the target modules survive), so a plain
-``StableDiffusionInpaintPipeline.load_lora_weights(folder)`` loads it.
+``StableDiffusionInpaintPipeline.load_lora_weights(folder)`` loads it. The metadata's ``target_modules`` (a set in
+peft, iterated in hash order) is written sorted, so identical runs write byte-identical adapters. A ``SHA256SUMS``
+is written beside the weights and checked on load (``offline_data.integrity``; an adapter from another tool, without
+one, loads with a warning), and loaded tensors must be finite.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from offline_data.errors import AssetError
+from offline_data.integrity import require_finite_weights, verify_weights, write_checksums
 from policy.config import LoraConfig
 
 ADAPTER_NAME = "default"
@@ -66,9 +70,14 @@ def has_lora(unet: UNet2DConditionModel) -> bool:
     return bool(getattr(unet, "peft_config", None))
 
 
+def named_lora_parameters(unet: UNet2DConditionModel) -> list[tuple[str, torch.nn.Parameter]]:
+    """The adapter's parameters (A and B of every adapted layer) with their names, in module order."""
+    return [(name, p) for name, p in unet.named_parameters() if ".lora_A." in name or ".lora_B." in name]
+
+
 def lora_parameters(unet: UNet2DConditionModel) -> list[torch.nn.Parameter]:
     """The adapter's parameters (A and B of every adapted layer), in module order."""
-    return [p for name, p in unet.named_parameters() if ".lora_A." in name or ".lora_B." in name]
+    return [p for _, p in named_lora_parameters(unet)]
 
 
 def lora_config_of(unet: UNet2DConditionModel) -> LoraConfig:
@@ -117,10 +126,31 @@ def save_lora(unet: UNet2DConditionModel, folder: Path) -> Path:
     state_dict = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
     layers = {k: v.detach().float().cpu().contiguous() for k, v in state_dict.items()}
     metadata = unet.peft_config[ADAPTER_NAME].to_dict()
+    # peft keeps target_modules as a set: its order (hence the file's bytes) would change from run to run
+    metadata = {k: sorted(v) if isinstance(v, set | frozenset) else v for k, v in metadata.items()}
     StableDiffusionInpaintPipeline.save_lora_weights(
         folder, unet_lora_layers=layers, safe_serialization=True, unet_lora_adapter_metadata=metadata
     )
+    _sort_metadata(folder / WEIGHT_NAME)
+    write_checksums(folder)
     return folder / WEIGHT_NAME
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the safetensors header with its ``__metadata__`` keys sorted.
+
+    safetensors (0.8) keeps the metadata in a Rust ``HashMap``, whose iteration order is seeded per process, so
+    the two keys diffusers writes ("format", "lora_adapter_metadata") came out in either order and identical runs
+    wrote different bytes. The header is JSON after an 8-byte little-endian length, padded with spaces to a multiple
+    of 8; tensor offsets count from its end, so rewriting it alone keeps the tensors valid.
+    """
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()  # always ours: the bytes never depend on the order
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + length :])
 
 
 def read_lora_config(folder: Path) -> LoraConfig:
@@ -155,8 +185,10 @@ def load_lora(unet: UNet2DConditionModel, folder: Path) -> None:
     Raises:
         AssetError: missing/unreadable file, a configuration that differs from the attached adapter, missing
             or unexpected tensors, or tensors of the wrong shape.
+        WeightIntegrityError: the file does not match its ``SHA256SUMS``, or holds NaN/inf.
     """
     path = _weights_path(folder)
+    verify_weights(folder, required=False, what="LoRA adapter")
     saved = read_lora_config(folder)
     if has_lora(unet):
         current = lora_config_of(unet)
@@ -168,6 +200,7 @@ def load_lora(unet: UNet2DConditionModel, folder: Path) -> None:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as exc:
         raise AssetError(f"{path}: cannot read LoRA weights: {exc}") from None
+    require_finite_weights(tensors, str(path))
     foreign = sorted(k for k in tensors if not k.startswith(_PREFIX))
     if foreign:
         raise AssetError(f"{path}: only UNet LoRA tensors are supported, found {foreign[:3]}")

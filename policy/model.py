@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from offline_data.errors import AssetError
+from offline_data.integrity import require_finite_weights, verify_weights, write_checksums
 from policy.config import InpaintModelConfig, LoraConfig, NoiseScheduleConfig, UNetConfig, VAEConfig
 from policy.lora import (
     adapters_disabled,
@@ -219,6 +220,8 @@ class InpaintPolicy:
 
         Raises:
             AssetError: a missing folder or component, weights that are not safetensors, or a non-inpainting UNet.
+            WeightIntegrityError: weights that do not match the folder's ``SHA256SUMS`` (a folder without one, e.g.
+                a user's own SD checkpoint, loads with a warning that it is unverified), or NaN/inf weights.
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -229,6 +232,7 @@ class InpaintPolicy:
                 f"{folder}: not a diffusers inpainting checkpoint, missing subfolder(s) {missing} "
                 f"(expected {list(COMPONENTS)})"
             )
+        verify_weights(folder, required=False, what="base model")
         try:
             unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True)
             vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True)
@@ -237,6 +241,8 @@ class InpaintPolicy:
             scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
         except (OSError, ValueError) as exc:
             raise AssetError(f"{folder}: cannot load the checkpoint (safetensors weights required): {exc}") from None
+        for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+            require_finite_weights(module.state_dict(), str(folder / name))
         mask_decoder = MaskAwareDecoder.load(folder / MASK_DECODER) if (folder / MASK_DECODER).is_dir() else None
         try:
             policy = cls(
@@ -279,7 +285,7 @@ class InpaintPolicy:
         """Write the base model (without the adapter) in diffusers' layout, all weights as safetensors.
 
         The result loads with :meth:`from_pretrained` and with ``StableDiffusionInpaintPipeline.from_pretrained``.
-        Use :meth:`save_adapter` for the LoRA weights.
+        Use :meth:`save_adapter` for the LoRA weights. A ``SHA256SUMS`` of every weight file is written last.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -296,6 +302,7 @@ class InpaintPolicy:
         save_file(_base_state_dict(self.unet), str(unet_folder / UNET_WEIGHTS), metadata={"format": "pt"})
         if self.mask_decoder is not None:
             self.mask_decoder.save(folder / MASK_DECODER)
+        write_checksums(folder)
 
     def to_pipeline(self) -> StableDiffusionInpaintPipeline:
         """A diffusers ``StableDiffusionInpaintPipeline`` sharing these components (and the adapter, if any).

@@ -9,7 +9,10 @@ masked-image latents, as the sampler's replacement does.
 
 :class:`OfflineTrainer` runs the optimiser steps, evaluates with the same ``PolicyEvaluator`` as DDPO (so gold,
 proxy and KL are comparable across methods) and saves the adapter at every evaluation, so that a comparison can
-pick the step whose KL matches another method's.
+pick the step whose KL matches another method's. A NaN or infinite loss or gradient norm (checked every step,
+before the optimiser step) or LoRA weight (checked before every snapshot) stops the run with
+``offline_data.finite.NonFiniteError``; the snapshots already written are the good ones, and no final adapter is
+written.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from offline_data.finite import check_finite, check_finite_tensors
 from policy.evaluation import PolicyEvaluator, plot_overoptimisation
+from policy.lora import named_lora_parameters
 from policy.losses import noise_prediction_error
 from policy.model import InpaintPolicy
 from policy.offline_config import OfflineConfig
@@ -246,6 +251,7 @@ class OfflineTrainer:
         else:
             self.timesteps = torch.arange(scheduler.config.num_train_timesteps, dtype=torch.int64)
         self.history: list[dict[str, float]] = []
+        self._last_snapshot: Path | None = None
 
     def train(self) -> list[dict[str, float]]:
         """Run ``config.steps`` optimiser steps; returns every logged record (with its ``step``)."""
@@ -263,6 +269,11 @@ class OfflineTrainer:
             loss.backward()
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
             metrics["policy/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+            check_finite(
+                {f"{self.objective.name}/loss": loss.detach(), "policy/grad_norm": metrics["policy/grad_norm"]},
+                f"step {step}",
+                after=self._last_good(),
+            )
             self.optimizer.step()
             for key, value in metrics.items():
                 running.setdefault(key, []).append(value)
@@ -283,12 +294,22 @@ class OfflineTrainer:
         return self.history
 
     def _evaluate(self, step: int) -> dict[str, float]:
+        check_finite_tensors(
+            named_lora_parameters(self.policy.unet), f"step {step}, LoRA weights", after=self._last_good()
+        )
         if self.evaluator is None or not self.config.eval_every:
             return {}
         metrics = self.evaluator.evaluate(self.policy)
         if self.output_dir is not None:
-            self.policy.save_adapter(self.output_dir / "adapters" / f"step-{step:06d}")
+            self._last_snapshot = self.output_dir / "adapters" / f"step-{step:06d}"
+            self.policy.save_adapter(self._last_snapshot)
         return metrics
+
+    def _last_good(self) -> str:
+        """The tail of a ``NonFiniteError`` message: the last adapter snapshot written (all finite)."""
+        if self._last_snapshot is None:
+            return "; no adapter snapshot was written before it"
+        return f"; the last good adapter snapshot is {self._last_snapshot}"
 
     def _record(self, step: int, metrics: dict[str, float]) -> None:
         self.history.append({"step": float(step), **metrics})

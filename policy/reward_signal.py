@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from offline_data.finite import NonFiniteError
 from policy.advantages import certainty_weights
 from policy.trainer_config import RewardSignalConfig
 from rollout.request import InpaintRequest
@@ -68,7 +69,8 @@ def score_rewards(
     """Call ``reward_fn`` and return (proxy [B], uncertainty [B], heads), float32 on the CPU, checked.
 
     Raises:
-        ValueError: a wrong type or shape, or non-finite values (naming the 0-based rows).
+        ValueError: a wrong type or shape.
+        NonFiniteError: NaN or infinite values (naming the output and the 0-based rows).
     """
     if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 [B, 3, H, W], got {images.dtype} {list(images.shape)}")
@@ -94,7 +96,7 @@ def score_rewards(
             raise ValueError(f"reward function output {name}: expected a tensor [{batch}], got {found}")
         bad = torch.nonzero(~torch.isfinite(value.detach().float().cpu())).flatten()
         if bad.numel():
-            raise ValueError(f"reward function output {name}: non-finite at row(s) {bad[:10].tolist()}")
+            raise NonFiniteError(f"reward function output {name}: non-finite at row(s) {bad[:10].tolist()}")
     if bool((uncertainty < 0).any()):
         raise ValueError("reward function output uncertainty: must be >= 0 (an ensemble std)")
     cpu = lambda t: t.detach().float().cpu()  # noqa: E731

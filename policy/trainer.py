@@ -9,13 +9,18 @@ One epoch, top to bottom (:meth:`DDPOTrainer.run_epoch`):
    and verifies the product pixels) while a worker thread scores finished chunks with the reward model;
 3. stop with ``PreservationError`` if any product pixel changed;
 4. per-request advantages from the persistent stat tracker (gathered over processes), clipped, optionally
-   multiplied by the reward's certainty weights;
+   multiplied by the reward's certainty weights (a NaN or infinite reward stops the run, ``NonFiniteError``);
 5. the base model's Gaussian means mu_ref of every trained (sample, step) row, once, without grad;
 6. ``inner_epochs`` passes over the samples in minibatches of ``samples_per_step``: for each, the rows' current
    log-probs and means (stacked ``rows_per_forward`` at a time), the clipped surrogate + kl_coef x Gaussian KL,
    gradients accumulated over the minibatch, summed over processes, clipped, one AdamW step on the LoRA
    weights;
 7. the KL controller sees the epoch's KL (over all processes); metrics go to ``log_metrics``.
+
+A non-finite reward, gradient norm, loss, KL or LoRA weight stops the run with ``NonFiniteError`` (naming the value
+and the optimiser step) before the epoch is logged or checkpointed, so the last checkpoint on disk is the last good
+one and no adapter, summary or gain of a diverged run is written. The checks read values the epoch reads anyway
+(the gradient norms and loss sums once per epoch), so the inner loop still never waits for the device.
 
 Every ``eval_every`` epochs the held-out evaluation (``policy.evaluation``) runs on every process, each on its block
 of the held-out (request, seed) samples, with the per-sample results gathered.
@@ -50,11 +55,19 @@ import torch
 from tqdm.auto import tqdm
 
 from offline_data.errors import PreservationError
+from offline_data.finite import NonFiniteError, check_finite, check_finite_tensors
 from policy.acceleration import accelerate
 from policy.advantages import RequestStatTracker, clip_advantages
-from policy.checkpoint import load_checkpoint, save_checkpoint
+from policy.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint_state,
+    save_checkpoint,
+)
 from policy.evaluation import EvaluationProcesses, PolicyEvaluator, plot_overoptimisation
 from policy.kl_control import KLController
+from policy.lora import named_lora_parameters
 from policy.losses import clipped_policy_loss, gaussian_kl
 from policy.model import InpaintPolicy
 from policy.replay import StepRows, reference_means, replay_rows
@@ -254,8 +267,11 @@ class DDPOTrainer:
 
         # 1-2. requests, seeds, rollouts and rewards
         requests, seeds = self._epoch_requests(self.epoch)
-        # 3. (inside) a changed product pixel stops the run with PreservationError
-        trajectory, signal = self._sample_and_score(requests, seeds)
+        # 3. (inside) a changed product pixel stops the run with PreservationError, a NaN reward with NonFiniteError
+        try:
+            trajectory, signal = self._sample_and_score(requests, seeds)
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"epoch {self.epoch + 1}: {exc}; training stopped{self._last_good()}") from None
         sampled = time.perf_counter()
 
         # 4. per-request advantages over every process's samples, then this process's share
@@ -313,6 +329,11 @@ class DDPOTrainer:
             "time/update_s": trained - referenced,
             "time/epoch_s": trained - started,
         }
+        check_finite_tensors(
+            named_lora_parameters(self.policy.unet),
+            f"epoch {self.epoch + 1}, LoRA weights after the update (learning rate {self.config.optim.learning_rate})",
+            after=self._last_good(),
+        )
         return metrics
 
     # ------------------------------------------------------------------------------------------------------
@@ -470,7 +491,20 @@ class DDPOTrainer:
         names = sorted(sums)
         *summed, rows_seen = self._sum_over_processes([*(float(sums[n]) for n in names), rows_seen])
         totals = {name: value / rows_seen for name, value in zip(names, summed)}
-        totals["policy/grad_norm"] = float(np.mean([float(norm) for norm in grad_norms]))
+        norms = [float(norm) for norm in grad_norms]
+        first_step = self.optimizer_steps - len(norms) + 1
+        # Gradient norms first: they name the optimiser step; the losses and KL are epoch means.
+        check_finite(
+            {f"policy/grad_norm of optimiser step {first_step + i}": norm for i, norm in enumerate(norms)},
+            f"epoch {self.epoch + 1}",
+            after=self._last_good(),
+        )
+        check_finite(
+            {name: totals[name] for name in ("policy/loss", "policy/pg_loss", "policy/kl") if name in totals},
+            f"epoch {self.epoch + 1}",
+            after=self._last_good(),
+        )
+        totals["policy/grad_norm"] = float(np.mean(norms))
         return totals
 
     # ------------------------------------------------------------------------------------------------------
@@ -491,6 +525,15 @@ class DDPOTrainer:
         metrics = self.evaluator.evaluate(self.policy, processes)
         metrics["time/eval_s"] = time.perf_counter() - started
         return metrics
+
+    def _last_good(self) -> str:
+        """The tail of a :class:`NonFiniteError` message: where the last checkpoint (all finite) is."""
+        if self.output_dir is None:
+            return ""
+        try:
+            return f"; the last good checkpoint is {latest_checkpoint(self.output_dir / 'checkpoints')}"
+        except CheckpointError:
+            return "; no checkpoint was written before it"
 
     def _log(self, record: dict[str, float]) -> None:
         self.history.append(record)
@@ -517,6 +560,26 @@ class DDPOTrainer:
             "evaluator": None if self.evaluator is None else self.evaluator.state_dict(),
             "history": self.history,
         }
+
+    def _check_state(self, state: Mapping[str, Any], folder: Path) -> None:
+        """The trainer part of a checkpoint's state.json has every key :meth:`load_state_dict` reads, with its type,
+        and an epoch this run can continue from."""
+        kinds = {
+            "epoch": int, "optimizer_steps": int, "seed": int, "train_cpu_seconds": (int, float), "tracker": dict,
+            "kl_controller": dict, "history": list,
+        }  # fmt: skip
+        where = folder / "state.json"
+        for key, kind in kinds.items():
+            value = state.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+                raise CheckpointError(f"{where}: trainer.{key} is {value!r}, not what a DDPO checkpoint holds")
+        if not all(isinstance(record, dict) for record in state["history"]):
+            raise CheckpointError(f"{where}: trainer.history must be a list of metric records")
+        if state["epoch"] > self.config.epochs:
+            raise CheckpointError(
+                f"{where}: trainer.epoch = {state['epoch']} is past this run's trainer.epochs = {self.config.epochs}; "
+                "the checkpoint belongs to a longer run"
+            )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (the seed must match)."""
@@ -549,7 +612,12 @@ class DDPOTrainer:
 
     def resume(self, folder: str | Path) -> None:
         """Continue from a checkpoint folder written by :meth:`save_checkpoint` (adapter, optimiser, RNGs,
-        tracker, controller, epoch, history)."""
+        tracker, controller, epoch, history); its state is checked before any of it is loaded.
+
+        Raises:
+            CheckpointError: a state of the wrong shape, or an epoch past ``config.epochs``.
+        """
+        self._check_state(read_checkpoint_state(folder)["trainer"], Path(folder))
         state = load_checkpoint(folder, policy=self.policy, optimizer=self.optimizer)
         self.load_state_dict(state)
         logger.info("resumed from %s at epoch %d", folder, self.epoch)

@@ -6,10 +6,12 @@
     <dir>/reward.json         format, the reward config, feature width, slots, annotators, vocabularies,
                               calibrator, head normalisation, product kinds
     <dir>/metrics.json        what training measured (written by the trainer)
+    <dir>/SHA256SUMS          the SHA-256 of model.safetensors (``offline_data.integrity``)
 
-Weights are read with safetensors only; nothing is unpickled. This module sits below ``reward.scorer``: it
-writes and reads the parts a scorer is made of (:class:`ScorerParts`), and ``RewardScorer.save`` / ``.load``
-call it.
+Weights are read with safetensors only; nothing is unpickled. Loading refuses a folder whose weights do not match
+SHA256SUMS (or that has none: backdrop always writes it), and weights with NaN/inf. This module sits below
+``reward.scorer``: it writes and reads the parts a scorer is made of (:class:`ScorerParts`), and
+``RewardScorer.save`` / ``.load`` call it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from offline_data.assets import file_sha256
+from offline_data.integrity import require_finite_weights, verify_weights, write_checksums
 from reward.calibration import Calibrator
 from reward.config import RewardConfig, config_to_dict, json_ready, reward_config_from_dict
 from reward.encoders import build_encoder
@@ -72,6 +75,7 @@ def save_scorer(scorer: ScorerState, path: Path, *, metrics: Mapping | None = No
         for name, value in member.state_dict().items()
     }
     save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": FORMAT})
+    write_checksums(path)
     encoder = scorer.config.encoder
     meta = {
         "format": FORMAT,
@@ -133,12 +137,14 @@ def load_parts(path: Path, device: torch.device) -> ScorerParts:
     encoder = build_encoder(config.encoder)
     frozen = not config.encoder.trainable
     vocabulary = ContextVocabulary.from_dict(meta["vocabulary"])
+    if not (path / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{path / WEIGHTS_FILE}: not found")
+    verify_weights(path, required=True, what="reward model")
     try:
         tensors = load_file(str(path / WEIGHTS_FILE))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path / WEIGHTS_FILE}: not found") from None
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read: {exc}") from None
+    require_finite_weights(tensors, str(path / WEIGHTS_FILE))
     members = []
     for k in range(int(meta["members"])):
         model = build_model(

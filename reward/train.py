@@ -14,6 +14,9 @@ The loop of :func:`train_member`, top to bottom:
 5. after each epoch, the validation losses (unweighted rows) decide early stopping; the best epoch's weights are
    kept.
 
+A NaN or infinite training loss or gradient norm (checked every step, before the optimiser step) or validation loss
+stops training with ``offline_data.finite.NonFiniteError`` naming the member, epoch and step.
+
 Accelerate runs the same code on one CPU or several GPUs: every process draws the same global batch (the row
 order, flips and bootstrap weights come from one seeded generator) and takes every k-th row of each table. Each
 process's loss is its rows' part of the global batch's weighted mean, times the number of processes, so the
@@ -36,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from offline_data.finite import check_finite
 from reward.batch_statistics import GlobalBatchNorm1d, owned_images
 from reward.config import HEADS, RewardConfig
 from reward.data import RewardData
@@ -454,7 +458,7 @@ def train_member(
     for epoch in bar:
         model.train()
         sums = dict.fromkeys(HEADS, 0.0)
-        for _ in range(steps):
+        for step in range(steps):
             sampled = [
                 c.take(size) for c, size in zip(cyclers, (tc.batch_impressions, tc.batch_dwell, tc.batch_pairs))
             ]
@@ -480,8 +484,11 @@ def train_member(
             )
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(total)
+            checked = {"train/loss": total.detach()}
             if tc.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                checked["train/grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            # before the step: a NaN here would reach every weight, and the folder is written only after fitting
+            check_finite(checked, f"member {member}, epoch {epoch + 1} of {tc.epochs}, step {step + 1} of {steps}")
             optimizer.step()
             scheduler.step()
             for h in HEADS:
@@ -496,6 +503,7 @@ def train_member(
             metrics = evaluate_losses(unwrapped, validation, config, device=accelerator.device)
             record.update({f"val/{k}": v for k, v in metrics.items()})
             loss = metrics["loss"]
+            check_finite({"val/loss": loss}, f"member {member}, epoch {epoch + 1} of {tc.epochs}")
             if loss < best_loss - 1e-6:
                 best_loss, best_epoch, stale = loss, epoch, 0
                 best_state = copy.deepcopy(unwrapped.state_dict())

@@ -84,6 +84,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from experiments.studio.pretrain.train import pretrain
     from experiments.studio.prompts import studio_training_prompts
     from experiments.tracking import start_run
+    from offline_data.integrity import rewrite_checksums
     from rollout.guards import write_training_prompts
 
     config_path = Path(args.config) if args.config else None
@@ -125,6 +126,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         write_training_prompts(folder, studio_training_prompts())  # what the prompt guard compares prompts with
         if config.pretrain.weights_dtype == "float16":
             halve_weights(folder)
+        rewrite_checksums(folder)  # the style adapter was added and the weights may be float16 now
         report = evaluate_and_write_manifest(
             folder, command=shlex.join(command), config_toml=dump_toml(config), seconds=result.seconds,
             training_metrics=result.metrics, log_metrics=run.log_metrics, **manifest_args,

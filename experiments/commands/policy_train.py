@@ -51,7 +51,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_policy_train(args: argparse.Namespace) -> int:
-    import json
     import logging
     from pathlib import Path
 
@@ -69,7 +68,7 @@ def run_policy_train(args: argparse.Namespace) -> int:
         truncate_metrics,
     )
     from experiments.tracking import Run, setup_logging, start_run
-    from policy.checkpoint import latest_checkpoint
+    from policy.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint_state
 
     if args.resume:
         if args.overrides or args.requests or args.config != "experiments/configs/studio_ddpo.toml":
@@ -82,7 +81,9 @@ def run_policy_train(args: argparse.Namespace) -> int:
         config = load_config(PolicyTrainCommandConfig, run_dir / "config.toml")
         checkpoint = latest_checkpoint(run_dir / "checkpoints")
         reward_dir = resolve_reward_dir(config, args.reward)
-        step = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))["trainer"]["epoch"]
+        step = read_checkpoint_state(checkpoint)["trainer"].get("epoch")  # checked again by the trainer
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise CheckpointError(f"{checkpoint / 'state.json'}: trainer.epoch is {step!r}, not an epoch count")
         log_file = None
         if is_main_process():  # under `accelerate launch` process 0 alone rewrites the run's files
             dropped = truncate_metrics(run_dir, int(step))

@@ -27,6 +27,7 @@ class PolicyConfig:
     lora: LoraConfig = LoraConfig()
     mode: Literal["online", "offline"] = "online"
     kl_budget: float | None = None
+    learning_rate: float = 1e-3
     weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"click": 1.0})
 
 
@@ -79,6 +80,14 @@ def test_defaults_file_then_set_precedence(tmp_path: Path) -> None:
         ("", ["policy.lora.rank=3", "policy.lora.rank.x=1"], "'policy.lora.rank' is a value, not a section"),
         ("", ["policy.lora.rank=x"], "key 'policy.lora.rank' expects int, got str 'x'"),
         ("[run]\nthreads = -1\n", [], "run: threads must be >= 0"),
+        # finite or refused, by key, whatever the field's type and wherever it sits
+        ("[policy.lora]\nalpha = nan\n", [], "key 'policy.lora.alpha' must be a finite number, got nan"),
+        ("", ["policy.kl_budget=inf"], "key 'policy.kl_budget' must be a finite number, got inf"),
+        ("", ["policy.weights.click=-inf"], "key 'policy.weights.click' must be a finite number, got -inf"),
+        ("", ["policy.lora.alpha=1e300"], "key 'policy.lora.alpha' must be at most 1e+12 in magnitude, got 1e+300"),
+        ("", ["policy.learning_rate=1e300"], "key 'policy.learning_rate' must be at most 1e+12 in magnitude"),
+        ("", ["policy.learning_rate=3"], "key 'policy.learning_rate' must be in (0, 1] (an AdamW step"),
+        ("", ["policy.learning_rate=0"], "key 'policy.learning_rate' must be in (0, 1]"),
         ("[policy\n", [], "invalid TOML"),
     ],
 )
@@ -102,6 +111,21 @@ def test_parse_override_reads_toml_values_and_bare_strings() -> None:
     assert parse_override("a=true") == (["a"], True)
     assert parse_override("run.name=exp-1") == (["run", "name"], "exp-1")
     assert parse_override('h=["click", "dwell"]') == (["h"], ["click", "dwell"])
+
+
+def test_integers_keep_their_full_range() -> None:
+    assert load_config(Root, None, ["run.seed=9007199254740993"]).run.seed == 9007199254740993
+
+
+def test_shipped_command_refuses_a_non_finite_learning_rate(capsys: pytest.CaptureFixture) -> None:
+    from experiments.cli import main
+
+    for value, message in (
+        ("inf", "must be a finite number, got inf"),
+        ("1e300", "must be at most 1e+12 in magnitude"),
+    ):
+        assert main(["policy", "train", "--set", f"trainer.optim.learning_rate={value}"]) == 2
+        assert f"key 'trainer.optim.learning_rate' {message}" in capsys.readouterr().err
 
 
 def test_dump_toml_round_trips(tmp_path: Path) -> None:

@@ -309,3 +309,23 @@ def test_bad_export_config_values_are_named(override: str, message: str) -> None
 
     with pytest.raises(ConfigError, match=message):
         load_config(ExportCommandConfig, None, [override])
+
+
+def test_the_bundle_carries_checksums_of_all_its_weights(bundle: Path) -> None:
+    from offline_data.integrity import read_checksums, verify_weights
+
+    listed = read_checksums(bundle)
+    assert "adapter/pytorch_lora_weights.safetensors" in listed  # the base is the shipped one here, not copied in
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert listed[manifest["candidate"]["adapter"]] == manifest["candidate"]["adapter_sha256"]
+    assert verify_weights(bundle, required=True) and verify_weights(bundle / "adapter", required=True)
+
+
+def test_a_run_that_went_non_finite_is_not_exported(run_dir: Path, tmp_path: Path, capsys) -> None:
+    diverged = tmp_path / "diverged"
+    diverged.mkdir()
+    (diverged / "config.toml").write_text((run_dir / "config.toml").read_text())
+    (diverged / "diverged.json").write_text('{"error": "epoch 2: policy/kl is nan; training stopped"}')
+    assert main(["export", str(diverged), "--out", str(tmp_path / "out")]) == 2
+    assert "the run went non-finite and stopped" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,10 @@ def test_repeated_requests_encode_once_and_sample_the_same(monkeypatch: pytest.M
     cached = sample_trajectories(policy, repeated, [0, 1, 2, 3], config)
     plain = sample_trajectories(policy, copies, [0, 1, 2, 3], config)
     assert encoded == [2, 4]
-    assert torch.equal(cached.images, plain.images)
-    assert torch.equal(cached.trajectory.log_probs, plain.trajectory.log_probs)
-    assert torch.equal(cached.trajectory.masked_image_latents, plain.trajectory.masked_image_latents)
+    # The VAE encodes a batch of 2 on one path and of 4 on the other; the convolution backend may pick another
+    # algorithm (and summation order) per batch size on another CPU, so the latents agree to float32 rounding and
+    # the 8-bit images to one level, not bit for bit.
+    torch.testing.assert_close(cached.trajectory.masked_image_latents, plain.trajectory.masked_image_latents,
+                               rtol=0, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(cached.trajectory.log_probs, plain.trajectory.log_probs, rtol=0, atol=1e-4)
+    assert int((cached.images.int() - plain.images.int()).abs().max()) <= 1

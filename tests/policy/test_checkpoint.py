@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from offline_data.integrity import WeightIntegrityError, write_checksums
 from policy.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -38,7 +39,7 @@ def trained(steps: int = 2):
 def test_adapter_and_optimizer_round_trip_exactly(tmp_path: Path) -> None:
     policy, optimizer = trained()
     folder = save_checkpoint(tmp_path, "epoch-000002", policy=policy, optimizer=optimizer, trainer_state={"epoch": 2})
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter", "state.json", "tensors.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["SHA256SUMS", "adapter", "state.json", "tensors.safetensors"]
     assert latest_checkpoint(tmp_path) == folder
 
     fresh = tiny_policy(init_seed=0)
@@ -97,6 +98,9 @@ def test_bad_checkpoints_are_named(tmp_path: Path) -> None:
         load_checkpoint(folder, policy=other_policy, optimizer=too_few)
 
     (folder / "tensors.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(WeightIntegrityError, match="tensors.safetensors: SHA-256 mismatch"):
+        load_checkpoint(folder, policy=policy, optimizer=optimizer)
+    write_checksums(folder)  # the list agrees with the broken file: reading it is what fails now
     with pytest.raises(CheckpointError, match="unreadable checkpoint tensors"):
         load_checkpoint(folder, policy=policy, optimizer=optimizer)
     (folder / "tensors.safetensors").unlink()

@@ -142,6 +142,9 @@ def test_adapter_load_errors(tmp_path: Path) -> None:
     with pytest.raises(AssetError, match="differs from the attached adapter"):
         build(lora=LoraConfig(rank=4)).load_adapter(tmp_path)
     (tmp_path / WEIGHT_NAME).write_bytes(b"\x00" * 16)
+    with pytest.raises(AssetError, match="SHA-256 mismatch"):  # the adapter's SHA256SUMS catches it first
+        build().load_adapter(tmp_path)
+    (tmp_path / "SHA256SUMS").unlink()  # an adapter from elsewhere, without sums: loaded unverified, then unreadable
     with pytest.raises(AssetError, match="cannot read LoRA weights"):
         build().load_adapter(tmp_path)
 

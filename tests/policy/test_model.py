@@ -136,6 +136,7 @@ def test_from_pretrained_errors(policy: InpaintPolicy, tmp_path: Path) -> None:
     config = dict(policy.unet.config)
     config["in_channels"] = 4
     UNet2DConditionModel.from_config(config).save_pretrained(tmp_path / "t2i" / "unet")
+    (tmp_path / "t2i" / "SHA256SUMS").unlink()  # a folder from elsewhere (else its changed UNet is refused first)
     with pytest.raises(AssetError, match=r"not an inpainting UNet: in_channels=4, expected 2 \* 4 \+ 1 = 9"):
         InpaintPolicy.from_pretrained(tmp_path / "t2i")
     # pickled weights only: refused, never unpickled
@@ -143,6 +144,7 @@ def test_from_pretrained_errors(policy: InpaintPolicy, tmp_path: Path) -> None:
     unet_dir = tmp_path / "pickle" / "unet"
     (unet_dir / "diffusion_pytorch_model.safetensors").unlink()
     (unet_dir / "diffusion_pytorch_model.bin").write_bytes(b"not read")
+    (tmp_path / "pickle" / "SHA256SUMS").unlink()
     with pytest.raises(AssetError, match="safetensors weights required"):
         InpaintPolicy.from_pretrained(tmp_path / "pickle")
 

@@ -83,7 +83,9 @@ def test_prompt_encoder_caches_and_matches_uncached(tokenizer: CLIPTokenizer) ->
     ids = tokenizer(["white marble"], padding="max_length", max_length=12, return_tensors="pt").input_ids
     with torch.no_grad():
         direct = encoder_model(ids)[0]
-    assert torch.equal(first[:1], direct)
+    # A batch of 3 prompts against a batch of 1: the matmul kernels may block the rows differently per batch size
+    # on another CPU, so equal to float32 rounding (the cache itself is exact: rows 0 and 2 above are one tensor).
+    torch.testing.assert_close(first[:1], direct, rtol=0, atol=1e-5)
     assert encoder.encode([], torch.float32).shape == (0, 12, 64)
     with pytest.raises(TypeError, match="not a single string"):
         encoder.encode("white marble", torch.float32)

@@ -9,6 +9,7 @@ import torch
 
 from experiments.studio.pretrain.data import render_scene_pool
 from offline_data.errors import AssetError
+from offline_data.integrity import write_checksums
 from policy.config import InpaintModelConfig, StyleConfig
 from policy.model import InpaintPolicy
 from policy.style import StudioStyleEncoder, StyleConditioning, StyledModel, StyleImageEncoder
@@ -129,6 +130,9 @@ def test_save_load_round_trip(style: StyleConditioning, tmp_path: Path) -> None:
     board = render_scene_pool(2, 64, seed=5).images
     assert torch.equal(loaded.tokens(board), style.tokens(board))
     (tmp_path / "style" / "style.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(AssetError, match="style.safetensors: SHA-256 mismatch"):
+        StyleConditioning.load(tmp_path / "style")
+    write_checksums(tmp_path / "style")  # the list agrees with the broken file: reading it is what fails now
     with pytest.raises(AssetError, match="cannot read the style adapter weights"):
         StyleConditioning.load(tmp_path / "style")
 

@@ -68,6 +68,21 @@ def test_save_and_load_give_the_same_rewards(trained, small_splits: Path, tmp_pa
         RewardScorer.load(tmp_path)
 
 
+def test_a_reward_model_is_verified_before_it_scores(trained, tmp_path: Path):
+    from offline_data.integrity import WeightIntegrityError
+    from tests.offline_data.test_integrity import flip_byte
+
+    scorer, metrics = trained
+    folder = scorer.save(tmp_path / "model", metrics=metrics)
+    weights = folder / "model.safetensors"
+    flip_byte(weights)  # scored with exit 0 before: the AUC just dropped
+    with pytest.raises(WeightIntegrityError, match=f"^{weights}: SHA-256 mismatch: expected [0-9a-f]{{64}} "):
+        RewardScorer.load(folder)
+    (folder / "SHA256SUMS").unlink()
+    with pytest.raises(WeightIntegrityError, match="this reward model was written by backdrop but has no SHA256SUMS"):
+        RewardScorer.load(folder)
+
+
 def test_adapter_is_a_rollout_reward_fn(trained, small_splits: Path):
     from rollout.protocols import RewardFn
     from rollout.request import InpaintRequest

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from offline_data.errors import AssetError
+from offline_data.integrity import require_finite_weights
 
 FORMAT = "backdrop.pretrain_checkpoint"
 LATEST = "latest.safetensors"
@@ -105,6 +106,7 @@ def load_checkpoint(
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
     except (OSError, SafetensorError) as exc:
         raise AssetError(f"{path}: cannot read the checkpoint: {exc}") from None
+    require_finite_weights(tensors, str(path))
     for name, module in modules.items():
         prefix = f"model.{name}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
