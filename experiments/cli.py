@@ -6,21 +6,29 @@ at module level and do their heavy imports (torch, diffusers) inside the handler
 stays fast.
 
 Errors: a :class:`~offline_data.errors.BackdropError` (bad input the user can fix) prints its message and
-exits with its ``exit_code``; Ctrl-C exits 130; any other exception is a bug, reported in one line
-(``--debug`` shows the traceback) with exit code 70.
+exits with its ``exit_code``; an ``OSError`` (permissions, a full disk, a path under a regular file) becomes
+the named error of :func:`~offline_data.errors.environment_error`; Ctrl-C exits 130; any other exception is
+a bug, reported in one line (``--debug`` shows the traceback) with exit code 70. The exit-code table is in
+``offline_data/errors.py``. Every run folder the command opened receives ``error.json`` on failure
+(:mod:`experiments.run_record`).
+
+``--no-progress`` (on every long command) also silences the libraries' own bars (tqdm, huggingface_hub,
+transformers' and diffusers' "Loading weights").
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 
 import experiments.commands
-from offline_data.errors import BackdropError
+from experiments import run_record
+from offline_data.errors import BackdropError, NumericRangeError, environment_error
 
 # Order in `backdrop --help`; modules not listed here are appended alphabetically.
 COMMAND_ORDER = ("demo", "simulate", "data", "reward", "rollout", "policy", "ope", "export", "sweep", "runs")
@@ -38,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'backdrop COMMAND --help' for a command's options.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for unexpected errors")
+    parser.add_argument("--version", action="version", version=f"backdrop {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     found = [m.name for m in pkgutil.iter_modules(experiments.commands.__path__) if not m.name.startswith("_")]
     ordered = [n for n in COMMAND_ORDER if n in found] + sorted(n for n in found if n not in COMMAND_ORDER)
@@ -55,29 +64,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         # `backdrop` or `backdrop reward` alone: show the relevant help.
         (getattr(args, "subparser", None) or parser).print_help(sys.stderr)
         return 2
+    if getattr(args, "no_progress", False):
+        silence_library_progress()
+    run_record.begin(args, argv)
     try:
         return int(handler(args) or 0)
-    except BackdropError as exc:
-        print(f"backdrop: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
-        print("backdrop: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130, "KeyboardInterrupt", prefix="backdrop: ")
     except Exception as exc:
+        error = _named(exc)
+        if error is not None:
+            return _fail(str(error), error.exit_code, type(error).__name__)
         if args.debug:
             raise
-        print(
-            f"backdrop: internal error: {type(exc).__name__}: {exc}\n"
-            "This is a bug in backdrop, not in your input; rerun with --debug for the traceback.",
-            file=sys.stderr,
-        )
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        run_record.record_failure(message, INTERNAL_ERROR_EXIT, type(exc).__name__)
+        hint = "This is a bug in backdrop, not in your input; rerun with --debug for the traceback."
+        print(f"backdrop: {message}\n{hint}", file=sys.stderr)
         return INTERNAL_ERROR_EXIT
+    finally:
+        run_record.end()
+
+
+def _named(exc: Exception) -> BackdropError | None:
+    """The user-facing error for ``exc``, or None when it is a bug (exit 70)."""
+    if isinstance(exc, BackdropError):
+        return exc
+    if isinstance(exc, OSError):  # the machine refused: permissions, a full disk, a path under a file
+        return environment_error(exc)
+    if isinstance(exc, OverflowError | FloatingPointError):
+        return NumericRangeError(
+            f"a number overflowed ({exc}); a config value or flag is too large for the computation it feeds"
+        )
+    return None
+
+
+def _fail(message: str, code: int, error_type: str, *, prefix: str = "backdrop: error: ") -> int:
+    """Print the one-line error, record it in the run folders the command opened, return its exit code."""
+    run_record.record_failure(message, code, error_type)
+    print(f"{prefix}{message}", file=sys.stderr)
+    return code
+
+
+def silence_library_progress() -> None:
+    """Hide every progress bar: tqdm's and the Hugging Face libraries' (their "Loading weights" bars).
+
+    The environment variables reach libraries imported later (a command imports them lazily); libraries
+    already imported (in tests, or by another command) are told directly.
+    """
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        module = sys.modules.get(name)
+        if module is not None:
+            module.disable_progress_bar()
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None:
+        hub.disable_progress_bars()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("backdrop")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":

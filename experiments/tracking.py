@@ -6,6 +6,8 @@ A run lives in ``<output_dir>/<name>/<timestamp>``, created fresh and never over
 - ``environment.json``: command line, package versions, git sha and dirty flag, python, host, process count, device;
 - ``metrics.jsonl``: one JSON object per logged step (``{"step": 3, "policy/kl": 0.01, ...}``);
 - ``log.txt``: the text log (Python ``logging``), also shown on the console;
+- ``command.json``: the command and every flag with its resolved value (``--resume`` reads it back), and,
+  when the command failed, ``error.json`` with the message and exit code (:mod:`experiments.run_record`);
 
 and, when enabled, TensorBoard event files (``tb/``) and a local MLflow file store.
 Components never import this module: trainers take a ``log_metrics(metrics, step)`` callable, and
@@ -29,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from experiments import run_record
 from experiments.config import RunConfig, dump_toml
 
 logger = logging.getLogger("backdrop")
@@ -84,12 +87,24 @@ def new_run_dir(output_dir: str | Path, name: str, now: dt.datetime | None = Non
     raise RuntimeError(f"could not create a fresh run directory under {parent}")
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at the time (tests and notebooks swap it)."""
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Console logging for the ``backdrop`` logger (idempotent); run directories add a file handler."""
     root = logging.getLogger("backdrop")
     root.setLevel(level)
     if not any(getattr(h, "_backdrop_console", False) for h in root.handlers):
-        console = logging.StreamHandler(sys.stderr)
+        console = _ConsoleHandler()
         console.setFormatter(logging.Formatter("%(message)s"))
         console._backdrop_console = True  # type: ignore[attr-defined]
         root.addHandler(console)
@@ -137,6 +152,8 @@ class Run:
         return path
 
     def close(self) -> None:
+        if self._metrics.closed:  # closed already (by the command, then by the CLI's run record)
+            return
         self._metrics.close()
         if self._tb is not None:
             self._tb.close()
@@ -198,6 +215,32 @@ def start_run(
         directory = new_run_dir(run.output_dir, run.name)
     else:
         directory.mkdir(parents=True, exist_ok=False)
+    return open_run(
+        directory,
+        config,
+        command=command,
+        extra=extra,
+        tensorboard=run.tensorboard,
+        mlflow_dir=Path(run.output_dir) / "mlruns" if run.mlflow else None,
+    )
+
+
+def open_run(
+    directory: Path,
+    config: Any,
+    *,
+    command: str,
+    extra: Mapping[str, Any] | None = None,
+    tensorboard: bool = False,
+    mlflow_dir: Path | None = None,
+    announce: bool = True,
+) -> Run:
+    """Make an existing (empty) folder a run folder: config.toml, environment.json, command.json, log, metrics.
+
+    Commands whose output folder is the run folder (``data validate``, ``rollout sample``...) call this on
+    it; ``config`` is then their resolved flags (``{"flags": {...}}``) when they have no config file, and
+    ``announce=False`` (the user named the folder; the log does not repeat it).
+    """
     (directory / "config.toml").write_text(dump_toml(config), encoding="utf-8")
     environment = {
         "command": command,
@@ -214,16 +257,14 @@ def start_run(
     }
     (directory / "environment.json").write_text(json.dumps(environment, indent=2, default=str) + "\n")
     setup_logging()
-    handle = Run(
-        directory,
-        tensorboard=run.tensorboard,
-        mlflow_dir=Path(run.output_dir) / "mlruns" if run.mlflow else None,
-    )
+    handle = Run(directory, tensorboard=tensorboard, mlflow_dir=mlflow_dir)
+    run_record.attach(directory, handle)
     file_handler = logging.FileHandler(directory / "log.txt", encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("backdrop").addHandler(file_handler)
     handle._file_handler = file_handler
-    logger.info("run directory: %s", directory)
+    if announce:
+        logger.info("run directory: %s", directory)
     return handle
 
 

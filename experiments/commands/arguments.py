@@ -27,6 +27,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, default_config: str
     )
 
 
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: hide backdrop's progress bars and the libraries' own (the CLI silences those)."""
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
 def load_root_config(cls: type[T], args: argparse.Namespace) -> T:
     """Load the command's root config from ``args.config`` and ``args.overrides``."""
     from experiments.config import load_config

@@ -33,7 +33,8 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import group_parser
+    from experiments.commands.arguments import add_progress_argument, group_parser
+    from experiments.output_folder import add_overwrite_argument
 
     commands = group_parser(subparsers, "data", "validate offline logs and make leak-free splits")
 
@@ -74,6 +75,8 @@ def register(subparsers: Any) -> None:
     validate.add_argument(
         "--batch-rows", type=_count(1), default=262_144, metavar="N", help="rows per batch (default: 262144)"
     )
+    add_overwrite_argument(validate)
+    add_progress_argument(validate)
     validate.set_defaults(handler=run_validate)
 
     split = commands.add_parser(
@@ -98,10 +101,12 @@ def register(subparsers: Any) -> None:
     )
     split.add_argument("--seed", type=_count(0), default=0, help="salt of the group hash (default: 0)")
     split.add_argument("--out", type=Path, help="output folder (default: DIR/splits/<by>)")
+    add_overwrite_argument(split)
     split.set_defaults(handler=run_split)
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from experiments.output_folder import open_output_run
     from offline_data.errors import InputUnreadableError
     from offline_data.io import SUFFIXES, find_table, resolve_source
     from offline_data.validation import ValidationConfig, validate_logs
@@ -133,7 +138,8 @@ def run_validate(args: argparse.Namespace) -> int:
     out = args.out or (
         args.dir / "validated" if args.dir is not None else next(iter(sources.values())).base_dir / "validated"
     )
-    summary = validate_logs(sources, out, config)
+    with open_output_run(args, out, inputs=[source.path for source in sources.values()]):
+        summary = validate_logs(sources, out, config)
     print(summary.render_table())
     for table in not_found:
         print(f"not found: {table}")
@@ -146,6 +152,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
+    from experiments.output_folder import open_output_run
     from offline_data.splits import SplitConfig, split_logs
 
     directory = args.dir
@@ -157,7 +164,8 @@ def run_split(args: argparse.Namespace) -> int:
         print(f"using the validated tables in {directory}")
     config = SplitConfig(by=args.by, fractions=args.fractions, seed=args.seed)
     out = args.out or directory / "splits" / args.by
-    report = split_logs(directory, out, config)
+    with open_output_run(args, out, inputs=[directory]):
+        report = split_logs(directory, out, config)
     print(report.render())
     print(f"\nsplits and split_report.json written to {out}")
     return 0

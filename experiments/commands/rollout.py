@@ -26,6 +26,7 @@ DESCRIPTION = (
 
 def register(subparsers: Any) -> None:
     from experiments.commands.arguments import group_parser
+    from experiments.output_folder import add_overwrite_argument
 
     group = group_parser(subparsers, "rollout", "sample backgrounds with the inpainting model")
     parser = group.add_parser("sample", help="paint backgrounds behind product photos", description=DESCRIPTION)
@@ -80,15 +81,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: 0 = torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run_sample)
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    import datetime as dt
     import json
     from pathlib import Path
 
+    from experiments.output_folder import open_output_run
     from experiments.runtime import resolve_device, set_threads
+    from experiments.tracking import new_run_dir
     from offline_data.errors import BackdropError
     from policy.model import InpaintPolicy, resolve_model_folder
     from rollout.config import SamplerConfig
@@ -96,8 +99,12 @@ def run_sample(args: argparse.Namespace) -> int:
     from rollout.request import expand_requests
     from rollout.sampler import sample_trajectories
 
+    out = Path(args.out) if args.out else new_run_dir("runs", "rollout")
+    open_output_run(args, out, inputs=args.products)  # the run record; the CLI closes it when the command ends
     if args.n < 1 or args.best_of < 1:
         raise BackdropError("--n and --best-of must be >= 1")
+    if not 0 <= args.seed < 2**62:  # the generators take int64 seeds; sample k uses seed + k
+        raise BackdropError(f"--seed must be in [0, 2**62), got {args.seed}")
     if args.best_of > 1 and not args.reward:
         raise BackdropError("--best-of needs --reward (gold[:SEGMENT] or MODULE:FACTORY)")
     try:
@@ -112,6 +119,8 @@ def run_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     folder = resolve_model_folder(args.model)
     policy = InpaintPolicy.from_pretrained(folder, adapter=args.adapter, device=device)
+    if args.steps > (trained := policy.scheduler.config.num_train_timesteps):
+        raise BackdropError(f"--steps {args.steps}: the model's schedule has {trained} timesteps; give at most that")
     model = policy
     if args.style:
         model = _styled(policy, folder, args.style)
@@ -123,7 +132,6 @@ def run_sample(args: argparse.Namespace) -> int:
     for index, request in enumerate(requests):
         by_size.setdefault(request.size, []).append(index)
 
-    out = Path(args.out or f"runs/rollout/{dt.datetime.now():%Y%m%d-%H%M%S}")
     (out / "images").mkdir(parents=True, exist_ok=True)
     reward_fn = _load_reward(args.reward, args.reward_model) if args.reward else None
     rows, records, reports, filtered_total = [], [], [], 0
