@@ -107,7 +107,7 @@ def logged_images(data: Any) -> Any:
         raise OfflineDataError(f"{data.source}: {exc}") from None
 
 
-def dpo_objective(policy: Any, data: Any, images: Any, config: OfflineConfig) -> Any:
+def dpo_objective(policy: Any, data: Any, images: Any, config: OfflineConfig, progress: bool = True) -> Any:
     """Diffusion-DPO on the logs' pairwise judgements."""
     from policy.dpo import DPOObjective, preference_pairs
     from policy.offline import encode_logged_images
@@ -123,11 +123,13 @@ def dpo_objective(policy: Any, data: Any, images: Any, config: OfflineConfig) ->
     except ValueError as exc:
         raise OfflineDataError(f"{data.source}/preferences.parquet: {exc}") from None
     logger.info("DPO pairs: %s", oriented.counts)
-    encoded = encode_logged_images(policy, images, batch_size=config.encode_batch, progress=True)
+    encoded = encode_logged_images(policy, images, batch_size=config.encode_batch, progress=progress)
     return DPOObjective(encoded, oriented, config.dpo)
 
 
-def rwr_objective(policy: Any, data: Any, images: Any, config: OfflineConfig, reward_fn: Any, segments: tuple) -> Any:
+def rwr_objective(
+    policy: Any, data: Any, images: Any, config: OfflineConfig, reward_fn: Any, segments: tuple, progress: bool = True
+) -> Any:
     """Reward-weighted regression on the images shown in the impression logs."""
     import torch
 
@@ -178,12 +180,17 @@ def rwr_objective(policy: Any, data: Any, images: Any, config: OfflineConfig, re
         )
     except ValueError as exc:
         raise OfflineDataError(f"{data.source}: cannot weight the logged images: {exc}") from None
-    encoded = encode_logged_images(policy, subset, batch_size=config.encode_batch, progress=True)
+    encoded = encode_logged_images(policy, subset, batch_size=config.encode_batch, progress=progress)
     return RWRObjective(encoded, weights, config.rwr)
 
 
-def train_offline(config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_dir: Path, run: Any) -> list[dict]:
-    """Load the logs, build the objective, train with held-out evaluation; writes into ``run.dir``."""
+def train_offline(
+    config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_dir: Path, run: Any, progress: bool = True
+) -> list[dict]:
+    """Load the logs, build the objective, train with held-out evaluation; writes into ``run.dir``.
+
+    ``progress`` shows the loading, encoding and training bars (``--no-progress`` turns them off).
+    """
     from experiments.runtime import setup_runtime
     from policy.evaluation import PolicyEvaluator
     from policy.offline import OfflineTrainer
@@ -193,14 +200,14 @@ def train_offline(config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_
     runtime = setup_runtime(config.run)
     world = load_world(config.world)
     reward_fn = load_reward_model(reward_dir, head_weights=config.reward.head_weights, world=world)
-    data = load_reward_data(data_dir, load_masks=True, progress=True)
+    data = load_reward_data(data_dir, load_masks=True, progress=progress)
     images = logged_images(data)
     policy = build_policy(config.policy, runtime)
     method = config.offline.method
     if method == "dpo":
-        objective = dpo_objective(policy, data, images, config.offline)
+        objective = dpo_objective(policy, data, images, config.offline, progress)
     else:
-        objective = rwr_objective(policy, data, images, config.offline, reward_fn, config.requests.segments)
+        objective = rwr_objective(policy, data, images, config.offline, reward_fn, config.requests.segments, progress)
     try:
         requests = studio_requests(config.requests, world)
     except ValueError as exc:
@@ -217,7 +224,7 @@ def train_offline(config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_
         evaluator=evaluator,
         log_metrics=run.log_metrics,
         output_dir=run.dir,
-        progress=True,
+        progress=progress,
     )
     history = trainer.train()
     evaluated = [h for h in history if "gold/gain_sd" in h]

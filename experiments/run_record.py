@@ -22,7 +22,7 @@ from typing import Any
 
 COMMAND_FILE = "command.json"
 ERROR_FILE = "error.json"
-_NOT_FLAGS = frozenset({"handler", "subparser", "debug", "command"})
+_NOT_FLAGS = frozenset({"handler", "subparser", "debug", "command", "config_class", "set_example"})
 
 _current: dict[str, Any] | None = None
 _folders: list[Path] = []
@@ -65,6 +65,12 @@ def attach(directory: Path, handle: Any = None) -> None:
         _open.append(handle)
     (directory / COMMAND_FILE).write_text(json.dumps(_current, indent=2) + "\n", encoding="utf-8")
     if directory not in _folders:
+        _folders.append(directory)
+
+
+def watch(directory: Path) -> None:
+    """Give an existing run folder (one being resumed) ``error.json`` if the command fails; its command.json stays."""
+    if _current is not None and directory not in _folders:
         _folders.append(directory)
 
 

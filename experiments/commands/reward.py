@@ -76,7 +76,12 @@ def register(subparsers: Any) -> None:
         help="logs to learn from: raw tables, a 'backdrop data validate' folder, or a folder with train/, "
         "validation/ and test/ splits (default: simulate the default studio world into the run directory)",
     )
-    add_config_arguments(train, default_config="experiments/configs/reward.toml")
+    add_config_arguments(
+        train,
+        config_class="experiments.commands.reward:command_config_class",
+        example="reward.train.epochs=4",
+        default_config="experiments/configs/reward.toml",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     train.set_defaults(handler=run_train)
 

@@ -42,7 +42,12 @@ def add_parser(subparsers: Any) -> None:
         "--out", metavar="DIR", help="where audit.json, audit.html and plots/ go (default: MODEL/audit)"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    add_config_arguments(parser, default_config="experiments/configs/audit.toml")
+    add_config_arguments(
+        parser,
+        config_class="reward.audit_config:AuditCommandConfig",
+        example="audit.bins=15",
+        default_config="experiments/configs/audit.toml",
+    )
     add_overwrite_argument(parser)
     parser.set_defaults(handler=run_audit)
 

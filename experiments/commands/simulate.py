@@ -31,7 +31,12 @@ def register(subparsers: Any) -> None:
         "simulate", help="write the studio world's logs and assets", description=DESCRIPTION
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    add_config_arguments(parser, default_config="experiments/configs/studio_world.toml")
+    add_config_arguments(
+        parser,
+        config_class="offline_data.simulator:SimulatorConfig",
+        example="logging.requests=1000000",
+        default_config="experiments/configs/studio_world.toml",
+    )
     add_overwrite_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(handler=run_simulate)
