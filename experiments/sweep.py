@@ -53,7 +53,7 @@ from experiments.sweep_devices import (
     worker_environment,
 )
 from experiments.sweep_space import SweepSpaceConfig, check_space, load_space
-from experiments.sweep_targets import load_target, target_reference
+from experiments.sweep_targets import import_target, target_reference
 from experiments.sweep_trial import TrialRunner, read_trial_record, trial_dir, write_trial_record
 from experiments.tracking import git_state, new_run_dir, package_versions
 from offline_data.errors import BackdropError, InputUnreadableError
@@ -184,7 +184,7 @@ def open_sweep(directory: str | Path) -> Sweep:
         reference = target_reference(meta["target"])
     except ConfigError:
         reference = meta["reference"]  # a target registered by the process that created the sweep
-    target = load_target(reference)
+    target = import_target(reference, meta["target"])
     base_config = load_config(target.config_class, paths.config)
     check_space(space, base_config, source=str(paths.space))
     return Sweep(paths, space, base_config, reference)
@@ -286,7 +286,7 @@ def optimize(sweep: Sweep, *, n_trials: int, timeout: float | None, threads: int
     """Run ``n_trials`` trials of ``sweep`` in this process (one worker)."""
     import optuna
 
-    target = load_target(sweep.target_reference)
+    target = import_target(sweep.target_reference)
     study = optuna.load_study(
         study_name=STUDY_NAME,
         storage=open_storage(sweep.paths),

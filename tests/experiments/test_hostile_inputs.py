@@ -110,6 +110,14 @@ def _validate_jsonl(deep_line: int) -> Callable[..., list[str]]:
     return setup
 
 
+def _space(tmp: Path, target: str) -> str:
+    """A sweep space file naming ``target`` (the policy train space otherwise)."""
+    shipped = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "policy_train_space.toml"
+    path = tmp / "space.toml"
+    path.write_text(shipped.read_text().replace('target = "policy train"', f"target = {json.dumps(target)}"))
+    return str(path)
+
+
 def _photo(tmp: Path, height: int, width: int, product: tuple[slice, slice] | None = None) -> str:
     rgba = np.zeros((height, width, 4), dtype=np.uint8)
     rgba[product or (slice(0, height // 2), slice(0, width // 2))] = 255
@@ -222,6 +230,10 @@ CASES = [
          r"deep.toml: invalid TOML: arrays or tables nested too deeply"),
     Case("unknown config key", lambda t, w, m: ["simulate", "--out", str(t / "w"), "--set", "world.prodcts=3"], 2,
          r"unknown key 'world.prodcts'"),
+    # Contained inputs.
+    Case("a sweep space importing a module",
+         lambda t, w, m: ["sweep", "--space", _space(t, "os:system"), "--set", f"run.output_dir={t}"], 2,
+         r"sweep target 'os:system': a space file names a registered target, never a module to import"),
     # Log tables.
     Case("JSON line 1 nested 3,000 deep", _validate_jsonl(0), 2,
          r"impressions.jsonl: not JSON Lines: line 1 nests arrays or objects too deeply"),
