@@ -32,6 +32,18 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return values
 
 
+def _timezone(text: str) -> str:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"expected an IANA time zone like UTC or Europe/Paris, got {text!r}"
+        ) from None
+    return text
+
+
 def register(subparsers: Any) -> None:
     from experiments.commands.arguments import add_progress_argument, group_parser
     from experiments.output_folder import add_overwrite_argument
@@ -71,6 +83,18 @@ def register(subparsers: Any) -> None:
         "--check-files",
         action="store_true",
         help="also check that every asset file exists and matches its sha256 (reads every file)",
+    )
+    validate.add_argument(
+        "--assume-timezone",
+        type=_timezone,
+        metavar="ZONE",
+        help="read timestamps written without a zone as times in ZONE (IANA name, e.g. UTC, Europe/Paris) and "
+        "convert them to UTC (default: reject them, naming the row)",
+    )
+    validate.add_argument(
+        "--allow-outside-assets",
+        action="store_true",
+        help="with --check-files, also read asset paths outside the assets table's folder (../, absolute paths)",
     )
     validate.add_argument(
         "--batch-rows", type=_count(1), default=262_144, metavar="N", help="rows per batch (default: 262144)"
@@ -133,7 +157,12 @@ def run_validate(args: argparse.Namespace) -> int:
             f"no log tables found{where}; give DIR or --impressions/--dwell/--preferences/--assets"
         )
     config = ValidationConfig(
-        strict=args.strict, max_problems=args.max_problems, check_files=args.check_files, batch_rows=args.batch_rows
+        strict=args.strict,
+        max_problems=args.max_problems,
+        check_files=args.check_files,
+        batch_rows=args.batch_rows,
+        allow_outside_assets=args.allow_outside_assets,
+        assume_timezone=args.assume_timezone,
     )
     out = args.out or (
         args.dir / "validated" if args.dir is not None else next(iter(sources.values())).base_dir / "validated"

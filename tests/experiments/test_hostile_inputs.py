@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -100,14 +101,34 @@ def _validate_parts(hostile: Callable[[Path], object]) -> Callable[..., list[str
     return setup
 
 
-def _validate_jsonl(deep_line: int) -> Callable[..., list[str]]:
-    """A ``data validate`` set-up of impressions as JSON Lines with line ``deep_line`` (0-based) nested deep."""
+def _validate_jsonl(edit: Callable[[list[str]], None]) -> Callable[..., list[str]]:
+    """A ``data validate`` set-up of impressions as JSON Lines, its lines changed by ``edit``."""
 
     def setup(tmp: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-        path = _impressions_jsonl(tmp, world, lambda lines: _deep_line(lines, deep_line))
+        path = _impressions_jsonl(tmp, world, edit)
         return ["data", "validate", "--impressions", str(path), "--out", str(tmp / "v")]
 
     return setup
+
+
+def _set_value(index: int, column: str, value: str) -> Callable[[list[str]], None]:
+    def edit(lines: list[str]) -> None:
+        lines[index] = json.dumps({**json.loads(lines[index]), column: value})
+
+    return edit
+
+
+def _asset_outside(tmp: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The world's assets table with row 2's path leading out of the logs folder, validated with --check-files."""
+    table = pq.read_table(world / "assets.parquet")
+    paths = table.column("path").to_pylist()
+    paths[1] = "../" * 12 + "etc/hostname"
+    logs = tmp / "logs"
+    logs.mkdir()
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("path"), "path", pa.array(paths)), logs / "assets.parquet"
+    )
+    return ["data", "validate", "--assets", str(logs / "assets.parquet"), "--check-files", "--out", str(tmp / "v")]
 
 
 def _space(tmp: Path, target: str) -> str:
@@ -234,10 +255,19 @@ CASES = [
     Case("a sweep space importing a module",
          lambda t, w, m: ["sweep", "--space", _space(t, "os:system"), "--set", f"run.output_dir={t}"], 2,
          r"sweep target 'os:system': a space file names a registered target, never a module to import"),
+    Case("an id with a NUL", _validate_jsonl(_set_value(2, "event_id", "e\x00x")), 1,
+         r"row 3, column 'event_id': expected non-empty string without control characters .*, got 'e\\x00x'"),
+    Case("an id with a terminal escape", _validate_jsonl(_set_value(3, "product_id", "p\x1b[2J")), 1,
+         r"row 4, column 'product_id': expected non-empty string without control characters .*, got 'p\\x1b\[2J'"),
+    Case("a timestamp without a zone", _validate_jsonl(_set_value(1, "shown_at", "2024-03-01T10:00:00")), 1,
+         r"row 2, column 'shown_at': expected an ISO-8601 timestamp with a zone .* --assume-timezone ZONE"),
+    Case("an asset path leaving the logs folder", _asset_outside, 1,
+         r"row 2, column 'path': expected a path inside .*logs \(--allow-outside-assets reads others\), got '\.\./"),
     # Log tables.
-    Case("JSON line 1 nested 3,000 deep", _validate_jsonl(0), 2,
+    Case("JSON line 1 nested 3,000 deep", _validate_jsonl(lambda lines: _deep_line(lines, 0)), 2,
          r"impressions.jsonl: not JSON Lines: line 1 nests arrays or objects too deeply"),
-    Case("a later JSON line nested 3,000 deep", _validate_jsonl(4), 1, r"row 5: nests arrays or objects too deeply"),
+    Case("a later JSON line nested 3,000 deep", _validate_jsonl(lambda lines: _deep_line(lines, 4)), 1,
+         r"row 5: nests arrays or objects too deeply"),
     Case("a part 'file' that is a folder", _validate_parts(lambda f: (f / "part-0001.parquet").mkdir()), 2,
          r"part-0001.parquet: expected a part file of the impressions table, found a folder"),
     Case("a part 'file' that is a symlink loop",
