@@ -8,9 +8,9 @@ stays fast.
 Errors: a :class:`~offline_data.errors.BackdropError` (bad input the user can fix) prints its message and
 exits with its ``exit_code``; an ``OSError`` (permissions, a full disk, a path under a regular file) becomes
 the named error of :func:`~offline_data.errors.environment_error`; Ctrl-C exits 130; any other exception is
-a bug, reported in one line (``--debug`` shows the traceback) with exit code 70. The exit-code table is in
-``offline_data/errors.py``. Every run folder the command opened receives ``error.json`` on failure
-(:mod:`experiments.run_record`).
+a bug, reported in one line (``--debug`` shows the traceback) with exit code 70 (the mapping is
+:func:`experiments.run_record.describe`; the exit-code table is in ``offline_data/errors.py``). A run folder
+the failure passed through receives ``error.json``.
 
 ``--no-progress`` (on every long command) also silences the libraries' own bars (tqdm, huggingface_hub,
 transformers' and diffusers' "Loading weights").
@@ -28,11 +28,10 @@ from collections.abc import Sequence
 
 import experiments.commands
 from experiments import run_record
-from offline_data.errors import BackdropError, NumericRangeError, environment_error
 
 # Order in `backdrop --help`; modules not listed here are appended alphabetically.
 COMMAND_ORDER = ("demo", "simulate", "data", "reward", "rollout", "policy", "ope", "export", "sweep", "runs")
-INTERNAL_ERROR_EXIT = 70
+INTERNAL_ERROR_EXIT = run_record.INTERNAL_ERROR_EXIT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,41 +75,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_record.begin(args, argv)
     try:
         return int(handler(args) or 0)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130, "KeyboardInterrupt", prefix="backdrop: ")
-    except Exception as exc:
-        error = _named(exc)
-        if error is not None:
-            return _fail(str(error), error.exit_code, type(error).__name__)
-        if args.debug:
+    except BaseException as exc:
+        if not isinstance(exc, Exception | KeyboardInterrupt):
+            raise  # SystemExit and the like pass through
+        failure = run_record.describe(exc)
+        if failure.exit_code == INTERNAL_ERROR_EXIT and args.debug:
             raise
-        message = f"internal error: {type(exc).__name__}: {exc}"
-        run_record.record_failure(message, INTERNAL_ERROR_EXIT, type(exc).__name__)
-        hint = "This is a bug in backdrop, not in your input; rerun with --debug for the traceback."
-        print(f"backdrop: {message}\n{hint}", file=sys.stderr)
-        return INTERNAL_ERROR_EXIT
+        run_record.record_failure(failure)
+        print(failure.console(), file=sys.stderr)
+        return failure.exit_code
     finally:
         run_record.end()
-
-
-def _named(exc: Exception) -> BackdropError | None:
-    """The user-facing error for ``exc``, or None when it is a bug (exit 70)."""
-    if isinstance(exc, BackdropError):
-        return exc
-    if isinstance(exc, OSError):  # the machine refused: permissions, a full disk, a path under a file
-        return environment_error(exc)
-    if isinstance(exc, OverflowError | FloatingPointError):
-        return NumericRangeError(
-            f"a number overflowed ({exc}); a config value or flag is too large for the computation it feeds"
-        )
-    return None
-
-
-def _fail(message: str, code: int, error_type: str, *, prefix: str = "backdrop: error: ") -> int:
-    """Print the one-line error, record it in the run folders the command opened, return its exit code."""
-    run_record.record_failure(message, code, error_type)
-    print(f"{prefix}{message}", file=sys.stderr)
-    return code
 
 
 def silence_library_progress() -> None:

@@ -48,7 +48,7 @@ from experiments.gates import (
     recorded_override,
 )
 from experiments.policy_train import PolicyTrainCommandConfig
-from offline_data.errors import BackdropError, InputUnreadableError
+from offline_data.errors import BackdropError, InputUnreadableError, OutputExistsError
 
 logger = logging.getLogger("backdrop")
 
@@ -146,7 +146,7 @@ def export_candidate(
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise ExportInputError(f"{out}: already holds files; export into a new folder")
+        raise OutputExistsError(f"{out}: already holds files; export into a new folder")
     run = read_run(run_dir, reward_dir)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -8,25 +8,69 @@ and receives ``command.json``::
      "flags": {"reward": "runs/reward/...", "resume": null, "no_progress": false, ...}}
 
 ``flags`` holds every flag of the command with its default filled in, so ``--resume RUN`` can read back what
-the run was started with (:func:`recorded_flags`). When the command fails, the CLI calls :func:`record_failure`
-and every attached folder receives ``error.json`` (message, exit code, error type), so a failed run says why.
+the run was started with (:func:`recorded_flags`). A failed run says why in ``error.json`` (message, exit code,
+error type; :func:`describe` maps the exception to them): a run closed by an exception writes it as it closes
+(:class:`~experiments.tracking.Run`), and the CLI writes it into every folder still open when the command fails
+(a completed sweep trial or demo stage is not marked by a later failure).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
+from offline_data.errors import BackdropError, NumericRangeError, environment_error
+
+INTERNAL_ERROR_EXIT = 70
+"""Exit code of a bug in backdrop (and only of a bug)."""
 COMMAND_FILE = "command.json"
 ERROR_FILE = "error.json"
 _NOT_FLAGS = frozenset({"handler", "subparser", "debug", "command", "config_class", "set_example"})
 
 _current: dict[str, Any] | None = None
-_folders: list[Path] = []
-_open: list[Any] = []  # run handles (experiments.tracking.Run) still open; closed by end()
+_folders: dict[Path, Any] = {}  # run folder -> its open handle (experiments.tracking.Run), or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """What a failed command reports: the one-line message, its exit code and the error's type."""
+
+    message: str
+    exit_code: int
+    error: str
+
+    def console(self) -> str:
+        """The text the CLI prints on stderr."""
+        if self.exit_code == INTERNAL_ERROR_EXIT:
+            return (
+                f"backdrop: {self.message}\n"
+                "This is a bug in backdrop, not in your input; rerun with --debug for the traceback."
+            )
+        return f"backdrop: {self.message}" if self.exit_code == 130 else f"backdrop: error: {self.message}"
+
+
+def describe(exc: BaseException) -> Failure:
+    """The named error for ``exc``: a BackdropError as is; an OSError as the machine's failure
+    (:func:`~offline_data.errors.environment_error`); an overflow as a NumericRangeError; Ctrl-C as 130; any
+    other exception as a bug (exit 70)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return Failure("interrupted", 130, "KeyboardInterrupt")
+    error: BackdropError | None = None
+    if isinstance(exc, BackdropError):
+        error = exc
+    elif isinstance(exc, OSError):  # the machine refused: permissions, a full disk, a path under a file
+        error = environment_error(exc)
+    elif isinstance(exc, OverflowError | FloatingPointError):
+        error = NumericRangeError(
+            f"a number overflowed ({exc}); a config value or flag is too large for the computation it feeds"
+        )
+    if error is not None:
+        return Failure(str(error), error.exit_code, type(error).__name__)
+    return Failure(f"internal error: {type(exc).__name__}: {exc}", INTERNAL_ERROR_EXIT, type(exc).__name__)
 
 
 def command_name(args: argparse.Namespace) -> str:
@@ -54,46 +98,47 @@ def begin(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def attach(directory: Path, handle: Any = None) -> None:
-    """Write ``command.json`` into a run folder the current command opened; it will get ``error.json`` too.
+    """Write ``command.json`` into a run folder the current command opened; on failure it gets ``error.json``.
 
     ``handle`` (a :class:`~experiments.tracking.Run`) is closed by :func:`end` if the command has not closed
     it, so a command may keep its run open to the end without a ``with`` block.
     """
     if _current is None:  # called from Python, not through the CLI: nothing to record
         return
-    if handle is not None:
-        _open.append(handle)
     (directory / COMMAND_FILE).write_text(json.dumps(_current, indent=2) + "\n", encoding="utf-8")
-    if directory not in _folders:
-        _folders.append(directory)
+    _folders[directory] = handle
 
 
 def watch(directory: Path) -> None:
     """Give an existing run folder (one being resumed) ``error.json`` if the command fails; its command.json stays."""
-    if _current is not None and directory not in _folders:
-        _folders.append(directory)
+    if _current is not None:
+        _folders.setdefault(directory, None)
 
 
-def record_failure(message: str, exit_code: int, error_type: str) -> list[Path]:
-    """Write ``error.json`` into every run folder the failed command opened; returns the files written.
-
-    A folder that can no longer be written (the failure may be a full disk) is skipped: the error is
-    still printed by the CLI.
-    """
+def write_error(directory: Path, failure: Failure) -> Path | None:
+    """Write ``error.json`` into ``directory``; None if it cannot be written (the failure may be a full disk)."""
     payload = {
         "command": _current["command"] if _current else None,
-        "exit_code": exit_code,
-        "error": error_type,
-        "message": message,
+        "exit_code": failure.exit_code,
+        "error": failure.error,
+        "message": failure.message,
         "time": dt.datetime.now().isoformat(timespec="seconds"),
     }
+    try:
+        (directory / ERROR_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    except OSError:
+        return None
+    return directory / ERROR_FILE
+
+
+def record_failure(failure: Failure) -> list[Path]:
+    """Write ``error.json`` into every run folder of the failed command that is still open (or has no handle)."""
     written = []
-    for folder in _folders:
-        try:
-            (folder / ERROR_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        except OSError:
-            continue
-        written.append(folder / ERROR_FILE)
+    for folder, handle in _folders.items():
+        if handle is None or not handle.closed:
+            path = write_error(folder, failure)
+            if path is not None:
+                written.append(path)
     return written
 
 
@@ -101,9 +146,10 @@ def end() -> None:
     """Stop recording and close the run handles left open (the CLI calls this when the command ends)."""
     global _current
     _current = None
+    for handle in _folders.values():
+        if handle is not None:
+            handle.close()
     _folders.clear()
-    while _open:
-        _open.pop().close()
 
 
 def recorded_flags(run_dir: Path) -> dict[str, Any]:

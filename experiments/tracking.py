@@ -117,8 +117,13 @@ class Run:
     Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, directory: Path, *, tensorboard: bool = False, mlflow_dir: Path | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, tensorboard: bool = False, mlflow_dir: Path | None = None, record_errors: bool = True
+    ) -> None:
         self.dir = directory
+        self.record_errors = record_errors
+        """Write error.json into the folder when the run is left by an exception (off for sweep trials, which
+        record their own failures and leave by optuna's TrialPruned)."""
         self._metrics = (directory / "metrics.jsonl").open("a", encoding="utf-8")
         self._file_handler: logging.Handler | None = None
         self._tb = None
@@ -151,8 +156,12 @@ class Run:
         path.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
         return path
 
+    @property
+    def closed(self) -> bool:
+        return self._metrics.closed
+
     def close(self) -> None:
-        if self._metrics.closed:  # closed already (by the command, then by the CLI's run record)
+        if self.closed:  # closed already (by the command, then by the CLI's run record)
             return
         self._metrics.close()
         if self._tb is not None:
@@ -166,7 +175,9 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        if exc is not None and self.record_errors:  # the run ends in a failure: say why in its folder
+            run_record.write_error(self.dir, run_record.describe(exc))
         self.close()
 
 
@@ -200,6 +211,7 @@ def start_run(
     command: str,
     extra: Mapping[str, Any] | None = None,
     directory: Path | None = None,
+    record_errors: bool = True,
 ) -> Run:
     """Create a fresh run directory, write the resolved config and environment, attach the text log.
 
@@ -210,6 +222,7 @@ def start_run(
         extra: more fields for environment.json (e.g. the resolved device).
         directory: create exactly this (new) folder instead of ``<output_dir>/<name>/<timestamp>``; a sweep
             puts each trial at ``<sweep>/trials/<number>``.
+        record_errors: write error.json when the run is left by an exception (see :attr:`Run.record_errors`).
     """
     if directory is None:
         directory = new_run_dir(run.output_dir, run.name)
@@ -222,6 +235,7 @@ def start_run(
         extra=extra,
         tensorboard=run.tensorboard,
         mlflow_dir=Path(run.output_dir) / "mlruns" if run.mlflow else None,
+        record_errors=record_errors,
     )
 
 
@@ -234,6 +248,7 @@ def open_run(
     tensorboard: bool = False,
     mlflow_dir: Path | None = None,
     announce: bool = True,
+    record_errors: bool = True,
 ) -> Run:
     """Make an existing (empty) folder a run folder: config.toml, environment.json, command.json, log, metrics.
 
@@ -257,8 +272,9 @@ def open_run(
     }
     (directory / "environment.json").write_text(json.dumps(environment, indent=2, default=str) + "\n")
     setup_logging()
-    handle = Run(directory, tensorboard=tensorboard, mlflow_dir=mlflow_dir)
-    run_record.attach(directory, handle)
+    handle = Run(directory, tensorboard=tensorboard, mlflow_dir=mlflow_dir, record_errors=record_errors)
+    if record_errors:
+        run_record.attach(directory, handle)
     file_handler = logging.FileHandler(directory / "log.txt", encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("backdrop").addHandler(file_handler)

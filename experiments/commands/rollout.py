@@ -99,8 +99,6 @@ def run_sample(args: argparse.Namespace) -> int:
     from rollout.request import expand_requests
     from rollout.sampler import sample_trajectories
 
-    out = Path(args.out) if args.out else new_run_dir("runs", "rollout")
-    open_output_run(args, out, inputs=args.products)  # the run record; the CLI closes it when the command ends
     if args.n < 1 or args.best_of < 1:
         raise BackdropError("--n and --best-of must be >= 1")
     if not 0 <= args.seed < 2**62:  # the generators take int64 seeds; sample k uses seed + k
@@ -132,7 +130,10 @@ def run_sample(args: argparse.Namespace) -> int:
     for index, request in enumerate(requests):
         by_size.setdefault(request.size, []).append(index)
 
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    # Inputs checked: the output folder becomes the run folder (the CLI closes its record when the command ends).
+    out = Path(args.out) if args.out else new_run_dir("runs", "rollout")
+    open_output_run(args, out, inputs=args.products)
+    (out / "images").mkdir()
     reward_fn = _load_reward(args.reward, args.reward_model) if args.reward else None
     rows, records, reports, filtered_total = [], [], [], 0
     for indices in by_size.values():  # the sampler takes one image size per call

@@ -139,6 +139,11 @@ def _space(tmp: Path, target: str) -> str:
     return str(path)
 
 
+def _sample(tmp: Path, *args: str) -> list[str]:
+    """``rollout sample`` of one image in 2 steps into ``tmp/out``, with ``args``."""
+    return [*SAMPLE, "--out", str(tmp / "out"), *args]
+
+
 def _photo(tmp: Path, height: int, width: int, product: tuple[slice, slice] | None = None) -> str:
     rgba = np.zeros((height, width, 4), dtype=np.uint8)
     rgba[product or (slice(0, height // 2), slice(0, width // 2))] = 255
@@ -227,19 +232,19 @@ CASES = [
     Case("a number too large for the computation", lambda t, w, m: _validate(t, w, "--batch-rows", str(10**20)),
          65, r"a number overflowed \(Python int too large to convert to C long\)"),
     # Photos the model cannot take.
-    Case("--native on an odd-sized photo", lambda t, w, m: [*SAMPLE, "--native", "--products", _photo(t, 53, 37)],
+    Case("--native on an odd-sized photo", lambda t, w, m: _sample(t, "--native", "--products", _photo(t, 53, 37)),
          2, r"image size 53x37 is not a multiple of the VAE factor 4"),
     Case("--native on a 2x2 photo",
-         lambda t, w, m: [*SAMPLE, "--native", "--products", _photo(t, 2, 2, (slice(0, 1), slice(0, 1)))],
+         lambda t, w, m: _sample(t, "--native", "--products", _photo(t, 2, 2, (slice(0, 1), slice(0, 1)))),
          2, r"image size 2x2 is not a multiple"),
     Case("--native on a 4x4 photo (no latent left to paint)",
-         lambda t, w, m: [*SAMPLE, "--native", "--products", _photo(t, 4, 4)], 2,
+         lambda t, w, m: _sample(t, "--native", "--products", _photo(t, 4, 4)), 2,
          r"the product touches every latent position; nothing left to paint"),
     Case("a product photo that is not an image",
-         lambda t, w, m: [*SAMPLE, "--products", str(_file(t, "photo.png"))], 2, r"photo.png: cannot read product"),
-    Case("a seed past int64", lambda t, w, m: [*SAMPLE, "--products", "studio:box", "--seed", str(10**20)], 2,
+         lambda t, w, m: _sample(t, "--products", str(_file(t, "photo.png"))), 2, r"photo.png: cannot read product"),
+    Case("a seed past int64", lambda t, w, m: _sample(t, "--products", "studio:box", "--seed", str(10**20)), 2,
          r"--seed must be in \[0, 2\*\*62\)"),
-    Case("more steps than the schedule has", lambda t, w, m: [*SAMPLE, "--products", "studio:box", "--steps", "5000"],
+    Case("more steps than the schedule has", lambda t, w, m: _sample(t, "--products", "studio:box", "--steps", "5000"),
          2, r"--steps 5000: the model's schedule has 1000 timesteps"),
     # Configs.
     Case("LoRA on modules the UNet lacks", _lora_nope, 2,

@@ -114,10 +114,7 @@ def test_guard_refuses_a_blocklisted_prompt(model: Path, tmp_path: Path, capsys:
     assert code == 2
     err = capsys.readouterr().err
     assert "prompt 1 'nike logo on marble': contains the blocked word 'nike'" in err
-    # Refused before sampling: the run folder holds the record of the refusal and no image.
-    error = json.loads((tmp_path / "out" / "error.json").read_text())
-    assert error["exit_code"] == 2 and "contains the blocked word 'nike'" in error["message"]
-    assert not (tmp_path / "out" / "images").exists()
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

@@ -104,3 +104,26 @@ def test_policy_resume_reads_reward_from_the_run(tmp_path: Path, capsys: pytest.
     assert f"reward model folder {recorded} not found" in capsys.readouterr().err
     assert json.loads((run / "error.json").read_text())["exit_code"] == 2
     assert json.loads((run / "command.json").read_text())["flags"]["reward"] == str(recorded)  # kept
+
+
+def test_a_failed_training_run_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import experiments.policy_train
+
+    # The reward model is not what this test is about: a stand-in that scores every image 0.
+    monkeypatch.setattr(experiments.policy_train, "load_reward_model", lambda *a, **k: lambda images, requests: 0)
+    (tmp_path / "reward").mkdir()
+    argv = [
+        "policy",
+        "train",
+        "--reward",
+        str(tmp_path / "reward"),
+        "--no-progress",
+        "--set",
+        f"run.output_dir={tmp_path}",
+    ]
+    assert main([*argv, "--set", 'policy.lora.target_modules=["nope"]']) == 2
+    (run,) = (tmp_path / "policy_train").iterdir()
+    error = json.loads((run / "error.json").read_text())
+    assert (error["command"], error["exit_code"], error["error"]) == ("policy train", 2, "LoraTargetError")
+    assert error["message"].startswith("policy.lora.target_modules=['nope']: no such module in the UNet")
+    assert json.loads((run / "command.json").read_text())["flags"]["reward"] == str(tmp_path / "reward")
