@@ -43,6 +43,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from experiments import run_record
 from experiments.config import ConfigError, dump_toml, load_config
 from experiments.sweep_devices import (
     describe_devices,
@@ -163,6 +164,7 @@ def create_sweep(space: SweepSpaceConfig, base_config: Any, *, space_source: str
         "packages": package_versions(),
     }
     (paths.dir / "environment.json").write_text(json.dumps(environment, indent=2, default=str) + "\n")
+    run_record.attach(paths.dir)  # command.json, and error.json if the sweep fails
     _write_meta(paths, {"target": space.target, "reference": reference, "study_name": STUDY_NAME, "sessions": []})
     optuna.create_study(storage=open_storage(paths), study_name=STUDY_NAME, direction=space.direction)
     logger.info("sweep directory: %s", paths.dir)

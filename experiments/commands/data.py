@@ -167,8 +167,12 @@ def run_validate(args: argparse.Namespace) -> int:
     out = args.out or (
         args.dir / "validated" if args.dir is not None else next(iter(sources.values())).base_dir / "validated"
     )
-    with open_output_run(args, out, inputs=[source.path for source in sources.values()]):
+    with open_output_run(args, out, inputs=[source.path for source in sources.values()]) as run:
         summary = validate_logs(sources, out, config)
+        counts = {
+            f"{t}/{k}": getattr(s, k) for t, s in summary.tables.items() for k in ("read", "accepted", "rejected")
+        }
+        run.log_metrics(counts, step=0)
     print(summary.render_table())
     for table in not_found:
         print(f"not found: {table}")

@@ -85,6 +85,7 @@ def test_a_run_folder_records_flags_and_its_error(tmp_path: Path) -> None:
     error = json.loads((out / "error.json").read_text())
     assert error["exit_code"] == 2 and error["error"] == "InputUnreadableError"
     assert "missing required columns" in error["message"]
+    assert (out / "metrics.jsonl").read_text() == ""  # nothing was read: the failure came first
     # The folder now holds a run: a second run into it is refused, --overwrite empties it first.
     assert main(["data", "validate", str(logs), "--out", str(out)]) == 73
     assert main(["data", "validate", str(logs), "--out", str(out), "--overwrite"]) == 2
@@ -127,3 +128,19 @@ def test_a_failed_training_run_says_why(tmp_path: Path, monkeypatch: pytest.Monk
     assert (error["command"], error["exit_code"], error["error"]) == ("policy train", 2, "LoraTargetError")
     assert error["message"].startswith("policy.lora.target_modules=['nope']: no such module in the UNet")
     assert json.loads((run / "command.json").read_text())["flags"]["reward"] == str(tmp_path / "reward")
+
+
+def test_simulate_and_validate_write_run_folders(tmp_path: Path) -> None:
+    small = ["--set", "world.products=6", "--set", "world.variants_per_product=2", "--set", "logging.requests=40"]
+    assert (
+        main(["simulate", "--out", str(tmp_path / "world"), *small, "--set", "annotators.pairs=10", "--no-progress"])
+        == 0
+    )
+    assert main(["data", "validate", str(tmp_path / "world"), "--out", str(tmp_path / "v"), "--no-progress"]) == 0
+    for folder, command in ((tmp_path / "world", "simulate"), (tmp_path / "v", "data validate")):
+        assert json.loads((folder / "command.json").read_text())["command"] == command
+        assert json.loads((folder / "environment.json").read_text())["command"] == command
+        assert (folder / "log.txt").is_file() and (folder / "config.toml").is_file()
+        assert not (folder / "error.json").exists()
+    (counts,) = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    assert counts["impressions/read"] == counts["impressions/accepted"] + counts["impressions/rejected"] > 0
