@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,19 @@ def test_simulate_and_validate_write_run_folders(tmp_path: Path) -> None:
         assert not (folder / "error.json").exists()
     (counts,) = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
     assert counts["impressions/read"] == counts["impressions/accepted"] + counts["impressions/rejected"] > 0
+
+
+def test_no_progress_silences_the_libraries_bars(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers.utils.logging as hf_logging
+
+    from experiments.cli import silence_library_progress
+
+    monkeypatch.setenv("TQDM_DISABLE", "0")  # restored after the test, like the bars below
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+    hf_logging.enable_progress_bar()
+    try:
+        silence_library_progress()
+        assert not hf_logging.is_progress_bar_enabled()
+        assert os.environ["TQDM_DISABLE"] == "1"  # libraries imported later read it (tqdm's envwrap)
+    finally:
+        hf_logging.enable_progress_bar()
