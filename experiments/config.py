@@ -107,6 +107,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply to parse") from None
     for text in overrides:
         keys, value = parse_override(text)
         _set_nested(data, keys, value, text)
@@ -197,6 +199,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"bad --set {key}=...: the value nests arrays too deeply to parse") from None
     return parts, value
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from experiments.demo_config import DemoConfig
 from experiments.demo_stages import DemoPaths
-from offline_data.errors import BackdropError
+from offline_data.errors import OutputExistsError
 
 logger = logging.getLogger("backdrop")
 
@@ -41,10 +41,8 @@ STAGES: tuple[tuple[str, str], ...] = (
 """(name, what it does), in order."""
 
 
-class DemoOutputError(BackdropError):
-    """The demo's output folder cannot be used."""
-
-    exit_code = 2
+class DemoOutputError(OutputExistsError):
+    """The demo's output folder cannot be used (exit 73, like every command's used output folder)."""
 
 
 def _cpu_seconds() -> float:

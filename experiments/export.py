@@ -49,7 +49,7 @@ from experiments.gates import (
     recorded_override,
 )
 from experiments.policy_train import DIVERGED_FILE, PolicyTrainCommandConfig
-from offline_data.errors import AssetError, BackdropError, InputUnreadableError
+from offline_data.errors import AssetError, BackdropError, InputUnreadableError, OutputExistsError
 from offline_data.finite import dumps_strict
 from offline_data.integrity import check_sha256, write_checksums
 
@@ -155,7 +155,7 @@ def export_candidate(
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise ExportInputError(f"{out}: already holds files; export into a new folder")
+        raise OutputExistsError(f"{out}: already holds files; export into a new folder")
     run = read_run(run_dir, reward_dir)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -112,7 +112,7 @@ def logged_images(data: Any) -> Any:
         raise OfflineDataError(f"{data.source}: {exc}") from None
 
 
-def dpo_objective(policy: Any, data: Any, images: Any, config: OfflineConfig) -> Any:
+def dpo_objective(policy: Any, data: Any, images: Any, config: OfflineConfig, progress: bool = True) -> Any:
     """Diffusion-DPO on the logs' pairwise judgements."""
     from policy.dpo import DPOObjective, preference_pairs
     from policy.offline import encode_logged_images
@@ -128,11 +128,13 @@ def dpo_objective(policy: Any, data: Any, images: Any, config: OfflineConfig) ->
     except ValueError as exc:
         raise OfflineDataError(f"{data.source}/preferences.parquet: {exc}") from None
     logger.info("DPO pairs: %s", oriented.counts)
-    encoded = encode_logged_images(policy, images, batch_size=config.encode_batch, progress=True)
+    encoded = encode_logged_images(policy, images, batch_size=config.encode_batch, progress=progress)
     return DPOObjective(encoded, oriented, config.dpo)
 
 
-def rwr_objective(policy: Any, data: Any, images: Any, config: OfflineConfig, reward_fn: Any, segments: tuple) -> Any:
+def rwr_objective(
+    policy: Any, data: Any, images: Any, config: OfflineConfig, reward_fn: Any, segments: tuple, progress: bool = True
+) -> Any:
     """Reward-weighted regression on the images shown in the impression logs."""
     import torch
 
@@ -183,12 +185,17 @@ def rwr_objective(policy: Any, data: Any, images: Any, config: OfflineConfig, re
         )
     except ValueError as exc:
         raise OfflineDataError(f"{data.source}: cannot weight the logged images: {exc}") from None
-    encoded = encode_logged_images(policy, subset, batch_size=config.encode_batch, progress=True)
+    encoded = encode_logged_images(policy, subset, batch_size=config.encode_batch, progress=progress)
     return RWRObjective(encoded, weights, config.rwr)
 
 
-def train_offline(config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_dir: Path, run: Any) -> list[dict]:
-    """Load the logs, build the objective, train with held-out evaluation; writes into ``run.dir``."""
+def train_offline(
+    config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_dir: Path, run: Any, progress: bool = True
+) -> list[dict]:
+    """Load the logs, build the objective, train with held-out evaluation; writes into ``run.dir``.
+
+    ``progress`` shows the loading, encoding and training bars (``--no-progress`` turns them off).
+    """
     from experiments.policy_requests import run_requests
     from experiments.runtime import setup_runtime
     from policy.evaluation import PolicyEvaluator
@@ -198,14 +205,14 @@ def train_offline(config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_
     runtime = setup_runtime(config.run)
     world = load_world(config.world) if config.catalogue.requests is None else None
     reward_fn = load_reward_model(reward_dir, head_weights=config.reward.head_weights, world=world)
-    data = load_reward_data(data_dir, load_masks=True, progress=True)
+    data = load_reward_data(data_dir, load_masks=True, progress=progress)
     images = logged_images(data)
     policy = build_policy(config.policy, runtime)
     method = config.offline.method
     if method == "dpo":
-        objective = dpo_objective(policy, data, images, config.offline)
+        objective = dpo_objective(policy, data, images, config.offline, progress)
     else:
-        objective = rwr_objective(policy, data, images, config.offline, reward_fn, config.requests.segments)
+        objective = rwr_objective(policy, data, images, config.offline, reward_fn, config.requests.segments, progress)
     requests = run_requests(config, run.dir, policy.resolution, world, need_train=False)
     evaluator = PolicyEvaluator(
         requests.evaluation, reward_fn=reward_fn, gold_fn=requests.gold_fn, sampler=config.sampler, config=config.eval
@@ -219,7 +226,7 @@ def train_offline(config: PolicyOfflineCommandConfig, *, data_dir: Path, reward_
         evaluator=evaluator,
         log_metrics=run.log_metrics,
         output_dir=run.dir,
-        progress=True,
+        progress=progress,
     )
     history = trainer.train()
     evaluated = [h for h in history if "eval/kl_nats" in h]

@@ -43,6 +43,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from experiments import run_record
 from experiments.config import ConfigError, dump_toml, load_config
 from experiments.sweep_devices import (
     describe_devices,
@@ -53,7 +54,7 @@ from experiments.sweep_devices import (
     worker_environment,
 )
 from experiments.sweep_space import SweepSpaceConfig, check_space, load_space
-from experiments.sweep_targets import load_target, target_reference
+from experiments.sweep_targets import import_target, target_reference
 from experiments.sweep_trial import TrialRunner, read_trial_record, trial_dir, write_trial_record
 from experiments.tracking import git_state, new_run_dir, package_versions
 from offline_data.errors import BackdropError, InputUnreadableError
@@ -163,6 +164,7 @@ def create_sweep(space: SweepSpaceConfig, base_config: Any, *, space_source: str
         "packages": package_versions(),
     }
     (paths.dir / "environment.json").write_text(json.dumps(environment, indent=2, default=str) + "\n")
+    run_record.attach(paths.dir)  # command.json, and error.json if the sweep fails
     _write_meta(paths, {"target": space.target, "reference": reference, "study_name": STUDY_NAME, "sessions": []})
     optuna.create_study(storage=open_storage(paths), study_name=STUDY_NAME, direction=space.direction)
     logger.info("sweep directory: %s", paths.dir)
@@ -184,7 +186,7 @@ def open_sweep(directory: str | Path) -> Sweep:
         reference = target_reference(meta["target"])
     except ConfigError:
         reference = meta["reference"]  # a target registered by the process that created the sweep
-    target = load_target(reference)
+    target = import_target(reference, meta["target"])
     base_config = load_config(target.config_class, paths.config)
     check_space(space, base_config, source=str(paths.space))
     return Sweep(paths, space, base_config, reference)
@@ -286,7 +288,7 @@ def optimize(sweep: Sweep, *, n_trials: int, timeout: float | None, threads: int
     """Run ``n_trials`` trials of ``sweep`` in this process (one worker)."""
     import optuna
 
-    target = load_target(sweep.target_reference)
+    target = import_target(sweep.target_reference)
     study = optuna.load_study(
         study_name=STUDY_NAME,
         storage=open_storage(sweep.paths),

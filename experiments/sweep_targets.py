@@ -8,8 +8,8 @@ sweep builds one config per trial (base config + suggested params), opens the tr
 in ``finally``, never swallow).
 
 Targets are registered by name -> ``"package.module:ATTRIBUTE"`` (a module-level :class:`SweepTarget`), not by
-object, because ``--workers N`` starts fresh processes that import the target themselves. A space file may also
-name such a reference directly (``target = "my_project.targets:TARGET"``).
+object, because ``--workers N`` starts fresh processes that import the target themselves. A space file names a
+registered target only: a ``module:ATTRIBUTE`` there is refused (it would import any module a file names).
 
 Built-in targets (:data:`BUILTIN_TARGETS`), defined lazily by this module's ``__getattr__`` so that importing the
 registry does not import torch:
@@ -95,35 +95,50 @@ def available_targets() -> dict[str, str]:
 
 
 def target_reference(name: str) -> str:
-    """The ``module:ATTRIBUTE`` behind a target name (a name that is already a reference is returned as is)."""
+    """The ``module:ATTRIBUTE`` behind a registered target name.
+
+    Only registered names are accepted: a space file is input, and naming a module in it would import (run)
+    whatever that module is. A project registers its own targets with :func:`register_target` first.
+
+    Raises:
+        TargetError: ``name`` is not registered (a ``module:ATTRIBUTE`` reference included).
+    """
     targets = available_targets()
     if name in targets:
         return targets[name]
+    registered = ", ".join(f"'{n}'" for n in sorted(targets)) or "none"
     if ":" in name:
-        return name
-    if targets:
-        close = difflib.get_close_matches(name, list(targets), n=1, cutoff=0.5)
-        hint = f" (did you mean '{close[0]}'?)" if close else f"; registered: {', '.join(sorted(targets))}"
-    else:
-        hint = (
-            "; no trainer is registered yet (see experiments/sweep_targets.py); name an importable "
-            "SweepTarget as 'package.module:ATTRIBUTE'"
+        raise TargetError(
+            f"sweep target '{name}': a space file names a registered target, never a module to import "
+            f"(registered: {registered}); register yours with experiments.sweep_targets.register_target(name, "
+            "'package.module:ATTRIBUTE') before running the sweep"
         )
+    close = difflib.get_close_matches(name, list(targets), n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else f"; registered: {registered}"
     raise TargetError(f"unknown sweep target '{name}'{hint}")
 
 
-def load_target(name_or_reference: str) -> SweepTarget:
-    """Import and return the :class:`SweepTarget` for a registered name or a ``module:ATTRIBUTE`` reference."""
-    reference = target_reference(name_or_reference)
+def load_target(name: str) -> SweepTarget:
+    """Import and return the :class:`SweepTarget` registered as ``name``."""
+    return import_target(target_reference(name), name)
+
+
+def import_target(reference: str, name: str | None = None) -> SweepTarget:
+    """Import the :class:`SweepTarget` at ``reference`` (``module:ATTRIBUTE``).
+
+    Only for references that came from the registry: the one a sweep recorded in its own sweep.json when it
+    was created, which its worker processes (fresh interpreters without the creator's registrations) import.
+    """
+    label = name or reference
     module_name, _, attribute = reference.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise TargetError(f"sweep target '{name_or_reference}': cannot import {module_name!r}: {exc}") from None
+        raise TargetError(f"sweep target '{label}': cannot import {module_name!r}: {exc}") from None
     target = getattr(module, attribute, None)
     if not isinstance(target, SweepTarget):
         found = "nothing" if target is None else type(target).__name__
-        raise TargetError(f"sweep target '{name_or_reference}': {reference} is {found}, expected a SweepTarget")
+        raise TargetError(f"sweep target '{label}': {reference} is {found}, expected a SweepTarget")
     return target
 
 

@@ -115,6 +115,7 @@ class TrialRunner:
                 command=f"sweep trial ({self.target.name})",
                 extra={"sweep": {"dir": str(self.sweep_dir), "trial": trial.number, "params": params}},
                 directory=directory,
+                record_errors=False,  # a failed or pruned trial is recorded by the handlers below
             ) as run:
                 write_trial_record(directory, record)
                 tracker = ObjectiveTracker(self.space.objective, self.space.direction, self.space.budget)

@@ -7,6 +7,8 @@ A run lives in ``<output_dir>/<name>/<timestamp>``, created fresh and never over
 - ``metrics.jsonl``: one JSON object per logged step (``{"step": 3, "policy/kl": 0.01, ...}``), strict JSON: a NaN
   or infinite value is written as null and its key listed under ``"non_finite"`` (``offline_data.finite``);
 - ``log.txt``: the text log (Python ``logging``), also shown on the console;
+- ``command.json``: the command and every flag with its resolved value (``--resume`` reads it back), and,
+  when the command failed, ``error.json`` with the message and exit code (:mod:`experiments.run_record`);
 
 and, when enabled, TensorBoard event files (``tb/``) and a local MLflow file store.
 Components never import this module: trainers take a ``log_metrics(metrics, step)`` callable, and
@@ -30,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from experiments import run_record
 from experiments.config import RunConfig, dump_toml
 from offline_data.errors import InputUnreadableError
 from offline_data.finite import dumps_strict, strict_json
@@ -87,12 +90,24 @@ def new_run_dir(output_dir: str | Path, name: str, now: dt.datetime | None = Non
     raise RuntimeError(f"could not create a fresh run directory under {parent}")
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at the time (tests and notebooks swap it)."""
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Console logging for the ``backdrop`` logger (idempotent); run directories add a file handler."""
     root = logging.getLogger("backdrop")
     root.setLevel(level)
     if not any(getattr(h, "_backdrop_console", False) for h in root.handlers):
-        console = logging.StreamHandler(sys.stderr)
+        console = _ConsoleHandler()
         console.setFormatter(logging.Formatter("%(message)s"))
         console._backdrop_console = True  # type: ignore[attr-defined]
         root.addHandler(console)
@@ -105,8 +120,13 @@ class Run:
     Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, directory: Path, *, tensorboard: bool = False, mlflow_dir: Path | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, tensorboard: bool = False, mlflow_dir: Path | None = None, record_errors: bool = True
+    ) -> None:
         self.dir = directory
+        self.record_errors = record_errors
+        """Write error.json into the folder when the run is left by an exception (off for sweep trials, which
+        record their own failures and leave by optuna's TrialPruned)."""
         self._metrics = (directory / "metrics.jsonl").open("a", encoding="utf-8")
         self._file_handler: logging.Handler | None = None
         self._tb = None
@@ -143,7 +163,13 @@ class Run:
             logger.warning("%s: non-finite value(s) written as null: %s", path, ", ".join(non_finite))
         return path
 
+    @property
+    def closed(self) -> bool:
+        return self._metrics.closed
+
     def close(self) -> None:
+        if self.closed:  # closed already (by the command, then by the CLI's run record)
+            return
         self._metrics.close()
         if self._tb is not None:
             self._tb.close()
@@ -156,7 +182,9 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        if exc is not None and self.record_errors:  # the run ends in a failure: say why in its folder
+            run_record.write_error(self.dir, run_record.describe(exc))
         self.close()
 
 
@@ -190,6 +218,7 @@ def start_run(
     command: str,
     extra: Mapping[str, Any] | None = None,
     directory: Path | None = None,
+    record_errors: bool = True,
 ) -> Run:
     """Create a fresh run directory, write the resolved config and environment, attach the text log.
 
@@ -200,11 +229,40 @@ def start_run(
         extra: more fields for environment.json (e.g. the resolved device).
         directory: create exactly this (new) folder instead of ``<output_dir>/<name>/<timestamp>``; a sweep
             puts each trial at ``<sweep>/trials/<number>``.
+        record_errors: write error.json when the run is left by an exception (see :attr:`Run.record_errors`).
     """
     if directory is None:
         directory = new_run_dir(run.output_dir, run.name)
     else:
         directory.mkdir(parents=True, exist_ok=False)
+    return open_run(
+        directory,
+        config,
+        command=command,
+        extra=extra,
+        tensorboard=run.tensorboard,
+        mlflow_dir=Path(run.output_dir) / "mlruns" if run.mlflow else None,
+        record_errors=record_errors,
+    )
+
+
+def open_run(
+    directory: Path,
+    config: Any,
+    *,
+    command: str,
+    extra: Mapping[str, Any] | None = None,
+    tensorboard: bool = False,
+    mlflow_dir: Path | None = None,
+    announce: bool = True,
+    record_errors: bool = True,
+) -> Run:
+    """Make an existing (empty) folder a run folder: config.toml, environment.json, command.json, log, metrics.
+
+    Commands whose output folder is the run folder (``data validate``, ``rollout sample``...) call this on
+    it; ``config`` is then their resolved flags (``{"flags": {...}}``) when they have no config file, and
+    ``announce=False`` (the user named the folder; the log does not repeat it).
+    """
     (directory / "config.toml").write_text(dump_toml(config), encoding="utf-8")
     environment = {
         "command": command,
@@ -221,16 +279,15 @@ def start_run(
     }
     (directory / "environment.json").write_text(json.dumps(environment, indent=2, default=str) + "\n")
     setup_logging()
-    handle = Run(
-        directory,
-        tensorboard=run.tensorboard,
-        mlflow_dir=Path(run.output_dir) / "mlruns" if run.mlflow else None,
-    )
+    handle = Run(directory, tensorboard=tensorboard, mlflow_dir=mlflow_dir, record_errors=record_errors)
+    if record_errors:
+        run_record.attach(directory, handle)
     file_handler = logging.FileHandler(directory / "log.txt", encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("backdrop").addHandler(file_handler)
     handle._file_handler = file_handler
-    logger.info("run directory: %s", directory)
+    if announce:
+        logger.info("run directory: %s", directory)
     return handle
 
 

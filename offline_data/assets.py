@@ -34,6 +34,11 @@ def resolve_asset_path(root: Path, path: str) -> Path:
     return candidate if candidate.is_absolute() else root / candidate
 
 
+def is_inside(root: Path, path: Path) -> bool:
+    """Whether ``path`` (after ``..`` and symlinks are resolved) lies inside the folder ``root``."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()

@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from offline_data.conversion import ColumnTypeError, convert
+from offline_data.conversion import ColumnTypeError, assume_timezone, convert, zone_less
 from offline_data.errors import InputUnreadableError
 from offline_data.io import RawBatch
-from offline_data.problems import Finding, show_choice, show_values
+from offline_data.problems import Finding, show_choice, show_constant, show_values
 from offline_data.schemas import Column, TableSchema
 
 SHA256_RE = r"^[0-9a-f]{64}$"
@@ -26,6 +26,15 @@ _FORMATS: dict[tuple[str, str], tuple[str, str]] = {
     ("assets", "sha256"): (SHA256_RE, "SHA-256 as 64 lowercase hex digits"),
 }
 """(table, column) -> (regex the value must match, how to say so); stricter than "non-empty string"."""
+
+CONTROL_RE = r"[\x00-\x1f\x7f]"
+"""A control character (NUL, \\x01-\\x1f, DEL): never part of an id (they break joins, files and terminals)."""
+ID_EXPECTATION = "non-empty string without control characters (NUL, \\x01-\\x1f, \\x7f)"
+
+
+def is_id_column(column: Column) -> bool:
+    """Columns holding identifiers: ``*_id`` and the two images of a preference pair."""
+    return pa.types.is_string(column.type) and (column.name.endswith("_id") or column.name in ("image_a", "image_b"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +57,9 @@ class ParsedBatch:
 
 def _expectation(table: str, column: Column) -> str:
     fmt = _FORMATS.get((table, column.name))
-    return fmt[1] if fmt else column.expectation()
+    if fmt:
+        return fmt[1]
+    return ID_EXPECTATION if is_id_column(column) else column.expectation()
 
 
 def _violations(table: str, column: Column, values: pa.Array) -> np.ndarray:
@@ -59,6 +70,8 @@ def _violations(table: str, column: Column, values: pa.Array) -> np.ndarray:
     elif pa.types.is_string(column.type):
         fmt = _FORMATS.get((table, column.name))
         ok = pc.match_substring_regex(values, fmt[0]) if fmt else pc.greater(pc.binary_length(values), 0)
+        if is_id_column(column):
+            ok = pc.and_(ok, pc.invert(pc.match_substring_regex(values, CONTROL_RE)))
     else:
         bounds = []
         if column.min_value is not None:
@@ -75,8 +88,13 @@ def _violations(table: str, column: Column, values: pa.Array) -> np.ndarray:
     return ~np.asarray(ok.fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def check_columns(batch: RawBatch, schema: TableSchema, path: Path) -> tuple[ParsedBatch, list[Finding]]:
+def check_columns(
+    batch: RawBatch, schema: TableSchema, path: Path, *, timezone: str | None = None
+) -> tuple[ParsedBatch, list[Finding]]:
     """Parse every column of ``batch`` and find missing, unparseable and out-of-constraint values.
+
+    A timestamp without a zone is refused (``<column>:no_zone``) unless ``timezone`` (an IANA name) says which
+    zone such times were written in; they are then converted to UTC from it.
 
     Raises:
         InputUnreadableError: a column's stored type can never hold the schema type (e.g. a list column).
@@ -108,12 +126,26 @@ def check_columns(batch: RawBatch, schema: TableSchema, path: Path) -> tuple[Par
                 show_values(parsed, quote=is_text), show_values(raw, quote=True), use_first=~unparseable
             )
             findings.append(Finding(f"{column.name}:invalid", column.name, invalid, expected, shown))
+        if pa.types.is_timestamp(column.type):
+            naive = zone_less(raw) & present & ~invalid
+            if timezone is not None:
+                parsed = assume_timezone(parsed, naive, timezone)
+            elif naive.any():
+                findings.append(_no_zone(column, naive, raw))
+                invalid |= naive
         values[column.name] = parsed
         valid[column.name] = present & ~invalid
     parsed_batch = ParsedBatch(batch.file_index, batch.rows, batch.columns, values, valid)
     if schema.name == "preferences":
         findings.extend(_self_pairs(parsed_batch))
     return parsed_batch, findings
+
+
+def _no_zone(column: Column, naive: np.ndarray, raw: pa.Array) -> Finding:
+    expected = "an ISO-8601 timestamp with a zone (Z or +hh:mm)"
+    note = " (no time zone: give one, or --assume-timezone ZONE, e.g. UTC, to convert such times from it)"
+    shown = show_values(raw, quote=True)
+    return Finding(f"{column.name}:no_zone", column.name, naive, expected, shown, show_constant(note))
 
 
 def _self_pairs(batch: ParsedBatch) -> list[Finding]:

@@ -10,7 +10,9 @@ fails on the first bad string). Accepted spellings:
   and every range then refuses them);
 - boolean: a boolean, integers 0/1, or the strings ``true``/``false``/``1``/``0`` (any letter case);
 - timestamp: an Arrow timestamp (naive means UTC; sub-microsecond digits are truncated), a date, or an
-  ISO-8601 string ``YYYY-MM-DD[(T| )hh[:mm[:ss[.fraction]]][Z|±hh[:mm]]]`` (no offset means UTC);
+  ISO-8601 string ``YYYY-MM-DD[(T| )hh[:mm[:ss[.fraction]]][Z|±hh[:mm]]]`` (no offset means UTC here;
+  :func:`zone_less` finds such values so that validation refuses them or, told the zone, converts them with
+  :func:`assume_timezone`);
 - string: any string type, or integers (ids stored as numbers).
 
 Surrounding whitespace is ignored when parsing numbers, booleans and timestamps from strings. Strings go
@@ -161,6 +163,37 @@ def _to_timestamp(array: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.nd
     if _is_string(array.type):
         return _parse_iso8601(pc.utf8_trim_whitespace(pc.cast(array, pa.string())), target)
     raise _unsupported(array, "timestamp")
+
+
+def zone_less(array: pa.Array) -> np.ndarray:
+    """[N] bool: present timestamp values that carry no time zone (naive Arrow timestamps, dates, ISO strings
+    without ``Z`` or an offset). :func:`convert` reads them as UTC; whether that is right is the caller's call."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    present = _mask(pc.is_valid(array))
+    if pa.types.is_timestamp(array.type):
+        return present if array.type.tz is None else np.zeros(len(array), dtype=bool)
+    if pa.types.is_date(array.type):
+        return present
+    if _is_string(array.type):
+        zone = pc.extract_regex(pc.utf8_trim_whitespace(pc.cast(array, pa.string())), _TIMESTAMP_RE).field("zone")
+        return present & ~_mask(pc.not_equal(zone.fill_null(""), ""))
+    return np.zeros(len(array), dtype=bool)
+
+
+def assume_timezone(values: pa.Array, naive: np.ndarray, timezone: str) -> pa.Array:
+    """Re-read the ``naive`` [N] entries of ``values`` (timestamps read as UTC) as wall-clock times in ``timezone``.
+
+    An ambiguous or skipped local time (a daylight-saving change) takes the earlier instant.
+
+    Raises:
+        pyarrow.ArrowInvalid: ``timezone`` is not an IANA zone name.
+    """
+    if not naive.any():
+        return values
+    wall = pc.cast(values, pa.timestamp(values.type.unit))  # the written wall-clock time, zone dropped
+    local = pc.assume_timezone(wall, timezone=timezone, ambiguous="earliest", nonexistent="earliest")
+    return pc.if_else(pa.array(naive), pc.cast(local, values.type), values)
 
 
 def _fast_cast(text: pa.Array, target: pa.DataType) -> pa.Array | None:

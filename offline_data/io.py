@@ -12,7 +12,8 @@ validator's job, so one bad value rejects one row rather than the file); JSON Li
 schema's types when Arrow parses the whole block with them, and as strings (read line by line) when it
 does not. Records that cannot be split into fields at all (a CSV line with the wrong number of fields, a
 JSON line that is not an object) come out as :class:`MalformedRows`, so they are rejected with the rest.
-Files in a part folder whose names start with ``.`` or ``_`` (``_SUCCESS``, ``.crc``) are not parts.
+Files in a part folder whose names start with ``.`` or ``_`` (``_SUCCESS``, ``.crc``) are not parts; any other
+entry that is not a regular file (a folder, a symlink loop) is an error, never skipped.
 
 A file that cannot be read at all (missing, not Parquet, truncated, not UTF-8, missing a required column)
 raises :class:`~offline_data.errors.InputUnreadableError` naming the file.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
+import errno
 import io
 import json
 from collections.abc import Iterator
@@ -44,6 +46,9 @@ SUFFIXES: dict[str, FileFormat] = {
     ".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
 }  # fmt: skip
 """File name suffix -> format."""
+
+_TOO_DEEP = "nests arrays or objects too deeply to parse (Python's recursion limit)"
+"""Problem of a JSON line nested deeper than ``json.loads`` can follow (about 1,000 levels)."""
 
 _TEXT_BLOCK_BYTES = 4 << 20
 """Bytes per block when reading CSV / JSON Lines (one block becomes one or a few batches)."""
@@ -115,7 +120,9 @@ def resolve_source(table: TableName, path: str | Path) -> TableSource:
     """
     path = Path(path)
     if path.is_dir():
-        parts = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+        parts = sorted(p for p in path.iterdir() if not p.name.startswith((".", "_")))
+        for part in parts:
+            _check_part_file(part, table)
         formats = {format_of(p) for p in parts} - {None}
         if not formats:
             raise InputUnreadableError(
@@ -134,6 +141,29 @@ def resolve_source(table: TableName, path: str | Path) -> TableSource:
             f"(expected one of {', '.join(sorted(SUFFIXES))})"
         )
     return TableSource(table, path, fmt, (path,))
+
+
+def _check_part_file(part: Path, table: str) -> None:
+    """A part folder's entry must be a regular file (or a symlink to one): nothing is skipped silently."""
+    if part.is_file():
+        return
+    if part.is_symlink():
+        try:
+            part.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a symlink loop this way
+            found = "a symlink loop"
+        except OSError as exc:
+            found = "a symlink loop" if exc.errno == errno.ELOOP else "a broken symlink"
+        else:
+            found = "a symlink to something that is not a regular file"
+    elif part.is_dir():
+        found = "a folder"
+    else:
+        found = "not a regular file (a device, socket or pipe)"
+    raise InputUnreadableError(
+        f"{part}: expected a part file of the {table} table, found {found}; remove it, or start its name with "
+        "'_' or '.' (such entries are not parts)"
+    )
 
 
 def find_table(directory: str | Path, table: TableName) -> TableSource | None:
@@ -345,6 +375,8 @@ class JsonlFileReader(FileReader):
             record = json.loads(first) if first else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputUnreadableError(f"{path}: not JSON Lines: line 1 is not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InputUnreadableError(f"{path}: not JSON Lines: line 1 {_TOO_DEEP}") from None
         if not isinstance(record, dict):
             raise InputUnreadableError(f"{path}: not JSON Lines: the first record is not a JSON object")
         self._check_columns(list(record), "first record has")
@@ -469,6 +501,8 @@ def _parse_json_line(line: bytes) -> tuple[str | None, dict]:
         return "not valid UTF-8", {}
     except json.JSONDecodeError as exc:
         return f"not valid JSON ({exc.msg})", {}
+    except RecursionError:
+        return _TOO_DEEP, {}
     if not isinstance(record, dict):
         found = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(record), "number")
         return f"expected a JSON object, got {found}", {}

@@ -10,6 +10,8 @@ kernels (there can be a million rejected rows), in the format of STYLE.md "Error
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +26,14 @@ FoundText = Callable[[np.ndarray], pa.Array]
 """Given row indices [K] of a batch, the values found there as display strings [K]."""
 
 
+def _escape_controls(text: pa.Array) -> pa.Array:
+    """Control characters written as ``\\xNN`` so a message never carries a raw NUL or escape sequence."""
+    if not pc.any(pc.match_substring_regex(text, r"[\x00-\x1f\x7f]")).as_py():
+        return text
+    escape = functools.partial(re.sub, r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}")
+    return pa.array([None if v is None else escape(v) for v in text.to_pylist()], type=pa.string())
+
+
 def show_values(values: pa.Array, *, quote: bool | np.ndarray) -> FoundText:
     """A :data:`FoundText` showing ``values`` [N]; strings are quoted where ``quote`` (bool or [N] mask).
 
@@ -35,6 +45,7 @@ def show_values(values: pa.Array, *, quote: bool | np.ndarray) -> FoundText:
         if pa.types.is_dictionary(picked.type):
             picked = picked.dictionary_decode()
         text = picked if pa.types.is_string(picked.type) else pc.cast(picked, pa.string())
+        text = _escape_controls(text)
         long = pc.greater(pc.utf8_length(text), _SHOWN_CHARS)
         text = pc.if_else(
             long, pc.binary_join_element_wise(pc.utf8_slice_codeunits(text, 0, _SHOWN_CHARS), "…", ""), text
@@ -42,6 +53,15 @@ def show_values(values: pa.Array, *, quote: bool | np.ndarray) -> FoundText:
         quoted = pc.binary_join_element_wise("'", text, "'", "")
         mask = quote if isinstance(quote, bool) else pa.array(np.asarray(quote)[index])
         return pc.if_else(mask, quoted, text).fill_null("null")
+
+    return found
+
+
+def show_constant(text: str) -> FoundText:
+    """The same ``text`` for every row shown (a note such as `` (not found)``)."""
+
+    def found(index: np.ndarray) -> pa.Array:
+        return pa.array([text] * len(index), type=pa.string())
 
     return found
 

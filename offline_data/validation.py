@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zoneinfo
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -28,13 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from offline_data.assets import asset_root_metadata, file_sha256, resolve_asset_path
+from offline_data.assets import asset_root_metadata, file_sha256, is_inside, resolve_asset_path
 from offline_data.checks import ParsedBatch, check_columns
 from offline_data.errors import LogValidationError
 from offline_data.io import FileReader, MalformedRows, RawBatch, TableSource, as_text, open_file
 from offline_data.keys import hash_strings
 from offline_data.outputs import AtomicParquetWriter, accepted_path, rejects_path, rejects_schema
-from offline_data.problems import Finding, FoundText, ProblemLog, show_values
+from offline_data.problems import Finding, FoundText, ProblemLog, show_constant, show_values
 from offline_data.references import TableKeys, not_clicked, product_mismatch
 from offline_data.schemas import SCHEMAS, TABLE_NAMES, TableName, TableSchema
 from offline_data.summary import FileProblems, TableSummary, ValidationSummary
@@ -70,6 +71,12 @@ class ValidationConfig:
     """Problems listed per input file (all of them are counted, and every rejected row keeps its messages)."""
     check_files: bool = False
     """Also read every asset file and compare its SHA-256 with the table (slow: reads every image once)."""
+    assume_timezone: str | None = None
+    """IANA zone (``UTC``, ``Europe/Paris``) in which timestamps written without a zone were recorded; they are
+    converted to UTC from it. None: such a timestamp is refused (``shown_at:no_zone``), never guessed."""
+    allow_outside_assets: bool = False
+    """With ``check_files``: read asset paths that lead outside the assets table's folder (``../``, absolute
+    paths, symlinks out). Off: such a row is rejected (``path:outside``) and its file is never opened."""
     batch_rows: int = 262_144
     """Rows per batch. Peak memory grows with it (about 0.5 KB per impressions row in flight)."""
 
@@ -78,6 +85,13 @@ class ValidationConfig:
             raise ValueError(f"max_problems must be >= 0, got {self.max_problems}")
         if self.batch_rows < 1:
             raise ValueError(f"batch_rows must be >= 1, got {self.batch_rows}")
+        if self.assume_timezone is not None:
+            try:
+                zoneinfo.ZoneInfo(self.assume_timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"assume_timezone must be an IANA zone like UTC or Europe/Paris, got {self.assume_timezone!r}"
+                ) from None
 
 
 def validate_logs(
@@ -250,7 +264,7 @@ class _TableValidator:
         accepted: AtomicParquetWriter,
         rejects: AtomicParquetWriter,
     ) -> None:
-        parsed, findings = check_columns(batch, self.schema, path)
+        parsed, findings = check_columns(batch, self.schema, path, timezone=self.config.assume_timezone)
         findings.extend(self._reference_findings(parsed))
         if self.source.table == "assets" and self.config.check_files:
             findings.extend(self._file_findings(parsed))
@@ -307,19 +321,29 @@ class _TableValidator:
         recorded = parsed.values["sha256"].take(pa.array(usable)).to_pylist()
         missing = np.zeros(len(parsed), dtype=bool)
         mismatch = np.zeros(len(parsed), dtype=bool)
+        outside = np.zeros(len(parsed), dtype=bool)
         actual: list[str | None] = [None] * len(parsed)
         for i, rel, expected in zip(usable, paths, recorded):
             file = resolve_asset_path(self.source.base_dir, rel)
+            if not self.config.allow_outside_assets and not is_inside(self.source.base_dir, file):
+                outside[i] = True  # never opened: the logs name files, they do not get to read any file
+                continue
             if not file.is_file():
                 missing[i] = True
                 continue
             actual[i] = file_sha256(file)
             mismatch[i] = actual[i] != expected
         findings = []
+        if outside.any():
+            expected = f"a path inside {self.source.base_dir} (--allow-outside-assets reads others)"
+            shown = show_values(parsed.values["path"], quote=True)
+            findings.append(Finding("path:outside", "path", outside, expected, shown))
         if missing.any():
             expected = f"a file (relative to {self.source.base_dir})"
             shown = show_values(parsed.values["path"], quote=True)
-            findings.append(Finding("path:missing_file", "path", missing, expected, shown, _constant(" (not found)")))
+            findings.append(
+                Finding("path:missing_file", "path", missing, expected, shown, show_constant(" (not found)"))
+            )
         if mismatch.any():
             digest = pa.array(actual, type=pa.string())
             shown = show_values(parsed.values["sha256"], quote=True)
@@ -396,13 +420,6 @@ class _TableValidator:
         }
         columns = [arrays.get(f.name, pa.nulls(n, pa.string())) for f in rejects.schema]
         rejects.write(pa.RecordBatch.from_arrays(columns, schema=rejects.schema))
-
-
-def _constant(text: str) -> FoundText:
-    def note(index: np.ndarray) -> pa.Array:
-        return pa.array([text] * len(index), type=pa.string())
-
-    return note
 
 
 def _prefixed(before: str, inner: FoundText, after: str) -> FoundText:

@@ -25,7 +25,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from offline_data.errors import AssetError
+from offline_data.errors import AssetError, BackdropError
 from offline_data.integrity import require_finite_weights, verify_weights, write_checksums
 from policy.config import LoraConfig
 
@@ -37,6 +37,12 @@ _PREFIX = "unet."
 _METADATA_KEY = "lora_adapter_metadata"
 
 
+class LoraTargetError(BackdropError, ValueError):
+    """``policy.lora.target_modules`` names no module of the UNet (peft refuses the adapter)."""
+
+    exit_code = 2
+
+
 def add_lora(unet: UNet2DConditionModel, config: LoraConfig) -> None:
     """Freeze ``unet`` and attach a fresh adapter; only the LoRA weights require grad, and they are float32.
 
@@ -44,7 +50,8 @@ def add_lora(unet: UNet2DConditionModel, config: LoraConfig) -> None:
     exactly what the base UNet computes until the first update.
 
     Raises:
-        ValueError: the UNet already has an adapter, or no module matches ``config.target_modules``.
+        ValueError: the UNet already has an adapter.
+        LoraTargetError: no module matches ``config.target_modules`` (a ValueError too).
     """
     if getattr(unet, "peft_config", None):
         raise ValueError(f"the UNet already has adapter(s) {sorted(unet.peft_config)}; add_lora attaches one")
@@ -59,7 +66,11 @@ def add_lora(unet: UNet2DConditionModel, config: LoraConfig) -> None:
     try:
         unet.add_adapter(peft_config, adapter_name=ADAPTER_NAME)
     except ValueError as exc:
-        raise ValueError(f"cannot add LoRA with target_modules={list(config.target_modules)}: {exc}") from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LoraTargetError(
+            f"policy.lora.target_modules={list(config.target_modules)}: no such module in the UNet "
+            f"(expected names like to_q, to_k, to_v, to_out.0): {detail}"
+        ) from None
     # Frozen weights may be bf16; LoRA weights (and so their gradients and optimiser state) stay float32.
     for param in lora_parameters(unet):
         param.data = param.data.float()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from offline_data.errors import AssetError
 from rollout.config import SamplerConfig
 from rollout.ddim_logprob import ddim_step_std
 from rollout.denoise import denoise_step, prepare_conditioning
@@ -45,6 +46,10 @@ from rollout.request import InpaintRequest
 from rollout.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
+
+
+class ImageSizeError(AssetError, ValueError):
+    """A request's image the model cannot take: a size not a multiple of its VAE factor, or no latent to paint."""
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -105,7 +110,10 @@ def sample_trajectories(
             )
     factor = model.vae_scale_factor
     if size[0] % factor or size[1] % factor:
-        raise ValueError(f"image size {size[0]}x{size[1]} is not a multiple of the VAE factor {factor}")
+        raise ImageSizeError(
+            f"request {requests[0].request_id!r}: image size {size[0]}x{size[1]} is not a multiple of the VAE "
+            f"factor {factor}; crop or pad the photo to a multiple of {factor}, or drop --native"
+        )
 
     scheduler = model.scheduler
     scheduler.set_timesteps(config.num_steps, device=model.device)
@@ -154,7 +162,10 @@ def _sample_chunk(
     no_background = (~latent_product).flatten(1).any(dim=1).logical_not()
     if bool(no_background.any()):
         bad = [requests[i].request_id for i in torch.nonzero(no_background).flatten().tolist()]
-        raise ValueError(f"request(s) {bad}: the product touches every latent position; nothing left to paint")
+        raise ImageSizeError(
+            f"request(s) {bad}: the product touches every latent position; nothing left to paint (give the photo "
+            "more background around the product, or drop --native)"
+        )
     latent_product = latent_product.to(device)
 
     pixels = original.to(device=device, dtype=torch.float32) / 127.5 - 1.0

@@ -8,8 +8,16 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, default_config: str | None = None) -> None:
-    """Add ``--config FILE`` and repeatable ``--set KEY=VALUE`` (precedence: defaults < file < --set)."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser, *, config_class: str, example: str, default_config: str | None = None
+) -> None:
+    """Add ``--config FILE`` and repeatable ``--set KEY=VALUE`` (precedence: defaults < file < --set).
+
+    Args:
+        config_class: ``"module:ATTRIBUTE"`` of the command's root config class (or of a function returning it),
+            kept on the parser so that a test checks ``example`` against it without importing it here.
+        example: a ``KEY=VALUE`` of that config shown in ``--help`` (valid for this command, not another's).
+    """
     parser.add_argument(
         "--config",
         metavar="FILE",
@@ -23,8 +31,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, default_config: str
         metavar="KEY=VALUE",
         action="append",
         default=[],
-        help="override one config key, e.g. --set policy.lora.rank=16 (repeatable; applied after --config)",
+        help=f"override one config key, e.g. --set {example} (repeatable; applied after --config)",
     )
+    parser.set_defaults(config_class=config_class, set_example=example)
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: hide backdrop's progress bars and the libraries' own (the CLI silences those)."""
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def load_root_config(cls: type[T], args: argparse.Namespace) -> T:

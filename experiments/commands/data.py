@@ -32,8 +32,21 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return values
 
 
+def _timezone(text: str) -> str:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"expected an IANA time zone like UTC or Europe/Paris, got {text!r}"
+        ) from None
+    return text
+
+
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import group_parser
+    from experiments.commands.arguments import add_progress_argument, group_parser
+    from experiments.output_folder import add_overwrite_argument
 
     commands = group_parser(subparsers, "data", "validate offline logs and make leak-free splits")
 
@@ -72,8 +85,22 @@ def register(subparsers: Any) -> None:
         help="also check that every asset file exists and matches its sha256 (reads every file)",
     )
     validate.add_argument(
+        "--assume-timezone",
+        type=_timezone,
+        metavar="ZONE",
+        help="read timestamps written without a zone as times in ZONE (IANA name, e.g. UTC, Europe/Paris) and "
+        "convert them to UTC (default: reject them, naming the row)",
+    )
+    validate.add_argument(
+        "--allow-outside-assets",
+        action="store_true",
+        help="with --check-files, also read asset paths outside the assets table's folder (../, absolute paths)",
+    )
+    validate.add_argument(
         "--batch-rows", type=_count(1), default=262_144, metavar="N", help="rows per batch (default: 262144)"
     )
+    add_overwrite_argument(validate)
+    add_progress_argument(validate)
     validate.set_defaults(handler=run_validate)
 
     split = commands.add_parser(
@@ -98,10 +125,12 @@ def register(subparsers: Any) -> None:
     )
     split.add_argument("--seed", type=_count(0), default=0, help="salt of the group hash (default: 0)")
     split.add_argument("--out", type=Path, help="output folder (default: DIR/splits/<by>)")
+    add_overwrite_argument(split)
     split.set_defaults(handler=run_split)
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from experiments.output_folder import open_output_run
     from offline_data.errors import InputUnreadableError
     from offline_data.io import SUFFIXES, find_table, resolve_source
     from offline_data.validation import ValidationConfig, validate_logs
@@ -128,12 +157,22 @@ def run_validate(args: argparse.Namespace) -> int:
             f"no log tables found{where}; give DIR or --impressions/--dwell/--preferences/--assets"
         )
     config = ValidationConfig(
-        strict=args.strict, max_problems=args.max_problems, check_files=args.check_files, batch_rows=args.batch_rows
+        strict=args.strict,
+        max_problems=args.max_problems,
+        check_files=args.check_files,
+        batch_rows=args.batch_rows,
+        allow_outside_assets=args.allow_outside_assets,
+        assume_timezone=args.assume_timezone,
     )
     out = args.out or (
         args.dir / "validated" if args.dir is not None else next(iter(sources.values())).base_dir / "validated"
     )
-    summary = validate_logs(sources, out, config)
+    with open_output_run(args, out, inputs=[source.path for source in sources.values()]) as run:
+        summary = validate_logs(sources, out, config)
+        counts = {
+            f"{t}/{k}": getattr(s, k) for t, s in summary.tables.items() for k in ("read", "accepted", "rejected")
+        }
+        run.log_metrics(counts, step=0)
     print(summary.render_table())
     for table in not_found:
         print(f"not found: {table}")
@@ -146,6 +185,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
+    from experiments.output_folder import open_output_run
     from offline_data.splits import SplitConfig, split_logs
 
     directory = args.dir
@@ -157,7 +197,8 @@ def run_split(args: argparse.Namespace) -> int:
         print(f"using the validated tables in {directory}")
     config = SplitConfig(by=args.by, fractions=args.fractions, seed=args.seed)
     out = args.out or directory / "splits" / args.by
-    report = split_logs(directory, out, config)
+    with open_output_run(args, out, inputs=[directory]):
+        report = split_logs(directory, out, config)
     print(report.render())
     print(f"\nsplits and split_report.json written to {out}")
     return 0

@@ -39,7 +39,9 @@ def register(subparsers: Any) -> None:
         "--out", type=Path, metavar="DIR", help="new or empty output folder (default: runs/demo/<timestamp>)"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    add_config_arguments(parser, default_config=None)
+    add_config_arguments(
+        parser, config_class="experiments.demo_config:DemoConfig", example="trainer.epochs=2", default_config=None
+    )
     parser.set_defaults(handler=run_demo_command)
 
 

@@ -37,7 +37,12 @@ def register(subparsers: Any) -> None:
         "--reward", metavar="MODEL_DIR", help="reward model folder (default: the one the run was trained against)"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    add_config_arguments(parser, default_config="experiments/configs/export.toml")
+    add_config_arguments(
+        parser,
+        config_class="experiments.export_config:ExportCommandConfig",
+        example="export.threads=4",
+        default_config="experiments/configs/export.toml",
+    )
     parser.set_defaults(handler=run_export)
 
 

@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")
     parser.add_argument("--per-slot", action="store_true", help="also print the per-slot estimates")
-    add_config_arguments(parser)
+    add_config_arguments(parser, config_class="experiments.ope:OPECommandConfig", example="run.seed=1")
     parser.set_defaults(handler=run_ope)
 
 

@@ -21,7 +21,7 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
+    from experiments.commands.arguments import add_config_arguments, add_progress_argument
 
     parser = subparsers.add_parser(
         "offline", help="fine-tune from logs only (Diffusion-DPO or RWR)", description=DESCRIPTION
@@ -43,7 +43,13 @@ def add_parser(subparsers: Any) -> None:
         help="evaluate on the eval rows of a request table of your own photos (sets [catalogue] requests; no gold) "
         "instead of the studio world's held-out products",
     )
-    add_config_arguments(parser, default_config="experiments/configs/studio_<method>.toml")
+    add_config_arguments(
+        parser,
+        config_class="experiments.policy_offline:PolicyOfflineCommandConfig",
+        example="offline.steps=200",
+        default_config="experiments/configs/studio_<method>.toml",
+    )
+    add_progress_argument(parser)
     parser.set_defaults(handler=run_policy_offline)
 
 
@@ -77,7 +83,9 @@ def run_policy_offline(args: argparse.Namespace) -> int:
         config.run, config, command=f"policy offline --method {config.offline.method}",
         extra={"data": str(data_dir), "reward_model": str(reward_dir)},
     ) as run:  # fmt: skip
-        history = train_offline(config, data_dir=data_dir, reward_dir=reward_dir, run=run)
+        history = train_offline(
+            config, data_dir=data_dir, reward_dir=reward_dir, run=run, progress=not args.no_progress
+        )
     evaluated = [h for h in history if "eval/kl_nats" in h]
     if evaluated:
         print(describe_evaluation({**evaluated[-1], "epoch": evaluated[-1]["step"]}).replace("epoch", "step", 1))

@@ -59,7 +59,12 @@ def add_parser(subparsers: Any) -> None:
             "samples.png) and checkpoints for --resume."
         ),
     )
-    add_config_arguments(parser, default_config=DEFAULT_CONFIG)
+    add_config_arguments(
+        parser,
+        config_class="experiments.commands.policy_pretrain:PretrainCommandConfig",
+        example="pretrain.checkpoint_every=100",
+        default_config=DEFAULT_CONFIG,
+    )
     parser.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint (its config)"
     )

@@ -28,7 +28,12 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "train", help="DDPO fine-tuning against a learned reward model", description=DESCRIPTION
     )
-    add_config_arguments(parser, default_config="experiments/configs/studio_ddpo.toml")
+    add_config_arguments(
+        parser,
+        config_class="experiments.policy_train:PolicyTrainCommandConfig",
+        example="policy.lora.rank=16",
+        default_config="experiments/configs/studio_ddpo.toml",
+    )
     parser.add_argument(
         "--reward",
         metavar="MODEL_DIR",
@@ -43,8 +48,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its latest checkpoint, with the config it was started with "
-        "(--config and --set are not allowed then)",
+        help="continue the run in RUN_DIR from its latest checkpoint, with the config and --reward it was started "
+        "with (--config and --set are not allowed then)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(handler=run_policy_train)
@@ -54,6 +59,7 @@ def run_policy_train(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
+    from experiments import run_record
     from experiments.commands.arguments import load_root_config
     from experiments.config import ConfigError, load_config
     from experiments.policy_requests import with_requests
@@ -67,6 +73,7 @@ def run_policy_train(args: argparse.Namespace) -> int:
         train_policy,
         truncate_metrics,
     )
+    from experiments.run_record import recorded_flags
     from experiments.tracking import Run, setup_logging, start_run
     from policy.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint_state
 
@@ -79,8 +86,10 @@ def run_policy_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.toml").is_file():
             raise ConfigError(f"{run_dir}: not a policy train run (no config.toml)")
         config = load_config(PolicyTrainCommandConfig, run_dir / "config.toml")
+        run_record.watch(run_dir)  # a failed resume leaves error.json in the run
+        # The run's own --reward (command.json) unless given again.
+        reward_dir = resolve_reward_dir(config, args.reward or recorded_flags(run_dir).get("reward"))
         checkpoint = latest_checkpoint(run_dir / "checkpoints")
-        reward_dir = resolve_reward_dir(config, args.reward)
         step = read_checkpoint_state(checkpoint)["trainer"].get("epoch")  # checked again by the trainer
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise CheckpointError(f"{checkpoint / 'state.json'}: trainer.epoch is {step!r}, not an epoch count")

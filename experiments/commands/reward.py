@@ -61,6 +61,7 @@ def command_config_class() -> type:
 
 def register(subparsers: Any) -> None:
     from experiments.commands.arguments import add_config_arguments, add_discovered_subcommands, group_parser
+    from experiments.output_folder import add_overwrite_argument
 
     commands = group_parser(subparsers, "reward", "train and evaluate reward models from engagement logs")
     train = commands.add_parser(
@@ -75,7 +76,12 @@ def register(subparsers: Any) -> None:
         help="logs to learn from: raw tables, a 'backdrop data validate' folder, or a folder with train/, "
         "validation/ and test/ splits (default: simulate the default studio world into the run directory)",
     )
-    add_config_arguments(train, default_config="experiments/configs/reward.toml")
+    add_config_arguments(
+        train,
+        config_class="experiments.commands.reward:command_config_class",
+        example="reward.train.epochs=4",
+        default_config="experiments/configs/reward.toml",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     train.set_defaults(handler=run_train)
 
@@ -96,6 +102,7 @@ def register(subparsers: Any) -> None:
         "--out", type=Path, metavar="DIR", help="where eval.json and the plots go (default: MODEL/eval)"
     )
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    add_overwrite_argument(evaluate)
     evaluate.set_defaults(handler=run_eval)
     add_discovered_subcommands(commands, "reward")
 
@@ -344,6 +351,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
     import logging
 
+    from experiments.output_folder import open_output_run
     from experiments.runtime import resolve_device
     from experiments.studio.truth import prompt_family, studio_truth
     from reward.evaluation import evaluate
@@ -352,12 +360,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = args.model / "model" if (args.model / "model" / "reward.json").is_file() else args.model
-    scorer = RewardScorer.load(model, device=resolve_device(args.device))
-    metrics, plots = evaluate(scorer, args.data, truth=studio_truth(args.truth), prompt_family=prompt_family)
     out = args.out or model / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
-    written = write_plots(metrics, plots, out)
+    with open_output_run(args, out, inputs=[args.data, model]):
+        scorer = RewardScorer.load(model, device=resolve_device(args.device))
+        metrics, plots = evaluate(scorer, args.data, truth=studio_truth(args.truth), prompt_family=prompt_family)
+        (out / "eval.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
+        written = write_plots(metrics, plots, out)
     print(format_eval(metrics))
     print(f"\nwrote {out / 'eval.json'} and {', '.join(p.name for p in written)}")
     return 0

@@ -22,6 +22,7 @@ DESCRIPTION = (
 
 def add_parser(subparsers: Any) -> None:
     from experiments.commands.arguments import add_config_arguments
+    from experiments.output_folder import add_overwrite_argument
 
     parser = subparsers.add_parser("audit", help="audit a reward model (HTML + JSON report)", description=DESCRIPTION)
     parser.add_argument("model", metavar="MODEL", help="reward model folder (or the run folder holding model/)")
@@ -41,7 +42,13 @@ def add_parser(subparsers: Any) -> None:
         "--out", metavar="DIR", help="where audit.json, audit.html and plots/ go (default: MODEL/audit)"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    add_config_arguments(parser, default_config="experiments/configs/audit.toml")
+    add_config_arguments(
+        parser,
+        config_class="reward.audit_config:AuditCommandConfig",
+        example="audit.bins=15",
+        default_config="experiments/configs/audit.toml",
+    )
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run_audit)
 
 
@@ -50,6 +57,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from experiments.commands.arguments import load_root_config
+    from experiments.output_folder import open_output_run
     from experiments.runtime import resolve_device
     from experiments.studio.truth import prompt_family, studio_truth
     from reward.audit import audit_reward_model, audit_summary
@@ -64,17 +72,18 @@ def run_audit(args: argparse.Namespace) -> int:
     config = load_root_config(AuditCommandConfig, args)
     model = Path(args.model)
     model = model / "model" if (model / "model" / "reward.json").is_file() else model
-    scorer = RewardScorer.load(model, device=resolve_device(args.device))
-    result = audit_reward_model(
-        scorer,
-        args.data,
-        truth=studio_truth(args.truth),
-        prompt_family=prompt_family,
-        run_dir=args.run,
-        config=config.audit,
-    )
     out = Path(args.out) if args.out else model / "audit"
-    written = write_audit(result, out)
+    with open_output_run(args, out, inputs=[args.data, model], config=config):
+        scorer = RewardScorer.load(model, device=resolve_device(args.device))
+        result = audit_reward_model(
+            scorer,
+            args.data,
+            truth=studio_truth(args.truth),
+            prompt_family=prompt_family,
+            run_dir=args.run,
+            config=config.audit,
+        )
+        written = write_audit(result, out)
     print("\n".join(audit_summary(result.metrics)))
     print(f"\nwrote {written['html']} and {written['json']}")
     return 0

@@ -26,6 +26,7 @@ DESCRIPTION = (
 
 def register(subparsers: Any) -> None:
     from experiments.commands.arguments import group_parser
+    from experiments.output_folder import add_overwrite_argument
 
     group = group_parser(subparsers, "rollout", "sample backgrounds with the inpainting model")
     parser = group.add_parser("sample", help="paint backgrounds behind product photos", description=DESCRIPTION)
@@ -99,15 +100,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: 0 = torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run_sample)
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    import datetime as dt
     import json
     from pathlib import Path
 
+    from experiments.output_folder import open_output_run
     from experiments.runtime import resolve_device, set_threads
+    from experiments.tracking import new_run_dir
     from offline_data.errors import BackdropError
     from policy.model import InpaintPolicy, resolve_model_folder
     from rollout.config import SamplerConfig
@@ -120,6 +123,8 @@ def run_sample(args: argparse.Namespace) -> int:
     n = args.n if args.n is not None else (1 if args.requests else 8)
     if n < 1 or args.best_of < 1:
         raise BackdropError("--n and --best-of must be >= 1")
+    if not 0 <= args.seed < 2**62:  # the generators take int64 seeds; sample k uses seed + k
+        raise BackdropError(f"--seed must be in [0, 2**62), got {args.seed}")
     if args.best_of > 1 and not args.reward:
         raise BackdropError("--best-of needs --reward (a reward model folder, gold[:SEGMENT] or MODULE:FACTORY)")
     try:
@@ -132,7 +137,9 @@ def run_sample(args: argparse.Namespace) -> int:
     folder = resolve_model_folder(args.model)
     # The guard compares prompts with the base model's training prompts, recorded in its folder.
     guard = None if args.no_guard else PromptGuard(guard_config, read_training_prompts(folder))
-    out = Path(args.out or f"runs/rollout/{dt.datetime.now():%Y%m%d-%H%M%S}")
+    # The output folder is the run folder (the CLI closes its record, error.json included, when the command ends).
+    out = Path(args.out) if args.out else new_run_dir("runs", "rollout")
+    open_output_run(args, out, inputs=[args.requests] if args.requests else list(args.products or []))
     if args.requests:
         photos, verdicts = _table_photos(args, guard, out), []
     else:
@@ -140,6 +147,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     policy = InpaintPolicy.from_pretrained(folder, adapter=args.adapter, device=device)
+    if args.steps > (trained := policy.scheduler.config.num_train_timesteps):
+        raise BackdropError(f"--steps {args.steps}: the model's schedule has {trained} timesteps; give at most that")
     model = policy
     if args.style:
         model = _styled(policy, folder, args.style)
@@ -154,7 +163,7 @@ def run_sample(args: argparse.Namespace) -> int:
     for index, request in enumerate(requests):
         by_size.setdefault(request.size, []).append(index)
 
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir()
     reward_fn = _load_reward(args.reward, args.reward_model) if args.reward else None
     sources = {p.request_id: (p, placement) for p, (_, placement) in zip(photos, placed)}
     rows, records, reports, checks, filtered_total = [], [], [], [], 0

@@ -15,6 +15,7 @@ COMPARE_DESCRIPTION = (
 
 def register(subparsers: Any) -> None:
     from experiments.commands.arguments import group_parser
+    from experiments.output_folder import add_overwrite_argument
 
     runs = group_parser(subparsers, "runs", "inspect and compare run directories")
     parser = runs.add_parser("compare", help="compare run directories", description=COMPARE_DESCRIPTION)
@@ -36,6 +37,7 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="where comparison.csv, comparison.json and the plots go (default: runs/compare/<timestamp>)",
     )
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run_compare)
 
 
@@ -43,13 +45,15 @@ def run_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from experiments.compare import compare_runs, format_table, write_comparison
+    from experiments.output_folder import open_output_run
     from experiments.tracking import new_run_dir
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     lower = [m.strip() for m in args.lower_is_better.split(",") if m.strip()]
     comparison = compare_runs(args.runs, metrics=metrics, lower_is_better=lower)
     out = Path(args.out) if args.out else new_run_dir("runs", "compare")
-    written = write_comparison(comparison, out)
+    with open_output_run(args, out, inputs=args.runs):
+        written = write_comparison(comparison, out)
     print(format_table(comparison.header(), comparison.rows()))
     if not comparison.config_keys:
         print("\n(no config key differs between these runs)")

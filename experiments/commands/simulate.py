@@ -25,17 +25,19 @@ DESCRIPTION = (
 
 def register(subparsers: Any) -> None:
     from experiments.commands.arguments import add_config_arguments
+    from experiments.output_folder import add_overwrite_argument
 
     parser = subparsers.add_parser(
         "simulate", help="write the studio world's logs and assets", description=DESCRIPTION
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    add_config_arguments(parser, default_config="experiments/configs/studio_world.toml")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier simulation in DIR (only the files simulate writes are removed)",
+    add_config_arguments(
+        parser,
+        config_class="offline_data.simulator:SimulatorConfig",
+        example="logging.requests=1000000",
+        default_config="experiments/configs/studio_world.toml",
     )
+    add_overwrite_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(handler=run_simulate)
 
@@ -45,6 +47,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     from experiments.commands.arguments import load_root_config
     from experiments.config import dump_toml
+    from experiments.output_folder import open_output_run
     from offline_data.simulator import SimulatorConfig
     from offline_data.simulator.simulation import simulate
 
@@ -54,7 +57,10 @@ def run_simulate(args: argparse.Namespace) -> int:
         args.config = str(DEFAULT_CONFIG)
     config = load_root_config(SimulatorConfig, args)
     out_dir = Path(args.out)
-    summary = simulate(config, out_dir, progress=not args.no_progress, overwrite=args.overwrite)
+    with open_output_run(args, out_dir, config=config):
+        # The folder is empty but for the run record; overwrite=True only lets simulate replace the
+        # config.toml just written (it is written again below).
+        summary = simulate(config, out_dir, progress=not args.no_progress, overwrite=True)
     (out_dir / "config.toml").write_text(dump_toml(config), encoding="utf-8")
     print(summary.format_table())
     print(

@@ -27,7 +27,9 @@ def register(subparsers: Any) -> None:
         help="search space TOML (target, objective, direction, constraint, [params], [pruner]); "
         "examples in experiments/configs/*_space.toml; required unless --resume",
     )
-    add_config_arguments(parser)
+    add_config_arguments(
+        parser, config_class="experiments.policy_train:PolicyTrainCommandConfig", example="run.threads=2"
+    )
     parser.add_argument(
         "--trials",
         type=int,

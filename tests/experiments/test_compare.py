@@ -166,9 +166,14 @@ def test_cli_compare(two_runs: tuple[Path, Path], tmp_path: Path, capsys) -> Non
     printed = capsys.readouterr().out
     assert "trainer.kl_coef" in printed and "gold/engagement best(max)" in printed
     assert sorted(p.name for p in out.iterdir()) == [
+        "command.json",  # the run record every command's output folder holds
         "comparison.csv",
         "comparison.json",
+        "config.toml",
+        "environment.json",
         "gold_engagement.png",
+        "log.txt",
+        "metrics.jsonl",
         "policy_kl.png",
     ]
     assert main(["runs", "compare", str(two_runs[0]), str(tmp_path)]) == 2

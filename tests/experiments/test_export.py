@@ -274,7 +274,7 @@ def test_planted_product_pixel_change_is_refused(run_dir: Path, tmp_path: Path, 
 def test_existing_bundle_folder_and_missing_reward_are_input_errors(run_dir: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    assert main(["export", str(run_dir), "--out", str(tmp_path / "full")]) == 2
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "full")]) == 73  # OutputExistsError
     assert "already holds files" in capsys.readouterr().err
     assert main(["export", str(run_dir), "--out", str(tmp_path / "b"), "--reward", str(tmp_path / "nope")]) == 2
     error = capsys.readouterr().err

@@ -29,6 +29,9 @@ def run(directory: Path, **config) -> tuple:
     return validate_logs(sources_in(directory), out, ValidationConfig(**config)), out
 
 
+NO_ZONE = " (no time zone: give one, or --assume-timezone ZONE, e.g. UTC, to convert such times from it)"
+ID = "non-empty string without control characters (NUL, \\x01-\\x1f, \\x7f)"
+
 # (table, 0-based row, column, bad value, reason, expected message). Rows are chosen so that rejecting them
 # does not cascade (no dwell refers to those impressions, no impression or pair to those assets).
 MALFORMED = [
@@ -40,6 +43,8 @@ MALFORMED = [
     ("impressions", 9, "clicked", "yes", "clicked:invalid", "row 10, column 'clicked': expected boolean (true/false, 1/0), got 'yes'"),
     ("impressions", 10, "shown_at", "2024-13-01", "shown_at:invalid", "row 11, column 'shown_at': expected ISO-8601 timestamp, got '2024-13-01'"),
     ("impressions", 10, "shown_at", "2023-02-29T10:00:00Z", "shown_at:invalid", "row 11, column 'shown_at': expected ISO-8601 timestamp, got '2023-02-29T10:00:00Z'"),
+    ("impressions", 7, "shown_at", "2024-03-01T00:07:00", "shown_at:no_zone", f"row 8, column 'shown_at': expected an ISO-8601 timestamp with a zone (Z or +hh:mm), got '2024-03-01T00:07:00'{NO_ZONE}"),
+    ("impressions", 7, "shown_at", "2024-03-01", "shown_at:no_zone", f"row 8, column 'shown_at': expected an ISO-8601 timestamp with a zone (Z or +hh:mm), got '2024-03-01'{NO_ZONE}"),
     ("impressions", 11, "shown_at", "yesterday", "shown_at:invalid", "row 12, column 'shown_at': expected ISO-8601 timestamp, got 'yesterday'"),
     ("impressions", 11, "segment", None, "segment:missing", "row 12, column 'segment': expected non-empty string, got null"),
     ("impressions", 11, "segment", "\"\"", "segment:invalid", "row 12, column 'segment': expected non-empty string, got ''"),
@@ -55,7 +60,10 @@ MALFORMED = [
     ("preferences", 1, "image_b", "p1-v0", "image_b:self_pair", "row 2, column 'image_b': expected an image other than image_a, got 'p1-v0'"),
     ("preferences", 2, "image_a", "p9-v0", "image_a:dangling", "row 3, column 'image_a': expected the image_id of an accepted assets row, got 'p9-v0' (no assets row has it)"),
     ("preferences", 3, "pair_id", "q1", "pair_id:duplicate", "row 4, column 'pair_id': expected a unique key, got 'q1' (first in row 1)"),
-    ("preferences", 0, "annotator_id", None, "annotator_id:missing", "row 1, column 'annotator_id': expected non-empty string, got null"),
+    ("preferences", 0, "annotator_id", None, "annotator_id:missing", f"row 1, column 'annotator_id': expected {ID}, got null"),
+    ("preferences", 1, "annotator_id", "ann\x01x", "annotator_id:invalid", f"row 2, column 'annotator_id': expected {ID}, got 'ann\\x01x'"),
+    ("impressions", 2, "request_id", "r1\x1b[31m", "request_id:invalid", f"row 3, column 'request_id': expected {ID}, got 'r1\\x1b[31m'"),
+    ("impressions", 2, "event_id", "e03\x7f", "event_id:invalid", f"row 3, column 'event_id': expected {ID}, got 'e03\\x7f'"),
     ("assets", 0, "sha256", "abc", "sha256:invalid", "row 1, column 'sha256': expected SHA-256 as 64 lowercase hex digits, got 'abc'"),
     ("assets", 1, "kind", "photo", "kind:invalid", "row 2, column 'kind': expected one of 'product', 'mask', 'generated', got 'photo'"),
     ("assets", 4, "seed", "-1", "seed:invalid", "row 5, column 'seed': expected integer >= 0, got -1"),
@@ -221,6 +229,37 @@ def test_reference_to_a_rejected_row_names_it(log_rows, write_logs):
     # Cascade: dwell of rejected impression e01, pairs using p0-v0.
     assert summary.tables["dwell"].rejected_by_reason == {"event_id:dangling": 1}
     assert summary.tables["preferences"].rejected == 2
+
+
+def test_zone_less_timestamps_are_converted_only_from_a_named_zone(log_rows, write_logs):
+    log_rows["impressions"][7]["shown_at"] = "2024-03-01T01:07:00"  # Paris wall clock (UTC+1 in March)
+    log_rows["impressions"][6]["shown_at"] = "2024-07-01 02:06"  # summer time: UTC+2
+    summary, out = run(write_logs(log_rows, "csv"), assume_timezone="Europe/Paris")
+    assert summary.tables["impressions"].rejected == 0
+    shown = pq.read_table(out / "impressions.parquet").column("shown_at").to_pylist()
+    assert shown[7].isoformat() == "2024-03-01T00:07:00+00:00" and shown[6].isoformat() == "2024-07-01T00:06:00+00:00"
+    assert shown[5].isoformat() == "2024-03-01T00:05:00+00:00"  # a time with its zone is never shifted
+    with pytest.raises(ValueError, match="assume_timezone must be an IANA zone"):
+        ValidationConfig(assume_timezone="Mars/Olympus")
+
+
+def test_check_files_keeps_asset_paths_inside_the_logs_folder(log_rows, write_logs, tmp_path):
+    outside = tmp_path / "secret.png"
+    outside.write_bytes((tmp_path / "logs" / "images" / "p0-mask.png").read_bytes())
+    log_rows["assets"][1]["path"] = "../secret.png"  # p0-mask, same bytes and sha256: only the place is wrong
+    log_rows["assets"][5]["path"] = str(outside)
+    log_rows["assets"][5]["sha256"] = log_rows["assets"][1]["sha256"]
+    directory = write_logs(log_rows, "csv")
+    summary, _ = run(directory, check_files=True)
+    result = summary.tables["assets"]
+    assert result.rejected_by_reason == {"path:outside": 2}
+    expected = f"expected a path inside {directory} (--allow-outside-assets reads others)"
+    assert result.files[0].first[:2] == [
+        f"row 2, column 'path': {expected}, got '../secret.png'",
+        f"row 6, column 'path': {expected}, got '{outside}'",
+    ]
+    allowed, _ = run(directory, check_files=True, allow_outside_assets=True)
+    assert allowed.tables["assets"].rejected == 0
 
 
 def test_check_files_finds_missing_and_changed_files(log_rows, write_logs, tmp_path):

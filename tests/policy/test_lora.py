@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from offline_data.errors import AssetError
 from policy.config import InpaintModelConfig, LoraConfig
-from policy.lora import WEIGHT_NAME, read_lora_config
+from policy.lora import WEIGHT_NAME, LoraTargetError, read_lora_config
 from policy.model import InpaintPolicy
 
 WORDS = ["warm oak table", "white marble"]
@@ -153,7 +153,7 @@ def test_add_lora_refuses_a_second_adapter_and_unknown_targets() -> None:
     policy = build()
     with pytest.raises(ValueError, match="already has adapter"):
         policy.add_lora(LoraConfig())
-    with pytest.raises(ValueError, match="cannot add LoRA with target_modules=\\['no_such_layer'\\]"):
+    with pytest.raises(LoraTargetError, match="policy.lora.target_modules=\\['no_such_layer'\\]: no such module"):
         build(lora=LoraConfig(target_modules=("no_such_layer",)))
 
 

@@ -1,4 +1,4 @@
-"""``backdrop simulate``: default config file equals the defaults, runs, refuses reuse, names bad keys."""
+"""``backdrop simulate``: default config file equals the defaults, runs, refuses reuse (exit 73), names bad keys."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def test_simulate_writes_a_world_and_prints_its_summary(tmp_path: Path, capsys: 
     resolved = load_config(SimulatorConfig, out / "config.toml")
     assert resolved.seed == 5 and resolved.world.products == 6 and resolved.logging.requests == 100
 
-    assert main(["simulate", "--out", str(out), *SMALL]) == 2
-    assert "already holds simulation output" in capsys.readouterr().err
+    assert main(["simulate", "--out", str(out), *SMALL]) == 73
+    assert "output folder is not empty" in capsys.readouterr().err
     assert main(["simulate", "--out", str(out), *SMALL, "--overwrite"]) == 0
 
 
