@@ -20,7 +20,7 @@ from typing import Any
 from experiments.config import ConfigError, RunConfig
 from offline_data.errors import BackdropError
 from policy.config import InpaintModelConfig, PolicyConfig
-from policy.evaluation import EvaluationConfig
+from policy.evaluation import KL_PER_SAMPLE, KL_PER_STEP, EvaluationConfig
 from policy.studio import StudioRequestsConfig
 from policy.trainer_config import DDPOConfig
 
@@ -301,5 +301,6 @@ def describe_evaluation(record: dict[str, float]) -> str:
         f"epoch {int(record['epoch'])}: gold {record['gold/engagement']:+.3f} vs base "
         f"{record['gold/base_engagement']:+.3f}: gain {record['gold/gain']:+.3f} raw = "
         f"{record['gold/gain_sd']:+.2f} within-request SD (se {record['gold/gain_se'] / sd:.2f}); proxy gain "
-        f"{record['eval/proxy_gain_sd']:+.2f} SD; KL {record['eval/kl_nats']:.2f} nats per sample"
+        f"{record['eval/proxy_gain_sd']:+.2f} SD; {KL_PER_SAMPLE} {record['eval/kl_nats']:.2f}"
+        + (f", {KL_PER_STEP} {record['eval/kl_step']:.2e}" if "eval/kl_step" in record else "")
     )

@@ -10,9 +10,12 @@ variance. It reports:
 - ``gold/gain`` (raw gold units) and ``gold/gain_sd`` (in within-request standard deviations of the base
   model's samples), with ``gold/gain_se`` (standard error over requests) and the share of requests improved;
   ``eval/proxy_gain_sd`` likewise for the proxy;
-- ``eval/kl_step`` (the per-step KL to the base, mean over background latent dims, as the training loss uses it)
-  and ``eval/kl_nats`` (the KL of whole chains in nats: the sum over steps of the per-dim KL times the number of
-  background latent dims, comparable with best-of-n's log n - (n - 1) / n);
+- two KLs to the base, each with one name and one meaning everywhere (metrics, logs, plots, docs):
+  *KL per denoising step* (:data:`KL_PER_STEP`): ``eval/kl_step`` here and ``policy/kl`` in training, the
+  Gaussian KL of one denoising step, mean over the background latent dims (what the training penalty uses);
+  *KL per sample* (:data:`KL_PER_SAMPLE`): ``eval/kl_nats``, the KL of a whole chain in nats, the sum over steps
+  of the per-dim KL times the number of background latent dims (comparable with best-of-n's
+  log n - (n - 1) / n, and what gates and budgets use);
 - ``eval/preservation_max_abs_diff`` (must be 0).
 
 :func:`plot_overoptimisation` draws proxy and gold gains against ``eval/kl_nats`` (Gao et al. 2023, "Scaling
@@ -60,6 +63,12 @@ Gather = Callable[[torch.Tensor], torch.Tensor]
 moved back to the CPU."""
 
 STATE_FORMAT = "backdrop.policy_evaluator"
+
+
+KL_PER_STEP = "KL per denoising step (nats per background latent dim)"
+"""Label of ``policy/kl`` and ``eval/kl_step``."""
+KL_PER_SAMPLE = "KL per sample (nats)"
+"""Label of ``eval/kl_nats`` (a whole chain's KL)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -374,7 +383,7 @@ def plot_overoptimisation(history: Sequence[Mapping[str, float]], path: str | Pa
             axis.annotate(str(int(h.get("epoch", 0))), (x, h["eval/proxy_gain_sd"]), fontsize=7, alpha=0.6,
                           textcoords="offset points", xytext=(2, 4))  # fmt: skip
     axis.axhline(0.0, color="grey", linewidth=0.8)
-    axis.set_xlabel("KL(policy || base) per sample, nats")
+    axis.set_xlabel(f"{KL_PER_SAMPLE} of the policy to the base")
     axis.set_ylabel("gain over base, within-request SDs")
     axis.set_title(title or "over-optimisation: proxy vs gold (labels: epoch)")
     axis.legend(loc="best")

@@ -232,7 +232,7 @@ class DDPOTrainer:
                 metrics |= self._evaluate()
             self._log({"epoch": float(self.epoch), **metrics})
             bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/kl']:.2e}")
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl_step=f"{metrics['policy/kl']:.2e}")
             if self.output_dir is not None and (
                 last or (config.checkpoint_every and self.epoch % config.checkpoint_every == 0)
             ):

@@ -333,6 +333,8 @@ def _summary(metrics: dict, test: dict) -> str:
         lines.append(f"  member {k}: best epoch {member['best_epoch']} of {member['epochs_run']}, "
                      f"validation loss {member['best_validation_loss']:.4f}")  # fmt: skip
     lines.append("examination (θ_k / θ_1): " + "  ".join(f"{t:.3f}" for t in metrics["examination"]))
+    if "calibration" in metrics:
+        lines.append(f"calibration: {metrics['calibration']['reason']}")
     for key in ("click_auc", "click_ece", "pairwise_accuracy"):
         if key in test:
             lines.append(f"test {key}: {test[key]:.4f}")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from reward.audit_metrics import concordance_index, d_calibration, dwell_cdf, slice_table, spearman
+from reward.audit_metrics import concordance_index, d_calibration, dwell_cdf, has_spread, slice_table, spearman
 
 
 def brute_force_c(predicted, time, censored) -> tuple[float, int]:
@@ -107,7 +107,7 @@ def test_slice_table_counts_and_failed_metrics() -> None:
     table = slice_table(labels, mean_unless_single)
     assert table["b"] == {"value": 3.0, "rows": 3}
     assert math.isnan(table["a"]["value"]) and table["a"]["rows"] == 1
-    assert list(table) == ["a", "b", "c"]
+    assert list(table) == ["b", "c", "a"]  # worst first, the slice without a value last
     assert math.isnan(slice_table(labels, mean_unless_single, min_rows=4)["b"]["value"])
 
 
@@ -115,3 +115,30 @@ def test_spearman_edge_cases() -> None:
     assert spearman(np.arange(5.0), np.arange(5.0) ** 3) == pytest.approx(1.0)
     assert math.isnan(spearman(np.ones(5), np.arange(5.0)))
     assert math.isnan(spearman(np.arange(2.0), np.arange(2.0)))
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (np.array([1.0, 2.0, 3.0]), True),
+        (np.full(5, 3.0), False),
+        (np.array([1e6, 1e6 + 1e-3, 1e6]), False),  # float32-sized round-off of a large constant
+        (np.array([0.0, 1e-3, 0.0]), True),
+        (np.array([1.0, np.nan, 2.0]), False),
+        (np.array([1.0]), False),
+    ],
+)
+def test_has_spread(values: np.ndarray, expected: bool) -> None:
+    assert has_spread(values) is expected
+
+
+def test_slice_table_puts_the_worst_slice_first() -> None:
+    labels = np.array(["a", "b", "c", "d", "d"], dtype=object)
+    values = np.array([0.9, 0.3, 0.6, 0.1, 0.1])
+
+    def mean_unless_single(rows: np.ndarray) -> float:
+        if rows.sum() < 1 or labels[rows][0] == "c":
+            raise ValueError("no value")
+        return float(values[rows].mean())
+
+    assert list(slice_table(labels, mean_unless_single)) == ["d", "b", "a", "c"]
