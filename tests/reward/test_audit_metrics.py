@@ -107,7 +107,7 @@ def test_slice_table_counts_and_failed_metrics() -> None:
     table = slice_table(labels, mean_unless_single)
     assert table["b"] == {"value": 3.0, "rows": 3}
     assert math.isnan(table["a"]["value"]) and table["a"]["rows"] == 1
-    assert list(table) == ["b", "c", "a"]  # worst first, the slice without a value last
+    assert list(table) == ["b", "a", "c"]  # worst first; slices without a value last, by label
     assert math.isnan(slice_table(labels, mean_unless_single, min_rows=4)["b"]["value"])
 
 
@@ -142,3 +142,18 @@ def test_slice_table_puts_the_worst_slice_first() -> None:
         return float(values[rows].mean())
 
     assert list(slice_table(labels, mean_unless_single)) == ["d", "b", "a", "c"]
+
+
+def test_concordance_matches_lifelines() -> None:
+    """Harrell's C as lifelines computes it (``lifelines.utils.concordance_index``; higher score = longer time).
+
+    lifelines is not a dependency: its only release here pins pandas < 3 while backdrop needs pandas >= 3.1, so
+    it is the reference of this test where it is installed, not the implementation."""
+    lifelines_utils = pytest.importorskip("lifelines.utils")
+    rng = np.random.default_rng(3)
+    time = rng.permutation(np.arange(1.0, 301.0)) * 37.5  # distinct times: both definitions agree on ties then
+    predicted = np.round(np.log(time) + rng.normal(0, 0.8, time.size), 1)  # rounded: prediction ties count 1/2
+    censored = rng.random(time.size) < 0.3
+    ours, pairs = concordance_index(predicted, time, censored)
+    reference = lifelines_utils.concordance_index(time, predicted, event_observed=~censored)
+    assert ours == pytest.approx(reference, abs=1e-12) and pairs > 0
