@@ -279,6 +279,7 @@ def train_policy(
             seed=config.run.seed,
             evaluator=evaluator,
             log_metrics=run.log_metrics,
+            log_image=getattr(run, "log_image", None),
             output_dir=run.dir,
             accelerator=accelerator,
             progress=progress and is_main_process(),
@@ -291,6 +292,10 @@ def train_policy(
     final = [h for h in history if "gold/gain_sd" in h]
     if final:
         run.write_json("final_eval.json", {"epoch": final[-1]["epoch"], **final[-1]})
+    log_hparams = getattr(run, "log_hparams", None)
+    if log_hparams is not None and history:
+        evaluations = [h for h in history if "eval/kl_nats" in h]
+        log_hparams(config, (evaluations or history)[-1])
     return history
 
 

@@ -41,9 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from offline_data.errors import PreservationError
+from policy.contact_sheet import contact_sheet_array
 from policy.model import InpaintPolicy
 from policy.replay import background_dims, stepwise_kl
 from policy.reward_signal import RewardModelFn, score_rewards
@@ -64,6 +66,9 @@ moved back to the CPU."""
 
 STATE_FORMAT = "backdrop.policy_evaluator"
 
+
+SHEET_REQUESTS = 4
+"""Held-out requests shown in the before/after contact sheet of an evaluation (their first seed each)."""
 
 KL_PER_STEP = "KL per denoising step (nats per background latent dim)"
 """Label of ``policy/kl`` and ``eval/kl_step``."""
@@ -236,6 +241,9 @@ class PolicyEvaluator:
         self.sampler = sampler
         self.config = config or EvaluationConfig()
         self._base: dict[str, torch.Tensor] | None = None
+        self._base_images: list[np.ndarray] = []  # the sheet's "before" column (not kept across a resume)
+        self._last_images: list[np.ndarray] = []
+        self._last_proxy: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -300,6 +308,7 @@ class PolicyEvaluator:
             with policy.reference():
                 samples = self.sample(policy, processes)
             self._base = {"proxy": samples.proxy}
+            self._base_images = self._sheet_images(samples, processes)
             if samples.gold is not None:
                 self._base["gold"] = samples.gold
         return self._base
@@ -309,6 +318,7 @@ class PolicyEvaluator:
         calls it and gets the same metrics."""
         base = self.base(policy, processes)
         samples = self.sample(policy, processes)
+        self._last_images, self._last_proxy = self._sheet_images(samples, processes), samples.proxy
         count, k = self.shape
         if samples.rollout is None:
             kl_share = torch.zeros(0, self.sampler.num_steps, dtype=torch.float32)
@@ -341,6 +351,34 @@ class PolicyEvaluator:
                 "gold/improved_requests": gain["improved"],
             }
         return metrics
+
+    def _sheet_images(self, samples: EvaluationSamples, processes: EvaluationProcesses) -> list[np.ndarray]:
+        """[H, W, 3] uint8 images of the first seed of the first :data:`SHEET_REQUESTS` requests; only the first
+        process holds them (its share starts at sample 0), the others return none."""
+        if samples.rollout is None or processes.index != 0:
+            return []
+        k = self.config.seeds_per_request
+        held = samples.rollout.images.shape[0]
+        rows = [r * k for r in range(min(SHEET_REQUESTS, len(self.requests))) if r * k < held]
+        return [samples.rollout.images[i].permute(1, 2, 0).contiguous().numpy() for i in rows]
+
+    def before_after_sheet(self) -> np.ndarray | None:
+        """The latest evaluation's contact sheet, ``[H, W, 3]`` uint8: one row per shown request with the base
+        model's sample and the policy's (same seed), captioned with their proxy rewards; None before any
+        evaluation or on a process without the images. After a resume the base column is missing (the base's
+        images are not checkpointed) until the base is sampled again."""
+        if not self._last_images or self._last_proxy is None:
+            return None
+        base_proxy = None if self._base is None else self._base["proxy"]
+        rows = []
+        for r, after in enumerate(self._last_images):
+            cells = []
+            if r < len(self._base_images) and base_proxy is not None:
+                cells.append((self._base_images[r], f"base {float(base_proxy[r, 0]):.2f}"))
+            cells.append((after, f"policy {float(self._last_proxy[r, 0]):.2f}"))
+            request = self.requests[r]
+            rows.append((f"{request.product_id}: {request.prompt}", cells))
+        return contact_sheet_array(rows, scale=2)
 
     def state_dict(self) -> dict[str, Any]:
         """The cached base statistics (JSON), so a resumed run does not sample the base again."""

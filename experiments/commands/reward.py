@@ -310,6 +310,9 @@ def save_reward_model(fit: RewardFit, config: Any, run: Any) -> Path:
     write_plots(fit.test_metrics, fit.plots, model_dir / "plots")
     run.log_metrics({f"test/{k}": v for k, v in fit.test_metrics.items() if isinstance(v, float)}, step=0)
     run.write_json("reward_train.json", json.loads(json.dumps(fit.metrics, default=float)))
+    log_hparams = getattr(run, "log_hparams", None)  # TensorBoard / MLflow: config with the test metrics
+    if log_hparams is not None:
+        log_hparams(config, {f"test/{k}": v for k, v in fit.test_metrics.items() if isinstance(v, float)})
     return model_dir
 
 
