@@ -153,6 +153,7 @@ def load_config(
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     if profile:
         data = _deep_merge(data, profile)
+        source = f"{source} + the {ENVIRONMENT_PROFILE} profile"  # a bad value may come from either
     for text in overrides:
         keys, value = parse_override(text)
         _set_nested(data, keys, value, text)
