@@ -163,6 +163,8 @@ def _click_sections(
         metrics["calibration"]["click"] = {
             "ece": base["click_ece"],
             "ece_uncalibrated": base["click_ece_uncalibrated"],
+            "calibrator": scorer.calibrator.method,
+            "calibrator_note": scorer.calibrator.note,
         }
     images = imp.image.numpy()
     labels = {

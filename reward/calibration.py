@@ -35,12 +35,15 @@ class Calibrator:
         method: "temperature", "isotonic" or "none".
         temperature: T (temperature only; 1 otherwise).
         thresholds_x, thresholds_y: the isotonic step function's knots (isotonic only).
+        note: why this calibrator was kept (:func:`choose_calibrator`'s reason; saved with the model, shown by
+            the audit).
     """
 
     method: str
     temperature: float = 1.0
     thresholds_x: tuple[float, ...] = ()
     thresholds_y: tuple[float, ...] = ()
+    note: str = ""
 
     def probability(self, logits: np.ndarray, examination: np.ndarray | float = 1.0) -> np.ndarray:
         """Calibrated P(click) of attractiveness logits [n] in slots with examination θ ([n] or a scalar)."""
@@ -66,6 +69,7 @@ class Calibrator:
             temperature=float(data.get("temperature", 1.0)),
             thresholds_x=tuple(float(v) for v in data.get("thresholds_x", ())),
             thresholds_y=tuple(float(v) for v in data.get("thresholds_y", ())),
+            note=str(data.get("note", "")),
         )
 
 
@@ -170,9 +174,9 @@ def choose_calibrator(
     """
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
-    none = Calibrator("none")
     if method == "none":
-        return CalibrationChoice(none, method, True, None, None, folds, "calibration.method = none: left uncalibrated")
+        reason = "calibration.method = none: left uncalibrated"
+        return CalibrationChoice(Calibrator("none", note=reason), method, True, None, None, folds, reason)
     f = np.asarray(logits, dtype=np.float64)
     theta = np.asarray(examination, dtype=np.float64)
     y = np.asarray(clicked, dtype=bool)
@@ -186,15 +190,15 @@ def choose_calibrator(
             calibrated[held] = fitted.probability(f[held], theta[held])
     except ValueError as exc:
         reason = f"{method} calibration could not be assessed on held-out folds ({exc}): left uncalibrated"
-        return CalibrationChoice(none, method, False, None, None, folds, reason)
+        return CalibrationChoice(Calibrator("none", note=reason), method, False, None, None, folds, reason)
     before = expected_calibration_error(raw, y, bins)
     after = expected_calibration_error(calibrated, y, bins)
     measured = (
         f"held-out ECE {before:.4f} uncalibrated vs {after:.4f} {method} ({folds}-fold cross-fitted, {f.size:,} rows)"
     )
     if after < before:
-        return CalibrationChoice(
-            fit_calibrator(method, f, theta, y), method, True, before, after, folds, f"{method} kept: {measured}"
-        )
+        reason = f"{method} kept: {measured}"
+        kept = dataclasses.replace(fit_calibrator(method, f, theta, y), note=reason)
+        return CalibrationChoice(kept, method, True, before, after, folds, reason)
     reason = f"{method} dropped, it did not improve calibration: {measured}; the click head is left uncalibrated"
-    return CalibrationChoice(none, method, False, before, after, folds, reason)
+    return CalibrationChoice(Calibrator("none", note=reason), method, False, before, after, folds, reason)

@@ -75,7 +75,7 @@ def fit_reward_model(
             "without clicks): click head left uncalibrated"
         )
         logger.warning(reason)
-        choice = CalibrationChoice(Calibrator("none"), calibrator_method, False, None, None, 0, reason)
+        choice = CalibrationChoice(Calibrator("none", note=reason), calibrator_method, False, None, None, 0, reason)
     calibrator = choice.calibrator
 
     train_imp = train.impressions

@@ -151,9 +151,18 @@ def _calibration_section(metrics: dict, figures: dict[str, Path]) -> str:
         if head in calibration
     ]
     bad = [r[2] is not None and r[2] > r[3] for r in rows]
+    click = calibration.get("click", {})
+    kept = (
+        f'<p class="note">Click calibrator: {html.escape(click["calibrator"])}'
+        + (f" ({html.escape(click['calibrator_note'])})" if click.get("calibrator_note") else "")
+        + ".</p>"
+        if click.get("calibrator")
+        else ""
+    )
     return (
         "<h2>Calibration</h2>"
         + _table(["head", "measure", "value", "threshold"], rows, bad)
+        + kept
         + _figure(figures, "calibration", "reliability diagrams (click, preference) and the dwell PIT histogram")
         + _figure(figures, "examination", "estimated examination per slot (true values where the truth is known)")
     )

@@ -98,6 +98,8 @@ def test_calibration_that_helps_on_held_out_rows_is_kept(method: str) -> None:
     assert choice.kept and choice.calibrator.method == method
     assert choice.ece_calibrated < choice.ece_uncalibrated
     assert choice.reason.startswith(f"{method} kept: held-out ECE")
+    assert choice.calibrator.note == choice.reason  # saved with the model, shown by the audit
+    assert Calibrator.from_dict(choice.calibrator.to_dict()) == choice.calibrator
 
 
 @pytest.mark.parametrize("method", ["temperature", "isotonic"])
