@@ -247,10 +247,14 @@ def empty_split_hints(report: SplitReport) -> list[str]:
     for split, fraction in zip(SPLITS, report.fractions):
         if fraction > 0 and counts.get(split, 0) == 0 and sum(counts.values()) > 0:
             groups = f" ({sum(report.groups.values()):,} {report.by}s in all)" if report.groups else ""
+            remedy = (
+                f"raise the {split} fraction (--fractions)"
+                if report.by == "time"
+                else f"log more {report.by}s, raise the {split} fraction (--fractions), or split by time"
+            )
             hints.append(
                 f"{split} got 0 impressions although its fraction is {fraction:g}{groups}: the logs are too small "
-                f"to split by {report.by} at these fractions; log more {report.by}s, raise the {split} fraction "
-                "(--fractions), or split by time"
+                f"to split by {report.by} at these fractions; {remedy}"
             )
     return hints
 

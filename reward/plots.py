@@ -27,9 +27,9 @@ def score_limits(values, *, floor: float = 0.4, ceiling: float = 1.0, margin: fl
     if finite.size == 0:
         return floor, ceiling
     low, high = float(finite.min()), float(finite.max())
-    return (min(floor, low - margin) if low < floor else floor), (
-        max(ceiling, high + margin) if high > ceiling else ceiling
-    )
+    bottom = low - margin if low < floor else floor
+    top = high + margin if high > ceiling else ceiling
+    return bottom, top
 
 
 def plot_reliability(plots: dict, path: Path) -> Path | None:
