@@ -169,12 +169,13 @@ def record_asset_root(validated: Path, splits: Path) -> None:
 
 def _simulate_world(world_config: str, out: Path, *, progress: bool) -> Path:
     from experiments.commands.simulate import DEFAULT_CONFIG as WORLD_CONFIG
-    from experiments.config import dump_toml, load_config
+    from experiments.config import dump_toml, environment_profile, load_config
     from offline_data.simulator import SimulatorConfig
     from offline_data.simulator.simulation import simulate
 
     path = world_config or str(WORLD_CONFIG)
-    config = load_config(SimulatorConfig, path)
+    # The world `backdrop simulate` would make: its config file, then the BACKDROP_CONFIG_OVERRIDES profile.
+    config = load_config(SimulatorConfig, path, profile=environment_profile(SimulatorConfig))
     summary = simulate(config, out, progress=progress)
     (out / "config.toml").write_text(dump_toml(config), encoding="utf-8")
     print(summary.format_table())

@@ -4,9 +4,11 @@ README cannot drift from the code.
 Small settings come from the user-visible smoke profile (``BACKDROP_CONFIG_OVERRIDES=experiments/configs/
 smoke.toml``), set in the environment exactly as a user would set it; the commands themselves are not edited.
 ``<ts>`` is the one placeholder: it becomes the newest run folder of that name, as a reader would fill it in.
-The reader's own files the tour names (``shoe.png``) are supplied. The "Bringing your own" snippets name files
-and folders only a user has (an embeddings table, an SD-inpainting checkpoint), so their ``--set`` keys are
-checked against the command's config instead of being run. Links of the README must name files of the repository.
+The reader's own files the tour names (``shoe.png``) are supplied. After the tour, the complete ``backdrop``
+commands of "Bringing your own" run as written too, with the user's file they name supplied (``embeddings.parquet``:
+a vector per image of the smoke world); the other snippets name what only a user has (an SD-inpainting checkpoint
+folder), so their ``--set`` keys are checked against the command's config. Links of the README must name files of
+the repository.
 """
 
 from __future__ import annotations
@@ -44,6 +46,23 @@ def tour_commands() -> list[list[str]]:
     commands = [c for c in commands if c]
     assert commands and all(c[0] == "backdrop" for c in commands), commands
     return commands
+
+
+def bring_your_own_commands() -> list[list[str]]:
+    """The inline ``backdrop ...`` snippets of "Bringing your own" that are whole commands (they have options)."""
+    text = " ".join(readme_section("Bringing your own").split())
+    snippets = [shlex.split(code) for code in re.findall(r"`([^`]+)`", text) if code.startswith("backdrop ")]
+    return [s for s in snippets if any(token.startswith("--") for token in s)]
+
+
+def write_embeddings(assets: Path, path: Path, dim: int = 8) -> None:
+    """A user's precomputed embeddings: one random vector per image id of ``assets``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(assets, columns=["image_id"]).column("image_id").to_pylist()
+    vectors = np.random.default_rng(0).normal(size=(len(ids), dim)).astype(np.float32)
+    pq.write_table(pa.table({"image_id": ids, "embedding": list(vectors)}), path)
 
 
 def fill_timestamps(argv: list[str], cwd: Path) -> list[str]:
@@ -129,6 +148,15 @@ def test_the_tour_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         output = capsys.readouterr()
         assert code == 0, f"`{shlex.join(written)}` exited {code}:\n{output.err[-3000:]}"
     assert (tmp_path / "bundles/candidate/MODEL_CARD.md").is_file()
-    assert sorted((tmp_path / "runs").iterdir())
     rollouts = sorted((tmp_path / "runs" / "rollout").iterdir())
     assert (rollouts[-1] / "contact_sheet.png").is_file()
+
+    # The same smoke world (same config, profile and seed) that `reward train` without --data simulates.
+    write_embeddings(tmp_path / "runs/world/assets.parquet", tmp_path / "embeddings.parquet")
+    snippets = bring_your_own_commands()
+    assert [c[:3] for c in snippets] == [["backdrop", "reward", "train"]], snippets
+    for written in snippets:
+        code = main(written[1:])
+        output = capsys.readouterr()
+        assert code == 0, f"`{shlex.join(written)}` exited {code}:\n{output.err[-3000:]}"
+        assert "precomputed" in (sorted((tmp_path / "runs" / "reward").iterdir())[-1] / "config.toml").read_text()
