@@ -24,6 +24,12 @@ Arm sizes are rounded up: n_control = ceil(n1), n_treatment = ceil(κ n1). The u
 randomised and is independent (users or requests); for a per-impression CTR with request-level
 randomisation, the impressions of one request are correlated and the two-proportion formula is optimistic,
 which is why ``backdrop ope`` also reports the per-request mean version with the variance measured in the logs.
+
+The numbers come from statsmodels (``statsmodels.stats.power`` and ``statsmodels.stats.proportion``), which
+implements exactly these tests: sample sizes by ``normal_sample_size_one_tail`` (the closed forms above) and
+``samplesize_proportions_2indep_onetail`` (its null variance pools the rates as above); power by
+``NormalIndPower`` and ``power_proportions_2indep``, which add the far rejection tail of a two-sided test (under
+1e-6 at the sizes computed here). This module keeps the design, the validation and the reporting.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import math
 from typing import Any, Literal
 
 from scipy.optimize import brentq
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtri
 
 Sided = Literal["two", "one"]
 Metric = Literal["proportion", "mean"]
@@ -127,12 +133,13 @@ def proportion_sample_size(
     p1 = _check_rate("baseline", baseline)
     p2 = _treatment_value(p1, lift, relative)
     _check_rate("treatment rate (baseline + lift)", p2)
-    kappa = design.ratio
-    pooled = (p1 + kappa * p2) / (1 + kappa)
-    null_sd = math.sqrt(pooled * (1 - pooled) * (1 + 1 / kappa))
-    alt_sd = math.sqrt(p1 * (1 - p1) + p2 * (1 - p2) / kappa)
-    n1 = (design.z_alpha * null_sd + design.z_power * alt_sd) ** 2 / (p2 - p1) ** 2
-    return _sample_size("proportion", n1, p1, p2, design)
+    from statsmodels.stats.proportion import samplesize_proportions_2indep_onetail
+
+    # statsmodels' sample 1 is our control arm (n1, p1) and its reference sample 2 the treatment (κ n1, p2).
+    n1 = samplesize_proportions_2indep_onetail(
+        p1 - p2, p2, design.power, ratio=design.ratio, alpha=design.alpha, alternative=_alternative(design.sided)
+    )
+    return _sample_size("proportion", float(n1), p1, p2, design)
 
 
 def mean_sample_size(
@@ -156,21 +163,29 @@ def mean_sample_size(
     """
     sigma1, sigma2 = _check_stds(std, std_treatment)
     mu2 = _treatment_value(baseline, lift, relative)
-    kappa = design.ratio
-    n1 = (design.z_alpha + design.z_power) ** 2 * (sigma1**2 + sigma2**2 / kappa) / (mu2 - baseline) ** 2
-    return _sample_size("mean", n1, baseline, mu2, design)
+    from statsmodels.stats.power import normal_sample_size_one_tail
+
+    one_tail_alpha = design.alpha / 2 if design.sided == "two" else design.alpha
+    sd = math.sqrt(sigma1**2 + sigma2**2 / design.ratio)  # of the mean difference, times sqrt(n1)
+    n1 = normal_sample_size_one_tail(abs(mu2 - baseline), design.power, one_tail_alpha, std_null=sd)
+    return _sample_size("mean", float(n1), baseline, mu2, design)
 
 
 def proportion_power(
     baseline: float, treatment: float, n_control: float, n_treatment: float, *, alpha: float, sided: Sided = "two"
 ) -> float:
-    """Power of the pooled two-proportion z-test with the given arm sizes (module docstring)."""
+    """Power of the pooled two-proportion z-test with the given arm sizes (module docstring; statsmodels'
+    ``power_proportions_2indep``)."""
+    from statsmodels.stats.proportion import power_proportions_2indep
+
     p1, p2 = _check_rate("baseline", baseline), _check_rate("treatment", treatment)
-    z_alpha = ABTestConfig(alpha=alpha, sided=sided).z_alpha
-    pooled = (n_control * p1 + n_treatment * p2) / (n_control + n_treatment)
-    null_se = math.sqrt(pooled * (1 - pooled) * (1 / n_control + 1 / n_treatment))
-    alt_se = math.sqrt(p1 * (1 - p1) / n_control + p2 * (1 - p2) / n_treatment)
-    return float(ndtr((abs(p2 - p1) - z_alpha * null_se) / alt_se))
+    ABTestConfig(alpha=alpha, sided=sided)  # validates alpha and sided
+    # A one-sided test is in the direction of the change (module docstring).
+    alternative = _alternative(sided) if sided == "two" else ("larger" if p1 > p2 else "smaller")
+    result = power_proportions_2indep(
+        p1 - p2, p2, n_control, ratio=n_treatment / n_control, alpha=alpha, alternative=alternative
+    )
+    return float(result.power)
 
 
 def mean_power(
@@ -183,11 +198,16 @@ def mean_power(
     sided: Sided = "two",
     std_treatment: float | None = None,
 ) -> float:
-    """Power of the two-sample z-test on a mean: Φ(|δ| / sqrt(σ1²/n1 + σ2²/n2) - z_α)."""
+    """Power of the two-sample z-test on a mean, Φ(|δ| / sqrt(σ1²/n1 + σ2²/n2) - z_α) (statsmodels'
+    ``NormalIndPower``; unequal σ enter through the standardised effect of :func:`_standardised`)."""
+    from statsmodels.stats.power import NormalIndPower
+
     sigma1, sigma2 = _check_stds(std, std_treatment)
-    z_alpha = ABTestConfig(alpha=alpha, sided=sided).z_alpha
-    se = math.sqrt(sigma1**2 / n_control + sigma2**2 / n_treatment)
-    return float(ndtr(abs(effect) / se - z_alpha))
+    ABTestConfig(alpha=alpha, sided=sided)
+    ratio = n_treatment / n_control
+    d = abs(effect) / _standardised(sigma1, sigma2, ratio)
+    alternative = "two-sided" if sided == "two" else "larger"
+    return float(NormalIndPower().power(d, n_control, alpha, ratio=ratio, alternative=alternative))
 
 
 def proportion_mde(
@@ -237,10 +257,17 @@ def mean_mde(
     design: ABTestConfig = ABTestConfig(),
     std_treatment: float | None = None,
 ) -> DetectableEffect:
-    """Smallest change of the mean ``n_total`` units detect: (z_α + z_{1-β}) sqrt(σ1²/n1 + σ2²/n2)."""
+    """Smallest change of the mean ``n_total`` units detect: (z_α + z_{1-β}) sqrt(σ1²/n1 + σ2²/n2) (solved by
+    statsmodels' ``NormalIndPower``)."""
+    from statsmodels.stats.power import NormalIndPower
+
     sigma1, sigma2 = _check_stds(std, std_treatment)
     n1, n2 = _split(n_total, design.ratio)
-    delta = (design.z_alpha + design.z_power) * math.sqrt(sigma1**2 / n1 + sigma2**2 / n2)
+    alternative = "two-sided" if design.sided == "two" else "larger"
+    d = NormalIndPower().solve_power(
+        None, nobs1=n1, alpha=design.alpha, power=design.power, ratio=design.ratio, alternative=alternative
+    )
+    delta = float(d) * _standardised(sigma1, sigma2, design.ratio)
     return DetectableEffect(
         metric="mean",
         n_control=n1,
@@ -268,6 +295,16 @@ def _sample_size(metric: Metric, n1: float, baseline: float, treatment: float, d
         relative_effect=effect / baseline if baseline != 0 else None,
         design=design,
     )
+
+
+def _alternative(sided: Sided) -> str:
+    return "two-sided" if sided == "two" else "larger"
+
+
+def _standardised(sigma1: float, sigma2: float, ratio: float) -> float:
+    """The σ that makes statsmodels' equal-variance effect size d = δ / σ give our unequal-variance test:
+    d sqrt(n1) / sqrt(1 + 1/κ) = δ sqrt(n1) / sqrt(σ1² + σ2²/κ)."""
+    return math.sqrt((sigma1**2 + sigma2**2 / ratio) / (1 + 1 / ratio))
 
 
 def _treatment_value(baseline: float, lift: float, relative: bool) -> float:

@@ -231,16 +231,61 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with aligned columns (numbers right-aligned)."""
-    cells = [[format_cell(v) for v in row] for row in rows]
+TABLE_WIDTH = 119
+"""Widest line :func:`format_table` prints; wider tables continue in blocks below (the full table is in the CSV)."""
+CELL_WIDTH = 40
+"""Longest cell or header printed; longer ones keep their start and end around an ellipsis."""
+
+
+def abbreviate(text: str, width: int = CELL_WIDTH) -> str:
+    """``text`` cut to ``width`` characters by replacing its middle with "…" (the end of a metric name or path
+    usually tells runs apart, so both ends stay)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+
+
+def format_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    width: int = TABLE_WIDTH,
+    key_columns: int = 1,
+    cell_width: int = CELL_WIDTH,
+) -> str:
+    """A plain-text table with aligned columns (numbers right-aligned) no wider than ``width``.
+
+    Cells and headers longer than ``cell_width`` are abbreviated (:func:`abbreviate`). When the columns do not fit
+    in ``width``, the table continues in blocks separated by a blank line, each repeating the first
+    ``key_columns`` columns (the run) so every block reads on its own.
+    """
+    header = [abbreviate(h, cell_width) for h in header]
+    cells = [[abbreviate(format_cell(v), cell_width) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(header)]
     numeric = [all(isinstance(row[i], int | float) or row[i] is None for row in rows) for i in range(len(header))]
-    lines = ["  ".join(h.rjust(w) if n else h.ljust(w) for h, w, n in zip(header, widths, numeric))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in cells:
-        lines.append("  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric)))
-    return "\n".join(lines)
+    keys = list(range(min(key_columns, len(header))))
+    blocks: list[list[int]] = []
+    for column in range(len(keys), len(header)):
+        block = blocks[-1] if blocks else None
+        used = sum(widths[c] + 2 for c in [*keys, *(block or [])])
+        if block is None or (block and used + widths[column] > width):
+            blocks.append([column])
+        else:
+            block.append(column)
+    parts = []
+    for block in blocks or [[]]:
+        columns = [*keys, *block]
+
+        def line(values: Sequence[str], columns: list[int] = columns) -> str:
+            return "  ".join(
+                values[c].rjust(widths[c]) if numeric[c] else values[c].ljust(widths[c]) for c in columns
+            ).rstrip()
+
+        lines = [line(header), "  ".join("-" * widths[c] for c in columns)]
+        lines += [line(row) for row in cells]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, Any]:

@@ -4,7 +4,10 @@ Every component owns one frozen, keyword-only dataclass (``reward/config.py``, `
 that validates itself in ``__post_init__`` by raising ``ValueError``. A command composes them into a root
 dataclass whose fields are the TOML sections. This module turns TOML text into that root:
 
-- precedence is defaults < file < ``--set`` overrides;
+- precedence is defaults < file < profile < ``--set`` overrides, where the *profile* is the TOML file named by the
+  environment variable ``BACKDROP_CONFIG_OVERRIDES`` (:func:`environment_profile`): one file for every command
+  (e.g. ``experiments/configs/smoke.toml``, toy sizes to check a set-up in seconds), each command taking the keys
+  its own config has and skipping the rest;
 - an unknown key fails with a suggestion (``unknown key 'policy.lora.rnak' (did you mean 'rank'?)``);
 - a value of the wrong type fails naming the key, the expected type and the value found;
 - every float must be finite (TOML reads ``nan`` and ``inf`` as floats; no setting of backdrop means them) and
@@ -85,8 +88,60 @@ class RunConfig:
 # Loading
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build ``cls`` from its defaults, then the TOML file at ``path``, then ``--set`` overrides.
+ENVIRONMENT_PROFILE = "BACKDROP_CONFIG_OVERRIDES"
+"""Environment variable naming a TOML profile applied to every command's config (module docstring)."""
+
+
+def environment_profile(cls: type) -> dict[str, Any]:
+    """The keys of the ``BACKDROP_CONFIG_OVERRIDES`` profile that ``cls`` has (nested tables), {} when unset.
+
+    A profile serves every command, so a key the command's config does not have is skipped rather than refused
+    (``trainer.epochs`` means nothing to ``backdrop simulate``); values are still checked by :func:`from_dict`.
+
+    Raises:
+        ConfigError: the file is missing or not TOML (named with the variable).
+    """
+    import os
+
+    name = os.environ.get(ENVIRONMENT_PROFILE, "").strip()
+    if not name:
+        return {}
+    path = Path(name)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{ENVIRONMENT_PROFILE}={name}: profile file not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{ENVIRONMENT_PROFILE}={name}: cannot read the profile: {exc}") from None
+    return _keys_of(cls, data)
+
+
+def _keys_of(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` restricted to the (nested) fields of the dataclass ``cls``."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kept: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            continue
+        default = _field_default(fields[key])
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            inner = _keys_of(type(default), value)
+            if inner:
+                kept[key] = inner
+        else:
+            kept[key] = value
+    return kept
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    profile: Mapping[str, Any] | None = None,
+) -> T:
+    """Build ``cls`` from its defaults, then the TOML file at ``path``, then ``profile`` (a nested table, e.g.
+    :func:`environment_profile`), then ``--set`` overrides.
 
     Raises:
         ConfigError: unreadable file, TOML syntax error, unknown key, wrong type, bad override syntax, or a
@@ -109,6 +164,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
         except RecursionError:
             raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply to parse") from None
+    if profile:
+        data = _deep_merge(data, profile)
+        source = f"{source} + the {ENVIRONMENT_PROFILE} profile"  # a bad value may come from either
     for text in overrides:
         keys, value = parse_override(text)
         _set_nested(data, keys, value, text)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.demo_stages import DemoPaths
+from policy.evaluation import KL_PER_SAMPLE, KL_PER_STEP
 
 Z_95 = 1.959964
 
@@ -60,7 +61,7 @@ def headline_lines(results: dict[str, Any], paths: DemoPaths) -> list[str]:
         f"gold lift of DDPO over the base: {gain:+.2f} within-request SD, 95% CI {_signed_interval(low, high)} "
         f"(raw {final['gold/gain']:+.3f} gold; {requests} held-out products x {results['eval_seeds']} seeds; "
         f"{100 * final['gold/improved_requests']:.0f}% of products improved; {results['ddpo']['epochs']} epochs)",
-        f"KL to the base: {final['eval/kl_nats']:.1f} nats per sample (held-out evaluation); proxy gain "
+        f"{KL_PER_SAMPLE} to the base: {final['eval/kl_nats']:.1f} (held-out evaluation); proxy gain "
         f"{final['eval/proxy_gain_sd']:+.2f} SD",
     ]
     best = _row(rows, "best-of-")
@@ -139,12 +140,12 @@ def curves_figure(records: list[dict[str, float]]) -> bytes:
     ax.set(title="held-out gain over the base", xlabel="epoch", ylabel="within-request SD of the base")
     ax.legend(fontsize=8)
     ax = axes[2]
-    ax.plot(steps, [r["eval/kl_nats"] for r in evals], "o-", color="tab:red", label="held-out KL (nats/sample)")
-    ax.set(title="KL to the base", xlabel="epoch", ylabel="nats per sample")
+    ax.plot(steps, [r["eval/kl_nats"] for r in evals], "o-", color="tab:red", label=f"held-out {KL_PER_SAMPLE}")
+    ax.set(title="KL to the base", xlabel="epoch", ylabel=KL_PER_SAMPLE)
     twin = ax.twinx()
     twin.plot([r["step"] for r in train], [r.get("policy/kl", float("nan")) for r in train], ":", color="tab:purple",
-              label="training KL per step (mean over latent dims)")  # fmt: skip
-    twin.set_ylabel("training policy/kl", color="tab:purple")
+              label=f"training {KL_PER_STEP}")  # fmt: skip
+    twin.set_ylabel(f"training {KL_PER_STEP}", color="tab:purple", fontsize=8)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -1,10 +1,21 @@
 """``MODEL_CARD.md`` of a candidate bundle, written from its manifest: what it is, how it was trained and
-evaluated, the gates (and any override), the reward-model audit, the contact sheet and how to load it."""
+evaluated, the gates (and any override), the reward-model audit, the contact sheet and how to load it.
+
+The card follows the Hugging Face Hub's model-card format: YAML front matter (``base_model``, ``library_name:
+diffusers``, ``pipeline_tag``, ``tags`` and a ``model-index`` with the export's measured metrics) before the
+markdown, so a Hub upload or any tool that reads that metadata finds them. It names runs and models by their
+folder names only: the manifest keeps full paths for provenance, but a card travels with the bundle to other
+machines and must not embed the paths of the one that wrote it.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import re
 from pathlib import Path
+
+import yaml
 
 CARD_FILE = "MODEL_CARD.md"
 
@@ -39,14 +50,82 @@ def _gates(manifest: dict) -> list[str]:
     return lines
 
 
+def short_name(path: str | os.PathLike | None, parts: int = 2) -> str:
+    """The last ``parts`` components of a path (``policy_train/20260101-120000``): a name, never a machine path."""
+    if path is None:
+        return "–"
+    names = [p for p in Path(path).parts if p != Path(path).anchor]
+    return "/".join(names[-parts:]) if names else str(path)
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.])/(?:[^\s/'\"]+/)*[^\s'\"]*")
+
+
+def without_machine_paths(text: str) -> str:
+    """``text`` with every absolute path replaced by its last three components (e.g. a recorded command line)."""
+    return _ABSOLUTE.sub(lambda m: short_name(m.group(0), 3), text)
+
+
+def base_model_name(base: dict) -> str:
+    """The base model's name: its ``pretrained`` name, else its folder's name."""
+    return str(base.get("pretrained") or Path(base["folder"]).name)
+
+
+def front_matter(manifest: dict) -> dict:
+    """The Hub metadata of the card (module docstring): base model, library, pipeline, tags and model-index."""
+    metrics, training = manifest["metrics"], manifest["training"]
+    measured = [
+        {"type": "kl_per_sample", "name": "KL per sample to the base (nats, export evaluation)",
+         "value": metrics["kl_nats_mean"]},
+        {"type": "product_pixels_changed", "name": "product pixels changed (export evaluation)",
+         "value": metrics["preservation_changed_pixels"]},
+    ]  # fmt: skip
+    final = training.get("final_eval") or {}
+    for key, name in (
+        ("gold/gain_sd", "held-out gold gain over the base (within-request SDs)"),
+        ("eval/proxy_gain_sd", "held-out proxy-reward gain over the base (within-request SDs)"),
+    ):
+        if isinstance(final.get(key), int | float) and math.isfinite(final[key]):
+            measured.append({"type": key.replace("/", "_"), "name": name, "value": float(final[key])})
+    for key, res in (metrics.get("ope") or {}).items():
+        if isinstance(res.get("value"), int | float) and math.isfinite(res["value"]):
+            measured.append({"type": f"ope_{key.replace(':', '_')}", "name": f"off-policy {key} (clicks per request)",
+                             "value": float(res["value"])})  # fmt: skip
+    gates = "passed" if all(g["passed"] for g in manifest["gates"]) else "overridden"
+    return {
+        "base_model": base_model_name(manifest["base_model"]),
+        "library_name": "diffusers",
+        "pipeline_tag": "image-to-image",
+        "tags": ["lora", "inpainting", "diffusers", "ddpo", "backdrop", f"gates-{gates}"],
+        "model-index": [
+            {
+                "name": f"backdrop candidate from {short_name(manifest['candidate']['run'])}",
+                "results": [
+                    {
+                        "task": {"type": "image-to-image", "name": "background inpainting behind product photos"},
+                        "dataset": {"type": "held-out-requests", "name": "held-out evaluation requests"},
+                        "metrics": measured,
+                    }
+                ],
+            }
+        ],
+    }
+
+
 def render_model_card(manifest: dict) -> str:
-    """The card's markdown."""
+    """The card: YAML front matter, then markdown."""
     candidate, base, reward = manifest["candidate"], manifest["base_model"], manifest["reward_model"]
     metrics, training = manifest["metrics"], manifest["training"]
+    header = yaml.safe_dump(front_matter(manifest), sort_keys=False, allow_unicode=True)
     lines = [
+        "---",
+        header.rstrip("\n"),
+        "---",
+        "",
         "# Candidate inpainting model (LoRA) for an A/B test",
         "",
-        f"Exported {manifest['created']} from the policy run `{candidate['run']}` ({candidate['adapter_source']}).",
+        f"Exported {manifest['created']} from the policy run `{short_name(candidate['run'])}` "
+        f"({without_machine_paths(str(candidate['adapter_source']))}).",
         "Product pixels are never modified: every evaluation output was verified bit-identical inside the product",
         "mask.",
         "",
@@ -71,20 +150,22 @@ def render_model_card(manifest: dict) -> str:
     lines += [
         "## Model",
         "",
-        f"- base: `{base['pretrained'] or base['folder']}` ({base.get('pipeline_class') or 'diffusers folder'}), "
+        f"- base: `{base_model_name(base)}` ({base.get('pipeline_class') or 'diffusers folder'}), "
         f"sha256 of its {len(base['files'])} files combined: `{base['sha256']}`",
         f"- adapter: `{candidate['adapter']}` (sha256 `{candidate['adapter_sha256']}`), LoRA rank "
         f"{candidate['lora']['rank']}, alpha {candidate['lora']['alpha']}, targets "
         f"{', '.join(candidate['lora']['target_modules'])}",
         f"- merged UNet: `{candidate['merged_unet']}`" if candidate["merged_unet"] else "- merged UNet: not exported",
-        f"- reward model: `{reward['folder']}` ({reward['format']}, {reward['members']} members, encoder "
-        f"{reward['encoder']}, weights sha256 `{reward['weights_sha256']}`)",
+        f"- reward model: `{short_name(reward['folder'], 3)}` ({reward['format']}, {reward['members']} members, "
+        f"encoder {reward['encoder']}, weights sha256 `{reward['weights_sha256']}`)",
         f"- sampler: {manifest['sampler']['num_steps']} DDIM steps, eta {manifest['sampler']['eta']}, guidance "
         f"{manifest['sampler']['guidance_scale']}",
         "",
         "## Training and evaluation",
         "",
-        f"- command: `{training['command']}`" if training["command"] else "- command: not recorded",
+        f"- command: `{without_machine_paths(training['command'])}`"
+        if training["command"]
+        else "- command: not recorded",
         f"- run seed {manifest['seeds']['run']}; git {(training.get('git') or {}).get('sha')}",
     ]
     final = training.get("final_eval")
@@ -94,11 +175,12 @@ def render_model_card(manifest: dict) -> str:
             f"{_number(final.get('eval/proxy_gain_sd'))} SD, gold gain {_number(final.get('gold/gain_sd'))} SD "
             f"(se {_number((final.get('gold/gain_se') or math.nan) / (final.get('gold/base_within_sd') or math.nan))}"
             "), "
-            f"KL {_number(final.get('eval/kl_nats'))} nats"
+            f"KL per sample {_number(final.get('eval/kl_nats'))} nats"
         )
     lines.append(
-        f"- export evaluation: {metrics['evaluation_samples']} samples, KL {_number(metrics['kl_nats_mean'])} nats "
-        f"per sample, {_number(metrics['preservation_changed_pixels'])} product pixels changed"
+        f"- export evaluation: {metrics['evaluation_samples']} samples, KL per sample "
+        f"{_number(metrics['kl_nats_mean'])} nats, {_number(metrics['preservation_changed_pixels'])} product "
+        "pixels changed"
     )
     ope = metrics.get("ope")
     if ope:
@@ -129,7 +211,8 @@ def render_model_card(manifest: dict) -> str:
             lines.append(f"| {key} | {shown} |")
     files = manifest["audit"]["files"]
     if files.get("html"):
-        lines += ["", f"Full report: [{files['html']}]({files['html']})"]
+        report = files["html"] if not Path(files["html"]).is_absolute() else short_name(files["html"])
+        lines += ["", f"Full report: [{report}]({report})"]
     lines += [
         "",
         "## Samples",
@@ -142,7 +225,7 @@ def render_model_card(manifest: dict) -> str:
         "",
         "```python",
         "from diffusers import StableDiffusionInpaintPipeline",
-        f'pipe = StableDiffusionInpaintPipeline.from_pretrained("{base["folder"]}")',
+        f'pipe = StableDiffusionInpaintPipeline.from_pretrained("{base_model_name(base)}")  # the base\'s folder',
         'pipe.load_lora_weights("adapter")  # this bundle\'s adapter/ folder',
         "```",
         "",

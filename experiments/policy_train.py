@@ -23,7 +23,7 @@ from experiments.studio.requests import StudioRequestsConfig
 from offline_data.errors import BackdropError
 from offline_data.finite import NonFiniteError, dumps_strict
 from policy.config import InpaintModelConfig, PolicyConfig
-from policy.evaluation import EvaluationConfig
+from policy.evaluation import KL_PER_SAMPLE, KL_PER_STEP, EvaluationConfig
 from policy.trainer_config import DDPOConfig
 
 logger = logging.getLogger("backdrop")
@@ -296,6 +296,7 @@ def train_policy(
             seed=config.run.seed,
             evaluator=evaluator,
             log_metrics=run.log_metrics,
+            log_image=getattr(run, "log_image", None),
             output_dir=run.dir,
             accelerator=accelerator,
             progress=progress and is_main_process(),
@@ -314,6 +315,10 @@ def train_policy(
     final = [h for h in history if "eval/kl_nats" in h]
     if final:
         run.write_json("final_eval.json", {"epoch": final[-1]["epoch"], **final[-1]})
+    log_hparams = getattr(run, "log_hparams", None)
+    if log_hparams is not None and history:
+        evaluations = [h for h in history if "eval/kl_nats" in h]
+        log_hparams(config, (evaluations or history)[-1])
     return history
 
 
@@ -335,4 +340,7 @@ def describe_evaluation(record: dict[str, float]) -> str:
         )
     if "eval/pessimistic_gain_sd" in record:
         head += f"; pessimistic (mean - {record['eval/pessimism']:g} std) {record['eval/pessimistic_gain_sd']:+.2f} SD"
-    return f"epoch {int(record['epoch'])}: {head}; KL {record['eval/kl_nats']:.2f} nats per sample"
+    kl = f"{KL_PER_SAMPLE} {record['eval/kl_nats']:.2f}"
+    if "eval/kl_step" in record:
+        kl += f", {KL_PER_STEP} {record['eval/kl_step']:.2e}"
+    return f"epoch {int(record['epoch'])}: {head}; {kl}"

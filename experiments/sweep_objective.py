@@ -14,6 +14,9 @@ Definition (what ``backdrop sweep`` optimises; on the studio world, gold engagem
   optuna then treats it as infeasible: ``study.best_trial`` skips it and TPE ranks it below every feasible trial,
   ordered by violation, which steers the search back into the budget. The summary lists it as infeasible.
 - The final metrics returned by the run function count as one more point after the last logged step.
+- Steps before the target's ``first_trained_step`` evaluate the untrained model (``policy train`` evaluates the
+  base at epoch 0): they are seen but never the trial's objective, neither as its best nor as its least-violating
+  point, so a sweep's "best" is never the base it started from.
 """
 
 from __future__ import annotations
@@ -65,9 +68,17 @@ class ObjectiveTracker:
     """
 
     def __init__(
-        self, objective: str, direction: Literal["maximize", "minimize"], constraint: ConstraintConfig | None
+        self,
+        objective: str,
+        direction: Literal["maximize", "minimize"],
+        constraint: ConstraintConfig | None,
+        *,
+        first_trained_step: int = 0,
     ) -> None:
+        """``first_trained_step``: the first step logged after any training (earlier steps are the untrained
+        model and never count; module docstring)."""
         self.objective = objective
+        self.first_trained_step = int(first_trained_step)
         self.direction = direction
         self.constraint = constraint
         self._pending: dict[int, dict[str, float]] = {}
@@ -102,11 +113,12 @@ class ObjectiveTracker:
             self.update(final_metrics, self._last_step + 1)
         for step in sorted(self._pending):
             self._decide(step)
-        finite = [p for p in self._points if math.isfinite(p.value)]
+        finite = [p for p in self._points if math.isfinite(p.value) and p.step >= self.first_trained_step]
         if not finite:
             seen = ", ".join(sorted(self.logged_names)) or "nothing"
             what = "a finite value of" if self._points else "the objective metric"
-            raise ObjectiveMissingError(f"the trial never logged {what} '{self.objective}' (it logged: {seen})")
+            after = f" after training began (step >= {self.first_trained_step})" if self.first_trained_step else ""
+            raise ObjectiveMissingError(f"the trial never logged {what} '{self.objective}'{after} (it logged: {seen})")
         if self.constraint is None:
             best = self._best
             assert best is not None  # a finite point without a constraint is always within budget
@@ -144,7 +156,12 @@ class ObjectiveTracker:
             violation = None if constraint_value is None else self.constraint.violation(constraint_value)
         point = _Point(step, value, constraint_value, violation)
         self._points.append(point)
-        within = math.isfinite(value) and (self.constraint is None or (violation is not None and violation <= 0))
+        trained = step >= self.first_trained_step
+        within = (
+            trained
+            and math.isfinite(value)
+            and (self.constraint is None or (violation is not None and violation <= 0))
+        )
         if within and (self._best is None or self._better(value, self._best.value)):
             self._best = point
         return [] if self._best is None else [(step, self._best.value)]

@@ -59,6 +59,9 @@ class SweepTarget:
     """The command's root config dataclass; it must have a ``run: RunConfig`` section."""
     run: RunFunction
     """``run(config, log_metrics) -> final metrics``; must let ``optuna.TrialPruned`` propagate."""
+    first_trained_step: int = 0
+    """The first logged step that follows some training; earlier steps evaluate the untrained model and never
+    count as the trial's objective (``policy train`` logs the base's evaluation at epoch 0, so 1 there)."""
 
 
 class TargetError(ConfigError):
@@ -221,7 +224,9 @@ def __getattr__(name: str) -> SweepTarget:
     if name == "POLICY_TRAIN":
         from experiments.policy_train import PolicyTrainCommandConfig
 
-        return SweepTarget(name="policy train", config_class=PolicyTrainCommandConfig, run=run_policy_train)
+        return SweepTarget(
+            name="policy train", config_class=PolicyTrainCommandConfig, run=run_policy_train, first_trained_step=1
+        )
     if name == "REWARD_TRAIN":
         return SweepTarget(name="reward train", config_class=reward_sweep_config_class(), run=run_reward_train)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -118,7 +118,12 @@ class TrialRunner:
                 record_errors=False,  # a failed or pruned trial is recorded by the handlers below
             ) as run:
                 write_trial_record(directory, record)
-                tracker = ObjectiveTracker(self.space.objective, self.space.direction, self.space.budget)
+                tracker = ObjectiveTracker(
+                    self.space.objective,
+                    self.space.direction,
+                    self.space.budget,
+                    first_trained_step=self.target.first_trained_step,
+                )
                 log = _ReportingLog(run, tracker, trial)
                 try:
                     final = self.target.run(config, log)

@@ -10,7 +10,10 @@ A run lives in ``<output_dir>/<name>/<timestamp>``, created fresh and never over
 - ``command.json``: the command and every flag with its resolved value (``--resume`` reads it back), and,
   when the command failed, ``error.json`` with the message and exit code (:mod:`experiments.run_record`);
 
-and, when enabled, TensorBoard event files (``tb/``) and a local MLflow file store.
+and, when enabled, TensorBoard event files (``tb/``) and a local MLflow file store. Besides scalars
+(:meth:`Run.log_metrics`) both get images (:meth:`Run.log_image`: the policy trainer's before/after contact sheet
+of each evaluation) and the run's hyperparameters with its final metrics (:meth:`Run.log_hparams`: TensorBoard's
+HPARAMS tab, MLflow params), as the ecosystem's trainers log them.
 Components never import this module: trainers take a ``log_metrics(metrics, step)`` callable, and
 :meth:`Run.log_metrics` is the one passed in.
 """
@@ -152,6 +155,41 @@ class Run:
             finite = {k.replace("/", "."): v for k, v in clean.items() if v is not None and math.isfinite(v)}
             self._mlflow.log_metrics(finite, step=int(step))
 
+    def log_image(self, tag: str, image: Any, step: int) -> None:
+        """Log an ``[H, W, 3]`` uint8 image (e.g. a contact sheet) to TensorBoard (``add_image``) and MLflow
+        (``log_image`` with key and step) when enabled; no-op otherwise (the run's PNGs are the record)."""
+        import numpy as np
+
+        array = np.asarray(image)
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"image must be [H, W, 3] uint8, got {array.dtype} {list(array.shape)}")
+        if self._tb is not None:
+            self._tb.add_image(tag, array, int(step), dataformats="HWC")
+            self._tb.flush()
+        if self._mlflow is not None:
+            self._mlflow.log_image(array, key=tag.replace("/", "."), step=int(step))
+
+    def log_hparams(self, config: Any, final_metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """Log the run's hyperparameters (the resolved config flattened to dotted keys, scalars only) with its
+        final metrics: TensorBoard ``add_hparams`` (a ``tb/hparams`` sub-run, so the HPARAMS tab compares runs),
+        MLflow ``log_params`` plus ``final.*`` metrics. Returns the flattened hyperparameters."""
+        hparams = flatten_hparams(config)
+        finals = {
+            k: v
+            for k, v in ((k, _to_float(v)) for k, v in final_metrics.items())
+            if v is not None and math.isfinite(v)
+        }
+        if self._tb is not None:
+            self._tb.add_hparams(hparams, {f"final/{k}": v for k, v in finals.items()}, run_name="hparams")
+            self._tb.flush()
+        if self._mlflow is not None:
+            params = {k: str(v)[:500] for k, v in hparams.items()}  # MLflow's value limit on older stores
+            keys = sorted(params)
+            for start in range(0, len(keys), 100):  # MLflow's batch limit
+                self._mlflow.log_params({k: params[k] for k in keys[start : start + 100]})
+            self._mlflow.log_metrics({f"final.{k.replace('/', '.')}": v for k, v in finals.items()})
+        return hparams
+
     def write_json(self, name: str, payload: Any) -> Path:
         """Write ``payload`` as pretty strict JSON to ``<run>/<name>`` and return the path (a NaN/inf value is
         written as null, listed under ``"non_finite"`` and named in a warning)."""
@@ -186,6 +224,31 @@ class Run:
         if exc is not None and self.record_errors:  # the run ends in a failure: say why in its folder
             run_record.write_error(self.dir, run_record.describe(exc))
         self.close()
+
+
+def flatten_hparams(config: Any, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A config dataclass (or mapping) as ``{"trainer.optim.lr": 0.003, ...}``: scalars kept, paths and
+    sequences as strings, None as "none" (TensorBoard and MLflow take scalars only)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        items = [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)]
+    elif isinstance(config, Mapping):
+        items = list(config.items())
+    else:
+        raise TypeError(f"config must be a dataclass or a mapping, got {type(config).__name__}")
+    flat: dict[str, bool | int | float | str] = {}
+    for name, value in items:
+        key = f"{prefix}{name}"
+        if (dataclasses.is_dataclass(value) and not isinstance(value, type)) or isinstance(value, Mapping):
+            flat |= flatten_hparams(value, f"{key}.")
+        elif isinstance(value, bool | int | float | str):
+            flat[key] = value
+        elif value is None:
+            flat[key] = "none"
+        else:
+            flat[key] = str(list(value)) if isinstance(value, list | tuple) else str(value)
+    return flat
 
 
 def _to_float(value: Any) -> float | None:

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from offline_data.assets import ASSET_ROOT_KEY, asset_root_metadata
 from offline_data.errors import LogValidationError
 from offline_data.keys import KeyIndex, hash_strings, mix64
 from offline_data.outputs import AtomicParquetWriter, accepted_path, open_validated
@@ -157,10 +158,12 @@ class SplitReport:
 class _SplitWriters:
     """One writer per split for a table, plus one for dropped rows; committed together or not at all."""
 
-    def __init__(self, out_dir: Path, table: TableName, schema: pa.Schema) -> None:
+    def __init__(
+        self, out_dir: Path, table: TableName, schema: pa.Schema, metadata: dict[str, str] | None = None
+    ) -> None:
         self.table = table
         self.schema = schema
-        self.writers = [AtomicParquetWriter(accepted_path(out_dir / s, table), schema) for s in SPLITS]
+        self.writers = [AtomicParquetWriter(accepted_path(out_dir / s, table), schema, metadata) for s in SPLITS]
         dropped_schema = schema.append(pa.field("dropped_because", pa.string(), nullable=False))
         self.dropped = AtomicParquetWriter(out_dir / f"{table}.dropped.parquet", dropped_schema)
         self.dropped_reasons: dict[str, int] = {}
@@ -230,9 +233,30 @@ def split_logs(validated_dir: str | Path, out_dir: str | Path, config: SplitConf
         raise
     for writers in pending:
         writers.commit(report)
+    report.notes.extend(empty_split_hints(report))
     report.write(out_dir / REPORT_FILE)
     logger.info("split %s by %s into %s", validated_dir, config.by, out_dir)
     return report
+
+
+def empty_split_hints(report: SplitReport) -> list[str]:
+    """A hint for each split that was asked for rows (fraction > 0) but got no impressions: with few groups
+    (products or segments) a split can get none, and training then has nothing to validate or test on."""
+    counts = report.rows.get("impressions", {})
+    hints = []
+    for split, fraction in zip(SPLITS, report.fractions):
+        if fraction > 0 and counts.get(split, 0) == 0 and sum(counts.values()) > 0:
+            groups = f" ({sum(report.groups.values()):,} {report.by}s in all)" if report.groups else ""
+            remedy = (
+                f"raise the {split} fraction (--fractions)"
+                if report.by == "time"
+                else f"log more {report.by}s, raise the {split} fraction (--fractions), or split by time"
+            )
+            hints.append(
+                f"{split} got 0 impressions although its fraction is {fraction:g}{groups}: the logs are too small "
+                f"to split by {report.by} at these fractions; {remedy}"
+            )
+    return hints
 
 
 class _Splitter:
@@ -250,9 +274,18 @@ class _Splitter:
         file = open_validated(self.validated_dir, table)
         return file.schema_arrow, file.iter_batches(batch_size=self.config.batch_rows)
 
+    def _asset_root(self, schema: pa.Schema) -> Path:
+        """The folder the validated assets table's relative paths resolve against."""
+        relative = (schema.metadata or {}).get(ASSET_ROOT_KEY.encode())
+        return self.validated_dir / relative.decode() if relative is not None else self.validated_dir
+
     def split(self, table: TableName) -> _SplitWriters:
         schema, batches = self._batches(table)
-        writers = _SplitWriters(self.out_dir, table, schema.remove_metadata())
+        # Split assets keep pointing at the images: their asset root, re-expressed from the split folders.
+        metadata = (
+            asset_root_metadata(self._asset_root(schema), self.out_dir / SPLITS[0]) if table == "assets" else None
+        )
+        writers = _SplitWriters(self.out_dir, table, schema.remove_metadata(), metadata)
         try:
             getattr(self, f"_split_{table}")(batches, writers)
         except BaseException:

@@ -24,6 +24,16 @@ def draw_contact_sheet(
     Images are enlarged ``scale`` times with nearest-neighbour (pixels stay visible); cells of one sheet may
     differ in size (each column is as wide as its widest cell). Returns the path.
     """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(contact_sheet_array(rows, scale=scale, label_width=label_width)).save(path)
+    return path
+
+
+def contact_sheet_array(
+    rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, str]]]], *, scale: int = 2, label_width: int = 170
+) -> np.ndarray:
+    """The grid of :func:`draw_contact_sheet` as an ``[H, W, 3]`` uint8 array (for TensorBoard or MLflow)."""
     if not rows or not any(cells for _, cells in rows):
         raise ValueError("a contact sheet needs at least one image")
     if scale < 1:
@@ -51,7 +61,4 @@ def draw_contact_sheet(
             draw.text((left, top + row_height + 1), caption[: max(cell_width // 6, 4)], fill=(60, 60, 60))
             left += cell_width + PADDING
         top += row_height + CAPTION_HEIGHT + PADDING
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    return np.asarray(sheet, dtype=np.uint8).copy()

@@ -16,9 +16,12 @@ variance. It reports:
   NEVER used by training): ``gold/engagement``, the hidden gold of the samples, ``gold/gain`` (raw gold units)
   and ``gold/gain_sd`` (in within-request standard deviations of the base model's samples), with
   ``gold/gain_se`` (standard error over requests) and the share of requests improved;
-- ``eval/kl_step`` (the per-step KL to the base, mean over background latent dims, as the training loss uses it)
-  and ``eval/kl_nats`` (the KL of whole chains in nats: the sum over steps of the per-dim KL times the number of
-  background latent dims, comparable with best-of-n's log n - (n - 1) / n);
+- two KLs to the base, each with one name and one meaning everywhere (metrics, logs, plots, docs):
+  *KL per denoising step* (:data:`KL_PER_STEP`): ``eval/kl_step`` here and ``policy/kl`` in training, the
+  Gaussian KL of one denoising step, mean over the background latent dims (what the training penalty uses);
+  *KL per sample* (:data:`KL_PER_SAMPLE`): ``eval/kl_nats``, the KL of a whole chain in nats, the sum over steps
+  of the per-dim KL times the number of background latent dims (comparable with best-of-n's
+  log n - (n - 1) / n, and what gates and budgets use);
 - ``eval/preservation_max_abs_diff`` (must be 0).
 
 :func:`plot_overoptimisation` draws the proxy, pessimistic proxy and (when measured) gold gains against
@@ -45,9 +48,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from offline_data.errors import PreservationError
+from policy.contact_sheet import contact_sheet_array
 from policy.model import InpaintPolicy
 from policy.replay import background_dims, stepwise_kl
 from policy.reward_signal import RewardModelFn, pessimistic_reward, score_rewards
@@ -65,6 +70,15 @@ Gather = Callable[[torch.Tensor], torch.Tensor]
 moved back to the CPU."""
 
 STATE_FORMAT = "backdrop.policy_evaluator"
+
+
+SHEET_REQUESTS = 4
+"""Held-out requests shown in the before/after contact sheet of an evaluation (their first seed each)."""
+
+KL_PER_STEP = "KL per denoising step (nats per background latent dim)"
+"""Label of ``policy/kl`` and ``eval/kl_step``."""
+KL_PER_SAMPLE = "KL per sample (nats)"
+"""Label of ``eval/kl_nats`` (a whole chain's KL)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,6 +258,9 @@ class PolicyEvaluator:
         self.pessimism = self.config.pessimism if self.config.pessimism is not None else fallback
         """k of the reported pessimistic proxy (:attr:`EvaluationConfig.pessimism`)."""
         self._base: dict[str, torch.Tensor] | None = None
+        self._base_images: list[np.ndarray] = []  # the sheet's "before" column (not kept across a resume)
+        self._last_images: list[np.ndarray] = []
+        self._last_proxy: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -313,6 +330,7 @@ class PolicyEvaluator:
             with policy.reference():
                 samples = self.sample(policy, processes)
             self._base = {"proxy": samples.proxy, "uncertainty": samples.uncertainty}
+            self._base_images = self._sheet_images(samples, processes)
             if samples.gold is not None:
                 self._base["gold"] = samples.gold
         return self._base
@@ -322,6 +340,7 @@ class PolicyEvaluator:
         calls it and gets the same metrics."""
         base = self.base(policy, processes)
         samples = self.sample(policy, processes)
+        self._last_images, self._last_proxy = self._sheet_images(samples, processes), samples.proxy
         count, k = self.shape
         if samples.rollout is None:
             kl_share = torch.zeros(0, self.sampler.num_steps, dtype=torch.float32)
@@ -374,6 +393,34 @@ class PolicyEvaluator:
             "eval/pessimistic_gain_se": pessimistic["gain_se"],
         }
 
+    def _sheet_images(self, samples: EvaluationSamples, processes: EvaluationProcesses) -> list[np.ndarray]:
+        """[H, W, 3] uint8 images of the first seed of the first :data:`SHEET_REQUESTS` requests; only the first
+        process holds them (its share starts at sample 0), the others return none."""
+        if samples.rollout is None or processes.index != 0:
+            return []
+        k = self.config.seeds_per_request
+        held = samples.rollout.images.shape[0]
+        rows = [r * k for r in range(min(SHEET_REQUESTS, len(self.requests))) if r * k < held]
+        return [samples.rollout.images[i].permute(1, 2, 0).contiguous().numpy() for i in rows]
+
+    def before_after_sheet(self) -> np.ndarray | None:
+        """The latest evaluation's contact sheet, ``[H, W, 3]`` uint8: one row per shown request with the base
+        model's sample and the policy's (same seed), captioned with their proxy rewards; None before any
+        evaluation or on a process without the images. After a resume the base column is missing (the base's
+        images are not checkpointed) until the base is sampled again."""
+        if not self._last_images or self._last_proxy is None:
+            return None
+        base_proxy = None if self._base is None else self._base["proxy"]
+        rows = []
+        for r, after in enumerate(self._last_images):
+            cells = []
+            if r < len(self._base_images) and base_proxy is not None:
+                cells.append((self._base_images[r], f"base {float(base_proxy[r, 0]):.2f}"))
+            cells.append((after, f"policy {float(self._last_proxy[r, 0]):.2f}"))
+            request = self.requests[r]
+            rows.append((f"{request.product_id}: {request.prompt}", cells))
+        return contact_sheet_array(rows, scale=2)
+
     def state_dict(self) -> dict[str, Any]:
         """The cached base statistics (JSON), so a resumed run does not sample the base again."""
         base = None if self._base is None else {k: v.tolist() for k, v in self._base.items()}
@@ -425,7 +472,7 @@ def plot_overoptimisation(history: Sequence[Mapping[str, float]], path: str | Pa
             axis.annotate(str(int(h.get("epoch", 0))), (x, h["eval/proxy_gain_sd"]), fontsize=7, alpha=0.6,
                           textcoords="offset points", xytext=(2, 4))  # fmt: skip
     axis.axhline(0.0, color="grey", linewidth=0.8)
-    axis.set_xlabel("KL(policy || base) per sample, nats")
+    axis.set_xlabel(f"{KL_PER_SAMPLE} of the policy to the base")
     axis.set_ylabel("gain over base, within-request SDs")
     default = "proxy vs gold" if has_gold else "proxy vs pessimistic proxy"
     axis.set_title(title or f"over-optimisation: {default} (labels: epoch)")

@@ -24,7 +24,8 @@ class KLController:
 
     Args:
         initial: the starting kl_coef (>= 0).
-        target: the KL budget per step (same units as ``policy/kl``), or None for a fixed coefficient.
+        target: the budget of the KL per denoising step (``policy/kl``: nats per background latent dim; not the
+            KL per sample ``eval/kl_nats``), or None for a fixed coefficient.
         horizon: epochs over which a persistent 20 % error changes kl_coef by 20 %.
         min_coef, max_coef: bounds of the adapted coefficient.
     """

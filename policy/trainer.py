@@ -80,6 +80,8 @@ from rollout.trajectory import Trajectory
 logger = logging.getLogger(__name__)
 
 LogMetrics = Callable[[Mapping[str, float], int], None]
+LogImage = Callable[[str, np.ndarray, int], None]
+"""``log_image(tag, image [H, W, 3] uint8, step)``, e.g. ``experiments.tracking.Run.log_image``."""
 STATE_FORMAT = "backdrop.ddpo_trainer"
 _STREAM_REQUESTS, _STREAM_SEEDS, _STREAM_SHUFFLE = 1, 2, 3
 
@@ -99,6 +101,8 @@ class DDPOTrainer:
         seed: root of every random choice (requests, sampling noise, shuffles).
         evaluator: held-out evaluation (gold, proxy, KL), or None.
         log_metrics: ``(metrics, step)`` sink, e.g. ``experiments.tracking.Run.log_metrics``; step = epoch.
+        log_image: ``(tag, image, step)`` sink for each evaluation's before/after contact sheet (tag
+            ``eval/before_after``, ``PolicyEvaluator.before_after_sheet``), or None.
         output_dir: where checkpoints (``checkpoints/``), the final adapter (``adapter/``) and the
             over-optimisation plot go; None writes nothing.
         accelerator: an ``accelerate.Accelerator`` when several processes train together; None = one process.
@@ -115,6 +119,7 @@ class DDPOTrainer:
         seed: int,
         evaluator: PolicyEvaluator | None = None,
         log_metrics: LogMetrics | None = None,
+        log_image: LogImage | None = None,
         output_dir: str | Path | None = None,
         accelerator: Any | None = None,
         progress: bool = False,
@@ -138,6 +143,7 @@ class DDPOTrainer:
         self.seed = seed
         self.evaluator = evaluator
         self.log_metrics = log_metrics or _no_logging
+        self.log_image = log_image
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.accelerator = accelerator
         self.progress = progress
@@ -245,7 +251,7 @@ class DDPOTrainer:
                 metrics |= self._evaluate()
             self._log({"epoch": float(self.epoch), **metrics})
             bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/kl']:.2e}")
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl_step=f"{metrics['policy/kl']:.2e}")
             if self.output_dir is not None and (
                 last or (config.checkpoint_every and self.epoch % config.checkpoint_every == 0)
             ):
@@ -524,6 +530,10 @@ class DDPOTrainer:
         started = time.perf_counter()
         metrics = self.evaluator.evaluate(self.policy, processes)
         metrics["time/eval_s"] = time.perf_counter() - started
+        if self.log_image is not None and self.is_main_process:
+            sheet = self.evaluator.before_after_sheet()
+            if sheet is not None:
+                self.log_image("eval/before_after", sheet, self.epoch)
         return metrics
 
     def _last_good(self) -> str:

@@ -96,7 +96,8 @@ class KLConfig:
     """kl_coef: weight of the per-step KL (mean over background latent dims) in the objective. The prototype
     measured 0.01 with lr 3e-3 as the setting that moved gold; 0.1 held the policy back."""
     target: float | None = None
-    """KL budget per step (units of ``policy/kl``). When set, kl_coef starts at ``coef`` and a proportional
+    """Budget of the KL per denoising step (``policy/kl``, nats per background latent dim; not the KL per sample
+    ``eval/kl_nats``). When set, kl_coef starts at ``coef`` and a proportional
     controller (Ziegler et al. 2019) adapts it every epoch to hold the measured KL near the target."""
     horizon: float = 10.0
     """Epochs over which a persistent 20 % KL error changes kl_coef by 20 % (controller only)."""

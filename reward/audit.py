@@ -34,7 +34,7 @@ import torch
 
 from reward.audit_config import TAMPERS, AuditConfig
 from reward.audit_flags import collect_flags
-from reward.audit_metrics import concordance_index, d_calibration, dwell_cdf, slice_table, spearman
+from reward.audit_metrics import concordance_index, d_calibration, dwell_cdf, has_spread, slice_table, spearman
 from reward.audit_run import read_overoptimisation
 from reward.data import RewardData, load_reward_data
 from reward.ensemble import score_rows
@@ -177,6 +177,8 @@ def _click_sections(
         metrics["calibration"]["click"] = {
             "ece": base["click_ece"],
             "ece_uncalibrated": base["click_ece_uncalibrated"],
+            "calibrator": scorer.calibrator.method,
+            "calibrator_note": scorer.calibrator.note,
         }
     images = imp.image.numpy()
     labels = {
@@ -376,7 +378,7 @@ def _image_disagreement(
 ) -> None:
     reward, uncertainty = scores["reward"], scores["uncertainty"]
     spread = float(reward.std())
-    relative = uncertainty / spread if spread > 0 else np.full_like(uncertainty, math.nan)
+    relative = uncertainty / spread if has_spread(reward) else np.full_like(uncertainty, math.nan)
     section = metrics["disagreement"]
     section |= {
         "images": int(reward.size),
@@ -389,7 +391,7 @@ def _image_disagreement(
     if truth is not None:
         ids = [data.images.image_ids[r] for r in sample.rows.tolist()]
         gold = np.array([truth.image_gold.get(i, {}).get(s, math.nan) for i, s in zip(ids, sample.segments)])
-        if np.isfinite(gold).all() and gold.std() > 0:
+        if has_spread(reward) and has_spread(gold):
             error = np.abs((reward - reward.mean()) / spread - (gold - gold.mean()) / gold.std())
             section["gold_error_spearman"] = spearman(uncertainty, error)
             section["reward_gold_spearman"] = spearman(reward, gold)
@@ -425,6 +427,7 @@ def _probe_section(
         "mask": "the logged (segmenter) product mask; background edits leave its pixels unchanged",
         "reward_sd": outcome.reward_sd,
         "gold_sd": outcome.gold_sd,
+        "gold_has_spread": outcome.gold_has_spread,
         "spurious": [r.to_dict() for r in outcome.spurious],
         "tamper": [r.to_dict() for r in outcome.tamper],
     }

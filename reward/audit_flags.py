@@ -114,15 +114,16 @@ def _probe_flags(probes: dict, thresholds: AuditThresholds, flags: list[dict]) -
         shift = result["spurious_shift_sd"]
         gold = result.get("gold_shift_sd")
         if _finite(shift) and abs(shift) > thresholds.max_spurious_shift_sd:
-            detail = f"reward {result['reward_shift_sd']:+.3f} SD" + (
-                f", gold {gold:+.3f} SD" if _finite(gold) else ""
-            )
+            if _finite(gold):
+                what = f"the reward moves {shift:+.3f} SD more than gold does (reward "
+                what += f"{result['reward_shift_sd']:+.3f} SD, gold {gold:+.3f} SD)"
+            else:  # no truth (or gold without spread): the whole reward shift is the spurious part
+                what = f"the reward moves {shift:+.3f} SD"
             _flag(
                 flags,
                 "spurious_shift",
                 "probes",
-                f"{name}: the reward moves {shift:+.3f} SD more than gold does ({detail}); |shift| above "
-                f"{thresholds.max_spurious_shift_sd}",
+                f"{name}: {what}; |shift| above {thresholds.max_spurious_shift_sd}",
                 shift,
                 thresholds.max_spurious_shift_sd,
             )

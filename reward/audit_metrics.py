@@ -7,7 +7,9 @@
   its unit mass uniformly over [F(c), 1]. Reported as the total variation distance of the PIT histogram from
   the uniform and as Pearson's chi-square test;
 - :func:`dwell_cdf`: F(t) of the dwell head's log-normal or Weibull distribution;
-- :func:`slice_table`: one metric per value of a slicing label, with the row counts.
+- :func:`slice_table`: one metric per value of a slicing label, with the row counts, worst slice first;
+- :func:`has_spread`: whether values vary enough to be a unit of measure (a near-constant feature has no SD to
+  standardise by: dividing by a rounding-error SD reports shifts of millions of SDs).
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ def slice_table(
         min_rows: slices with fewer rows get NaN (still listed, with their count).
 
     Returns:
-        {label: {"value": float, "rows": int}}, labels sorted.
+        {label: {"value": float, "rows": int}}, worst first: by value ascending (every audited slice metric is
+        higher-is-better), NaN values last, ties by label.
     """
     text = np.array([str(v) for v in np.asarray(labels, dtype=object).tolist()], dtype=object)
     table: dict[str, dict[str, float | int]] = {}
@@ -145,7 +148,24 @@ def slice_table(
             except ValueError:
                 value = math.nan
         table[label] = {"value": value, "rows": rows}
-    return table
+    order = sorted(table, key=lambda k: (math.isnan(table[k]["value"]), table[k]["value"], k))
+    return {label: table[label] for label in order}
+
+
+SPREAD_RELATIVE_TOLERANCE = 1e-6
+"""Below this SD relative to the values' scale (max(1, |mean|)), values are treated as constant."""
+
+
+def has_spread(values: np.ndarray) -> bool:
+    """Whether ``values`` [n] vary enough to standardise by their SD.
+
+    False for fewer than 2 finite values, any non-finite value, or an SD at or below
+    ``SPREAD_RELATIVE_TOLERANCE * max(1, |mean|)`` (float32 round-off of a constant is ~1e-7 of its size).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2 or not np.isfinite(values).all():
+        return False
+    return float(values.std()) > SPREAD_RELATIVE_TOLERANCE * max(1.0, abs(float(values.mean())))
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reward.plots import plot_examination
+from reward.plots import plot_examination, score_limits
 
 DPI = 100
 
@@ -66,7 +66,8 @@ def plot_calibration(plots: dict, path: Path) -> Path | None:
 
 
 def plot_slices(metrics: dict, path: Path) -> Path | None:
-    """Bars per slice of click AUC, pairwise accuracy and dwell C-index, with ceilings where known."""
+    """Bars per slice of click AUC, pairwise accuracy and dwell C-index (in the table's order: worst first), with
+    ceilings where known; the y axis reaches every bar, ceiling and overall line."""
     panels = []
     discrimination = metrics.get("discrimination", {})
     for metric, label in (
@@ -104,7 +105,7 @@ def plot_slices(metrics: dict, path: Path) -> Path | None:
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
-        ax.set_ylim(0.4, 1.0)
+        ax.set_ylim(*score_limits([*values, *ceilings, overall]))
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
@@ -175,11 +176,12 @@ def plot_overoptimisation(section: dict | None, path: Path) -> Path | None:
         left.errorbar(epochs, gold, yerr=errors, fmt="s-", color="tab:red", capsize=3, label="gold (hidden)")
         right.errorbar(kl, gold, yerr=errors, fmt="s-", color="tab:red", capsize=3, label="gold (hidden)")
     twin = left.twinx()
-    twin.plot(epochs, kl, ":", color="grey", label="KL (nats)")
+    twin.plot(epochs, kl, ":", color="grey", label="KL per sample (nats)")
     twin.set_ylabel("KL to base, nats per sample", color="grey")
     left.set_xlabel("epoch")
     left.set_ylabel("gain over base, within-request SDs")
-    left.set_title("proxy and gold per evaluation")
+    with_gold = all("gold_gain_sd" in p for p in points)
+    left.set_title("proxy and gold per evaluation" if with_gold else "proxy per evaluation (no gold logged)")
     right.set_xlabel("KL(policy ‖ base), nats per sample")
     right.set_title("over-optimisation: gain against KL")
     for ax in (left, right):

@@ -3,7 +3,7 @@
 train/ validation/   (validated tables, e.g. ``backdrop data split`` output)
     -> load_reward_data              (no truth: training never sees the simulator's sidecar)
     -> train_ensemble                (K members, early stopping on validation)
-    -> fit_calibrator                (click head, on validation impressions)
+    -> choose_calibrator             (click head, on validation impressions; kept only if held-out ECE drops)
     -> head statistics               (mean/std of each head over the training impressions)
     -> RewardScorer + training metrics
 """
@@ -14,10 +14,9 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from reward.calibration import fit_calibrator
+from reward.calibration import CalibrationChoice, Calibrator, choose_calibrator
 from reward.config import RewardConfig
 from reward.data import load_reward_data
 from reward.encoders import build_encoder
@@ -68,10 +67,16 @@ def fit_reward_model(
         scores = score_rows(ensemble, result.validation, imp.image, result.validation.impression_segment)
         logits = scores["click"].double().mean(dim=0).numpy()
         exam = theta.mean(axis=0)[imp.position.numpy() - 1]
-        calibrator = fit_calibrator(calibrator_method, logits, exam, imp.clicked.numpy())
+        choice = choose_calibrator(calibrator_method, logits, exam, imp.clicked.numpy(), seed=seed)
+        logger.info("calibration: %s", choice.reason)
     else:
-        logger.warning("validation has no click variety: click head left uncalibrated")
-        calibrator = fit_calibrator("none", np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
+        reason = (
+            f"validation has {len(imp):,} impressions and {int(imp.clicked.sum()):,} clicks (needs rows with and "
+            "without clicks): click head left uncalibrated"
+        )
+        logger.warning(reason)
+        choice = CalibrationChoice(Calibrator("none", note=reason), calibrator_method, False, None, None, 0, reason)
+    calibrator = choice.calibrator
 
     train_imp = train.impressions
     panel = int(ensemble.members[0].preference_segment)
@@ -115,6 +120,7 @@ def fit_reward_model(
         "examination": theta.mean(axis=0).tolist(),
         "examination_members": theta.tolist(),
         "calibrator": calibrator.to_dict(),
+        "calibration": choice.to_dict(),
         "normalisation": {h: list(v) for h, v in stats.items()},
         "out_of_vocabulary": {"train": result.train.oov, "validation": result.validation.oov},
         "history": [r.history for r in result.members],

@@ -16,6 +16,22 @@ def _figure():
     return plt
 
 
+def score_limits(values, *, floor: float = 0.4, ceiling: float = 1.0, margin: float = 0.05) -> tuple[float, float]:
+    """Y limits for scores usually in [``floor``, ``ceiling``] (AUCs, accuracies, C-indices, ratios) that always
+    show every finite value: the default range widened by ``margin`` past any value outside it.
+
+    A slice at 0.2 AUC must be seen at 0.2, not cut off at the usual floor of 0.4.
+    """
+    finite = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return floor, ceiling
+    low, high = float(finite.min()), float(finite.max())
+    bottom = low - margin if low < floor else floor
+    top = high + margin if high > ceiling else ceiling
+    return bottom, top
+
+
 def plot_reliability(plots: dict, path: Path) -> Path | None:
     """Reliability diagram of the calibrated (and uncalibrated) click probabilities; None without click data."""
     if "reliability" not in plots:
@@ -57,7 +73,8 @@ def plot_examination(plots: dict, path: Path) -> Path:
     ax.set_xticks(slots)
     ax.set_xlabel("slot")
     ax.set_ylabel("examination θ_k / θ_1")
-    ax.set_ylim(0, 1.05)
+    shown = [*estimated.tolist(), *np.asarray(plots.get("examination_true", [])).tolist()]
+    ax.set_ylim(*score_limits(shown, floor=0.0, ceiling=1.05))
     ax.set_title("examination per slot")
     ax.legend()
     fig.tight_layout()
@@ -67,7 +84,7 @@ def plot_examination(plots: dict, path: Path) -> Path:
 
 
 def plot_accuracy_slices(metrics: dict, path: Path) -> Path | None:
-    """Bars: click-pair accuracy by segment, pairwise accuracy by product kind and by prompt family."""
+    """Bars: click-pair accuracy by segment, pairwise accuracy by product kind and by prompt family; worst first."""
     panels = []
     if metrics.get("click_pairs_by_segment"):
         panels.append(("click pairs by segment", metrics["click_pairs_by_segment"]))
@@ -88,13 +105,13 @@ def plot_accuracy_slices(metrics: dict, path: Path) -> Path | None:
     plt = _figure()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (title, table) in zip(axes[0], panels):
-        labels = list(table)
+        labels = sorted(table, key=lambda k: (not np.isfinite(table[k]["accuracy"]), table[k]["accuracy"], k))
         values = [table[k]["accuracy"] for k in labels]
         ax.bar(range(len(labels)), values, color="tab:blue")
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=45, ha="right")
         ax.axhline(0.5, color="grey", lw=1, ls="--")
-        ax.set_ylim(0.4, 1.0)
+        ax.set_ylim(*score_limits(values))
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

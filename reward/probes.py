@@ -17,7 +17,8 @@ For each edit the report gives the mean shift of the reward in units of the rewa
 the probed images, the mean absolute shift, the share of images whose reward rose, and the Spearman correlation
 of rewards before and after. With a gold function (the simulator's hidden engagement, evaluation only) the same
 numbers for gold: an edit that moves gold is not spurious, so the *spurious part* of a shift is the reward shift
-minus the gold shift, each in its own SDs.
+minus the gold shift, each in its own SDs. Only a score with spread (``audit_metrics.has_spread``) is a unit: a
+reward without spread stops the probes, a gold without spread leaves the gold shifts out (None, "no spread").
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import Callable
 import numpy as np
 
 from reward.audit_config import ProbeConfig
-from reward.audit_metrics import spearman
+from reward.audit_metrics import has_spread, spearman
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 """``images [N, H, W, 3] uint8 -> reward [N] float64`` (the images keep their order, requests and masks)."""
@@ -165,7 +166,8 @@ class ProbeResult:
     share_up: float
     """Share of images whose reward rose."""
     gold_shift_sd: float | None = None
-    """The same mean shift for gold, in SDs of gold across the images (None without a gold function)."""
+    """The same mean shift for gold, in SDs of gold across the images (None without a gold function, or when
+    gold has no spread across the images)."""
     gold_rank_correlation: float | None = None
     """Spearman correlation of gold before and after."""
 
@@ -189,6 +191,9 @@ class ProbeOutcome:
     reward_sd: float
     """SD of the unedited rewards across the images (the unit of every reward shift)."""
     gold_sd: float | None
+    """SD of the unedited gold across the images (None without a gold function)."""
+    gold_has_spread: bool
+    """Whether gold varies across the images (otherwise its shifts have no unit and are left out)."""
     examples: dict[str, np.ndarray]
     """"original" and "<edit>/<region>" -> [H, W, 3] uint8 of the first image."""
 
@@ -221,10 +226,13 @@ def run_probes(
         raise ValueError(f"masks must be bool {list(images.shape[:3])}, got {masks.dtype} {list(masks.shape)}")
     before = np.asarray(score_fn(images), dtype=np.float64)
     reward_sd = float(before.std())
-    if not reward_sd > 0:
-        raise ValueError("the reward is the same for every probed image; shifts have no unit (SD 0)")
+    if not has_spread(before):
+        raise ValueError(
+            f"the reward is (nearly) the same for every probed image (SD {reward_sd:.3g}); shifts have no unit"
+        )
     gold_before = None if gold_fn is None else np.asarray(gold_fn(images), dtype=np.float64)
     gold_sd = None if gold_before is None else float(gold_before.std())
+    gold_spread = gold_before is not None and has_spread(gold_before)
     examples = {"original": images[0]}
 
     def measure(edit: str, region: str, edited: np.ndarray) -> ProbeResult:
@@ -241,10 +249,10 @@ def run_probes(
         )
         if gold_fn is not None:
             gold_after = np.asarray(gold_fn(edited), dtype=np.float64)
-            gold_shift = (gold_after - gold_before).mean() / gold_sd if gold_sd else math.nan
+            gold_shift = float((gold_after - gold_before).mean() / gold_sd) if gold_spread else None
             result = dataclasses.replace(
                 result,
-                gold_shift_sd=float(gold_shift),
+                gold_shift_sd=gold_shift,
                 gold_rank_correlation=spearman(gold_before, gold_after),
             )
         return result
@@ -260,5 +268,10 @@ def run_probes(
         for tamper in tampers
     ]
     return ProbeOutcome(
-        spurious=tuple(spurious), tamper=tuple(tampered), reward_sd=reward_sd, gold_sd=gold_sd, examples=examples
+        spurious=tuple(spurious),
+        tamper=tuple(tampered),
+        reward_sd=reward_sd,
+        gold_sd=gold_sd,
+        gold_has_spread=gold_spread,
+        examples=examples,
     )

@@ -151,9 +151,18 @@ def _calibration_section(metrics: dict, figures: dict[str, Path]) -> str:
         if head in calibration
     ]
     bad = [r[2] is not None and r[2] > r[3] for r in rows]
+    click = calibration.get("click", {})
+    kept = (
+        f'<p class="note">Click calibrator: {html.escape(click["calibrator"])}'
+        + (f" ({html.escape(click['calibrator_note'])})" if click.get("calibrator_note") else "")
+        + ".</p>"
+        if click.get("calibrator")
+        else ""
+    )
     return (
         "<h2>Calibration</h2>"
         + _table(["head", "measure", "value", "threshold"], rows, bad)
+        + kept
         + _figure(figures, "calibration", "reliability diagrams (click, preference) and the dwell PIT histogram")
         + _figure(figures, "examination", "estimated examination per slot (true values where the truth is known)")
     )
@@ -225,11 +234,17 @@ def _disagreement_section(metrics: dict, figures: dict[str, Path]) -> str:
     )
 
 
+def _gold_cell(value: float | None, probes: dict) -> float | str | None:
+    """A gold shift, or "no spread" when gold was given but does not vary across the probed images."""
+    return "no spread" if probes.get("gold_sd") is not None and not probes.get("gold_has_spread", True) else value
+
+
 def _probes_section(metrics: dict, figures: dict[str, Path]) -> str:
     probes = metrics.get("probes", {})
     if "skipped" in probes:
         return f'<h2>Probes</h2><p class="note">Skipped: {html.escape(probes["skipped"])}</p>'
     limit = metrics["thresholds"]["max_spurious_shift_sd"]
+    with_gold = probes.get("gold_sd") is not None  # gold only with the simulator's truth
     spurious = probes.get("spurious", [])
     rows = [
         (
@@ -239,24 +254,32 @@ def _probes_section(metrics: dict, figures: dict[str, Path]) -> str:
             r["reward_abs_shift_sd"],
             r["reward_rank_correlation"],
             r["share_up"],
-            r.get("gold_shift_sd"),
+            *((_gold_cell(r.get("gold_shift_sd"), probes),) if with_gold else ()),
             r["spurious_shift_sd"],
         )
         for r in spurious
     ]
+    if with_gold:
+        gold_note = f", gold SD {_fmt(probes['gold_sd'])}" + ("" if probes.get("gold_has_spread", True) else
+                                                              ": no spread, gold shifts left out")  # fmt: skip
+        spurious_note = (
+            " The spurious part is the reward's shift minus gold's (an edit that moves gold is not spurious)."
+        )
+    else:
+        gold_note = ""
+        spurious_note = " No truth was given: every reward shift counts as spurious."
     parts = [
         "<h2>Spurious-feature probes</h2>",
         f'<p class="note">{probes["images"]} images; shifts are in SDs across these images (reward SD '
-        f"{_fmt(probes['reward_sd'])}"
-        + (f", gold SD {_fmt(probes['gold_sd'])}" if probes.get("gold_sd") else "")
-        + "). <em>background</em>: the edit is applied outside "
+        f"{_fmt(probes['reward_sd'])}{gold_note}). <em>background</em>: the edit is applied outside "
         + html.escape(probes["mask"])
-        + "; <em>whole</em>: to every pixel. The spurious part is the reward's shift minus gold's (an edit that "
-        "moves gold is not spurious).</p>",
+        + f"; <em>whole</em>: to every pixel.{html.escape(spurious_note)}</p>",
         _table(
-            ["edit", "region", "reward shift", "|shift|", "rank corr.", "share up", "gold shift", "spurious part"],
+            ["edit", "region", "reward shift", "|shift|", "rank corr.", "share up"]
+            + (["gold shift"] if with_gold else [])
+            + ["spurious part"],
             rows,
-            [abs(r[7]) > limit for r in rows],
+            [abs(r[-1]) > limit for r in rows],
         ),
     ]
     tamper = probes.get("tamper", [])
@@ -267,7 +290,7 @@ def _probes_section(metrics: dict, figures: dict[str, Path]) -> str:
                 r["edit"],
                 r["reward_shift_sd"],
                 1.0 - r["share_up"],
-                r.get("gold_shift_sd"),
+                *((_gold_cell(r.get("gold_shift_sd"), probes),) if with_gold else ()),
                 "yes" if r["reward_shift_sd"] <= -drop else "NO",
             )
             for r in tamper
@@ -277,9 +300,11 @@ def _probes_section(metrics: dict, figures: dict[str, Path]) -> str:
             '<p class="note">The product itself altered (inside its mask). The reward should drop; the export gate '
             "does not rely on it: it verifies product pixels bit-exactly.</p>",
             _table(
-                ["tamper", "reward shift (SD)", "share of images lower", "gold shift (SD)", "noticed"],
+                ["tamper", "reward shift (SD)", "share of images lower"]
+                + (["gold shift (SD)"] if with_gold else [])
+                + ["noticed"],
                 rows,
-                [r[4] == "NO" for r in rows],
+                [r[-1] == "NO" for r in rows],
             ),
         ]
     parts.append(_figure(figures, "probes", "mean shift per edit"))
@@ -291,16 +316,27 @@ def _overoptimisation_section(metrics: dict, figures: dict[str, Path]) -> str:
     section = metrics.get("overoptimisation")
     if not section:
         return ""
+    with_gold = any(p.get("gold_gain_sd") is not None for p in section["evaluations"])
     rows = [
-        (p["epoch"], p["kl_nats"], p["proxy_gain_sd"], p.get("gold_gain_sd"), p.get("gold_gain_se_sd"))
+        (p["epoch"], p["kl_nats"], p["proxy_gain_sd"])
+        + ((p.get("gold_gain_sd"), p.get("gold_gain_se_sd")) if with_gold else ())
         for p in section["evaluations"]
     ]
+    trend = (
+        "Gao et al. 2023: the proxy keeps rising while gold turns over"
+        if with_gold
+        else "the run logged no gold, so only the proxy (the reward model itself) is shown"
+    )
     return (
         "<h2>Over-optimisation (policy run)</h2>"
         + f'<p class="note">{html.escape(section["run"])}: gains over the base model on held-out requests, in '
-        "within-request SDs of the base (Gao et al. 2023: the proxy keeps rising while gold turns over).</p>"
-        + _table(["epoch", "KL (nats)", "proxy gain (SD)", "gold gain (SD)", "gold se (SD)"], rows)
-        + _figure(figures, "overoptimisation", "proxy vs gold vs KL")
+        f"within-request SDs of the base ({trend}).</p>"
+        + _table(
+            ["epoch", "KL per sample (nats)", "proxy gain (SD)"]
+            + (["gold gain (SD)", "gold se (SD)"] if with_gold else []),
+            rows,
+        )
+        + _figure(figures, "overoptimisation", "proxy vs gold vs KL" if with_gold else "proxy vs KL")
     )
 
 

@@ -592,5 +592,9 @@ def evaluate_losses(model: RewardModel, indexed: IndexedData, config: RewardConf
         out[f"exam_{k + 1}"] = theta
     model.train(was_training)
     if not counts["click"] and not counts["preference"]:
-        raise RewardDataError(f"validation split ({data.source}) has no impressions and no pairs to evaluate on")
+        raise RewardDataError(
+            f"validation split ({data.source}) has no impressions and no pairs to evaluate on; small logs split by "
+            "product can leave it empty: log more products, raise the validation fraction (backdrop data split "
+            "--fractions 0.7,0.2,0.1) or split by time"
+        )
     return out

@@ -1,10 +1,10 @@
 """Best-of-N reranking: score N candidates per request with any reward function, drop near-duplicates, keep the best.
 
-Near-duplicates are found with a DCT perceptual hash (pHash; Zauner 2010, as in the ``imagehash`` package):
-luma resized to 32x32, 2-D DCT-II, the 8x8 lowest frequencies without the DC term compared with their median,
-64 bits; two images are near-duplicates when their hashes differ in at most ``max_hamming`` bits. The
-candidates of one request share the product, which would dominate the hash, so before hashing the product
-pixels are replaced by the mean colour of the background: only the painted backgrounds are compared.
+Near-duplicates are found with the DCT perceptual hash of the ``imagehash`` package (``imagehash.phash``; Zauner
+2010): luma resized to 32x32, 2-D DCT-II, the 8x8 lowest frequencies compared with their median, 64 bits; two
+images are near-duplicates when their hashes differ in at most ``max_hamming`` bits. The candidates of one
+request share the product, which would dominate the hash, so before hashing the product pixels are replaced by
+the mean colour of the background (rounded to uint8): only the painted backgrounds are compared.
 
 Selection is greedy in descending reward: a candidate is kept unless it is a near-duplicate of an already kept
 one (so the best of a group of duplicates survives), until ``keep`` candidates are chosen per request.
@@ -12,12 +12,11 @@ one (so the best of a group of duplicates survives), until ``keep`` candidates a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rollout.protocols import RewardFn
 from rollout.request import InpaintRequest
@@ -29,38 +28,32 @@ RESIZE = 32
 """Side the luma is resized to before the DCT (4x HASH_SIDE, pHash's choice)."""
 
 
-def _dct_matrix(size: int) -> torch.Tensor:
-    """Orthonormal DCT-II matrix ``[size, size]``: coefficients = D @ x for a column x."""
-    n = torch.arange(size, dtype=torch.float64)
-    matrix = torch.cos(math.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * size)) * math.sqrt(2.0 / size)
-    matrix[0] /= math.sqrt(2.0)
-    return matrix
-
-
 def perceptual_hash(images: torch.Tensor, product_masks: torch.Tensor | None = None) -> torch.Tensor:
-    """64-bit DCT perceptual hashes of ``images [B, 3, H, W]`` uint8: ``[B, 64]`` bool.
+    """64-bit perceptual hashes (``imagehash.phash``) of ``images [B, 3, H, W]`` uint8: ``[B, 64]`` bool.
 
     Args:
         images: the candidates.
         product_masks: ``[B, H, W]`` bool; where given, those pixels are set to the mean background colour
             first, so that the shared product does not dominate the hash.
     """
+    import imagehash
+    from PIL import Image
+
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be uint8 [B, 3, H, W], got {images.dtype} {list(images.shape)}")
-    x = images.double() / 255.0
     if product_masks is not None:
         if product_masks.shape != (images.shape[0], *images.shape[2:]) or product_masks.dtype != torch.bool:
             raise ValueError(f"product_masks must be bool [B, H, W] matching images, got {list(product_masks.shape)}")
         background = (~product_masks)[:, None].double()
-        mean = (x * background).sum(dim=(2, 3), keepdim=True) / background.sum(dim=(2, 3), keepdim=True).clamp_min(1)
-        x = torch.where(product_masks[:, None], mean, x)
-    luma = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
-    small = F.interpolate(luma, size=(RESIZE, RESIZE), mode="bilinear", antialias=True, align_corners=False)[:, 0]
-    dct = _dct_matrix(RESIZE)
-    coefficients = dct @ small @ dct.T
-    low = coefficients[:, :HASH_SIDE, :HASH_SIDE].flatten(1)
-    median = low[:, 1:].median(dim=1, keepdim=True).values  # the DC term (overall brightness) is left out
-    return low > median
+        total = (images.double() * background).sum(dim=(2, 3), keepdim=True)
+        mean = (total / background.sum(dim=(2, 3), keepdim=True).clamp_min(1)).round().to(torch.uint8)
+        images = torch.where(product_masks[:, None], mean, images)
+    pictures = images.permute(0, 2, 3, 1).contiguous().numpy()
+    hashes = [
+        imagehash.phash(Image.fromarray(picture), hash_size=HASH_SIDE, highfreq_factor=RESIZE // HASH_SIDE).hash
+        for picture in pictures
+    ]
+    return torch.from_numpy(np.stack(hashes).reshape(len(hashes), -1))
 
 
 def hamming_distances(hashes: torch.Tensor) -> torch.Tensor:

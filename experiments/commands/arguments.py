@@ -42,10 +42,13 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load_root_config(cls: type[T], args: argparse.Namespace) -> T:
-    """Load the command's root config from ``args.config`` and ``args.overrides``."""
-    from experiments.config import load_config
+    """Load the command's root config from ``args.config``, the ``BACKDROP_CONFIG_OVERRIDES`` profile and
+    ``args.overrides`` (``experiments.config.environment_profile``)."""
+    from experiments.config import environment_profile, load_config
 
-    return load_config(cls, getattr(args, "config", None), getattr(args, "overrides", ()))
+    return load_config(
+        cls, getattr(args, "config", None), getattr(args, "overrides", ()), profile=environment_profile(cls)
+    )
 
 
 def group_parser(subparsers: Any, name: str, help_text: str) -> Any:

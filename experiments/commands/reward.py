@@ -176,12 +176,13 @@ def record_asset_root(validated: Path, splits: Path) -> None:
 
 def _simulate_world(world_config: str, out: Path, *, progress: bool) -> Path:
     from experiments.commands.simulate import DEFAULT_CONFIG as WORLD_CONFIG
-    from experiments.config import dump_toml, load_config
+    from experiments.config import dump_toml, environment_profile, load_config
     from offline_data.simulator import SimulatorConfig
     from offline_data.simulator.simulation import simulate
 
     path = world_config or str(WORLD_CONFIG)
-    config = load_config(SimulatorConfig, path)
+    # The world `backdrop simulate` would make: its config file, then the BACKDROP_CONFIG_OVERRIDES profile.
+    config = load_config(SimulatorConfig, path, profile=environment_profile(SimulatorConfig))
     summary = simulate(config, out, progress=progress)
     (out / "config.toml").write_text(dump_toml(config), encoding="utf-8")
     print(summary.format_table())
@@ -318,6 +319,9 @@ def save_reward_model(fit: RewardFit, config: Any, run: Any) -> Path:
     write_plots(fit.test_metrics, fit.plots, model_dir / "plots")
     run.log_metrics({f"test/{k}": v for k, v in fit.test_metrics.items() if isinstance(v, float)}, step=0)
     run.write_json("reward_train.json", json.loads(json.dumps(fit.metrics, default=float)))
+    log_hparams = getattr(run, "log_hparams", None)  # TensorBoard / MLflow: config with the test metrics
+    if log_hparams is not None:
+        log_hparams(config, {f"test/{k}": v for k, v in fit.test_metrics.items() if isinstance(v, float)})
     return model_dir
 
 
@@ -341,6 +345,8 @@ def _summary(metrics: dict, test: dict) -> str:
         lines.append(f"  member {k}: best epoch {member['best_epoch']} of {member['epochs_run']}, "
                      f"validation loss {member['best_validation_loss']:.4f}")  # fmt: skip
     lines.append("examination (θ_k / θ_1): " + "  ".join(f"{t:.3f}" for t in metrics["examination"]))
+    if "calibration" in metrics:
+        lines.append(f"calibration: {metrics['calibration']['reason']}")
     for key in ("click_auc", "click_ece", "pairwise_accuracy"):
         if key in test:
             lines.append(f"test {key}: {test[key]:.4f}")

@@ -179,3 +179,16 @@ def test_cli_compare(two_runs: tuple[Path, Path], tmp_path: Path, capsys) -> Non
     assert main(["runs", "compare", str(two_runs[0]), str(tmp_path)]) == 2
     assert f"{tmp_path}: not a run directory: no metrics.jsonl" in capsys.readouterr().err
     assert main(["runs", "compare", str(two_runs[0]), "--metrics", "nope", "--out", str(out)]) == 2
+
+
+def test_wide_tables_wrap_into_blocks_and_long_cells_are_abbreviated() -> None:
+    header = ["run", "note", *(f"member{k}/val/some_long_metric_name_{k} final" for k in range(12))]
+    rows = [["policy_train", "x" * 300, *range(12)], ["reward_train", "short", *range(12, 24)]]
+    text = format_table(header, rows)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 119
+    blocks = text.split("\n\n")
+    assert len(blocks) > 1 and all(block.startswith("run") for block in blocks)
+    assert all("policy_train" in block and "reward_train" in block for block in blocks)
+    assert "x" * 19 + "…" + "x" * 20 in text and "x" * 41 not in text
+    assert "23" in blocks[-1]

@@ -206,3 +206,45 @@ def test_unset_keys_inside_tables_with_dotted_names(tmp_path: Path) -> None:
     text = dump_toml(cfg)
     assert '_unset = ["params.\\"policy.lr\\".low"]' in text
     assert load_config(Space, write(tmp_path, text)) == cfg
+
+
+def test_environment_profile_sits_between_file_and_set_and_skips_foreign_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from experiments.config import ENVIRONMENT_PROFILE, environment_profile
+
+    profile = tmp_path / "smoke.toml"
+    # One profile serves every command: [trainer] and policy.lora.dropout belong to other commands' configs.
+    profile.write_text("[policy.lora]\nrank = 2\ndropout = 0.1\n[trainer]\nepochs = 1\n[run]\nthreads = 1\n")
+    monkeypatch.setenv(ENVIRONMENT_PROFILE, str(profile))
+    assert environment_profile(Root) == {"policy": {"lora": {"rank": 2}}, "run": {"threads": 1}}
+    path = write(tmp_path, "[policy.lora]\nrank = 8\nalpha = 2\n")
+    cfg = load_config(Root, path, profile=environment_profile(Root))
+    assert (cfg.policy.lora.rank, cfg.policy.lora.alpha, cfg.run.threads) == (2, 2.0, 1)  # profile beats file
+    cfg = load_config(Root, path, ["policy.lora.rank=16"], profile=environment_profile(Root))
+    assert cfg.policy.lora.rank == 16  # --set beats the profile
+    monkeypatch.setenv(ENVIRONMENT_PROFILE, str(tmp_path / "nowhere.toml"))
+    with pytest.raises(ConfigError, match=f"{ENVIRONMENT_PROFILE}=.*nowhere.toml: profile file not found"):
+        environment_profile(Root)
+    monkeypatch.setenv(ENVIRONMENT_PROFILE, "")
+    assert environment_profile(Root) == {}
+
+
+def test_shipped_smoke_profile_values_are_valid_for_every_command_it_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each command's config accepts the smoke profile's keys it has (values checked by each config)."""
+    from experiments.commands.reward import command_config_class
+    from experiments.config import ENVIRONMENT_PROFILE, environment_profile
+    from experiments.export_config import ExportCommandConfig
+    from experiments.policy_offline import PolicyOfflineCommandConfig
+    from experiments.policy_train import PolicyTrainCommandConfig
+    from offline_data.simulator import SimulatorConfig
+    from reward.audit_config import AuditCommandConfig
+
+    monkeypatch.setenv(
+        ENVIRONMENT_PROFILE, str(Path(__file__).resolve().parents[2] / "experiments/configs/smoke.toml")
+    )
+    for cls in (SimulatorConfig, command_config_class(), AuditCommandConfig, PolicyTrainCommandConfig,
+                PolicyOfflineCommandConfig, ExportCommandConfig):  # fmt: skip
+        profile = environment_profile(cls)
+        assert profile, cls.__name__
+        load_config(cls, profile=profile)

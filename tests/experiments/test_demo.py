@@ -68,7 +68,7 @@ def test_report_holds_the_headline_numbers_and_links(quick: tuple[int, Path]) ->
     final = results["ddpo"]["final"]
     gain, low, high = ddpo_gain(final)
     assert f"{gain:+.2f} within-request SD, 95% CI [{low:+.2f}, {high:+.2f}]" in report
-    assert f"KL to the base: {final['eval/kl_nats']:.1f} nats per sample" in report
+    assert f"KL per sample (nats) to the base: {final['eval/kl_nats']:.1f}" in report
     assert f"best-of-{results['best_of']} (base)" in report
     assert "product preservation: 0 product pixels changed" in report
     assert changed_product_pixels(results) == 0

@@ -15,14 +15,14 @@ GOLD = {"gold/engagement": 0.3, "gold/base_engagement": 0.2, "gold/gain": 0.1, "
 def test_without_gold_the_line_reports_the_proxy_its_lower_bound_and_the_kl() -> None:
     assert describe_evaluation(WITHOUT_GOLD) == (
         "epoch 4: no gold; proxy gain +0.050 raw = +0.50 within-request SD (se 0.10); pessimistic (mean - 1 std) "
-        "+0.20 SD; KL 1.23 nats per sample"
+        "+0.20 SD; KL per sample (nats) 1.23"
     )
 
 
 def test_with_gold_the_line_leads_with_gold_and_keeps_the_pessimistic_gain() -> None:
     assert describe_evaluation({**WITHOUT_GOLD, **GOLD}) == (
         "epoch 4: gold +0.300 vs base +0.200: gain +0.100 raw = +0.40 within-request SD (se 0.20); proxy gain "
-        "+0.50 SD; pessimistic (mean - 1 std) +0.20 SD; KL 1.23 nats per sample"
+        "+0.50 SD; pessimistic (mean - 1 std) +0.20 SD; KL per sample (nats) 1.23"
     )
     old = {key: value for key, value in {**WITHOUT_GOLD, **GOLD}.items() if "pessimis" not in key}
-    assert describe_evaluation(old).endswith("proxy gain +0.50 SD; KL 1.23 nats per sample")
+    assert describe_evaluation(old).endswith("proxy gain +0.50 SD; KL per sample (nats) 1.23")

@@ -117,3 +117,35 @@ def test_missing_metrics_are_named(constraint, calls, message) -> None:
     feed(tracker, calls)
     with pytest.raises(ObjectiveMissingError, match=re.escape(message)):
         tracker.finish()
+
+
+def test_the_untrained_step_is_never_the_best() -> None:
+    """policy train evaluates the base at epoch 0; a sweep whose training only hurt must not report the base."""
+    tracker = ObjectiveTracker("gold/engagement", "maximize", None, first_trained_step=1)
+    reports = feed(
+        tracker, [({"gold/engagement": 0.9}, 0), ({"gold/engagement": 0.5}, 1), ({"gold/engagement": 0.6}, 2)]
+    )
+    assert reports == [(1, 0.5), (2, 0.6)]
+    result = tracker.finish()
+    assert (result.value, result.step, result.points) == (0.6, 2, 3)
+
+
+def test_the_untrained_step_is_not_the_least_violating_point_either() -> None:
+    tracker = ObjectiveTracker("gold/engagement", "maximize", KL_BUDGET, first_trained_step=1)
+    feed(tracker, [({"gold/engagement": 0.9, "policy/kl": 0.0}, 0), ({"gold/engagement": 0.5, "policy/kl": 0.2}, 1)])
+    result = tracker.finish()
+    assert not result.feasible and result.step == 1
+
+
+def test_a_trial_that_logged_only_the_untrained_step_is_missing_its_objective() -> None:
+    tracker = ObjectiveTracker("gold/engagement", "maximize", None, first_trained_step=1)
+    tracker.update({"gold/engagement": 0.9}, 0)
+    with pytest.raises(ObjectiveMissingError, match=re.escape("after training began (step >= 1)")):
+        tracker.finish()
+
+
+def test_policy_train_target_declares_its_untrained_step() -> None:
+    from experiments.sweep_targets import load_target
+
+    assert load_target("policy train").first_trained_step == 1
+    assert load_target("reward train").first_trained_step == 0

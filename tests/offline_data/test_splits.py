@@ -206,3 +206,27 @@ def test_split_needs_validated_tables(tmp_path, validated):
         LogValidationError, match=r"column 'position' is string, expected int64: not a validated impressions table"
     ):
         split_logs(folder, tmp_path / "out")
+
+
+def test_split_assets_keep_resolving_to_the_images(validated, tmp_path):
+    from offline_data.assets import ASSET_ROOT_KEY
+
+    source = (pq.read_schema(validated / "assets.parquet").metadata or {}).get(ASSET_ROOT_KEY.encode())
+    expected = (validated / source.decode() if source else validated).resolve()
+    out = tmp_path / "deeper" / "split"
+    split_logs(validated, out, SplitConfig(by="product"))
+    for split in SPLITS:
+        path = out / split / "assets.parquet"
+        relative = pq.read_schema(path).metadata[ASSET_ROOT_KEY.encode()].decode()
+        assert (path.parent / relative).resolve() == expected
+
+
+def test_a_split_left_empty_gets_a_hint(tmp_path):
+    few = write_world(tmp_path / "few", products=2, impressions=60)
+    report = split_logs(few, tmp_path / "few_split", SplitConfig(by="product", fractions=(0.8, 0.1, 0.1)))
+    empty = [s for s in SPLITS[1:] if report.rows["impressions"][s] == 0]
+    assert empty, "two products cannot fill three splits"
+    hints = [n for n in report.notes if "got 0 impressions" in n]
+    assert [h.split()[0] for h in hints] == empty
+    assert "2 products in all" in hints[0] and "--fractions" in hints[0]
+    assert "got 0 impressions" in report.render()

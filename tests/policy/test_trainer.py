@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -318,3 +319,25 @@ def test_training_writes_adapter_plot_and_checkpoint(tmp_path: Path) -> None:
     assert (tmp_path / "adapter" / "pytorch_lora_weights.safetensors").is_file()
     assert (tmp_path / "overoptimisation.png").stat().st_size > 1000
     assert (tmp_path / "checkpoints" / "latest.json").is_file()
+
+
+def test_each_evaluation_logs_a_before_after_contact_sheet() -> None:
+    evaluator = PolicyEvaluator(
+        tiny_requests(3, offset=50), reward_fn=red_background, gold_fn=None, sampler=SAMPLER,
+        config=EvaluationConfig(seeds_per_request=2),
+    )  # fmt: skip
+    images: list[tuple[str, np.ndarray, int]] = []
+    trainer = DDPOTrainer(
+        tiny_policy(), red_background, tiny_requests(4), tiny_config(epochs=2, eval_every=1), seed=0,
+        evaluator=evaluator, log_image=lambda tag, image, step: images.append((tag, image, step)),
+    )  # fmt: skip
+    trainer.train()
+    assert [(tag, step) for tag, _, step in images] == [("eval/before_after", 0), ("eval/before_after", 1),
+                                                        ("eval/before_after", 2)]  # fmt: skip
+    sheet = images[-1][1]
+    assert sheet.dtype == np.uint8 and sheet.ndim == 3 and sheet.shape[2] == 3
+    # Three requests (rows) of two cells (base, policy): taller than three images, wider than two.
+    side = tiny_requests(1)[0].size[1] * 2
+    assert sheet.shape[0] > 3 * side and sheet.shape[1] > 2 * side
+    policy_only = PolicyEvaluator(tiny_requests(1, offset=50), reward_fn=red_background, gold_fn=None, sampler=SAMPLER)
+    assert policy_only.before_after_sheet() is None  # no evaluation yet

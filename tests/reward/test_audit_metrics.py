@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from reward.audit_metrics import concordance_index, d_calibration, dwell_cdf, slice_table, spearman
+from reward.audit_metrics import concordance_index, d_calibration, dwell_cdf, has_spread, slice_table, spearman
 
 
 def brute_force_c(predicted, time, censored) -> tuple[float, int]:
@@ -107,7 +107,7 @@ def test_slice_table_counts_and_failed_metrics() -> None:
     table = slice_table(labels, mean_unless_single)
     assert table["b"] == {"value": 3.0, "rows": 3}
     assert math.isnan(table["a"]["value"]) and table["a"]["rows"] == 1
-    assert list(table) == ["a", "b", "c"]
+    assert list(table) == ["b", "a", "c"]  # worst first; slices without a value last, by label
     assert math.isnan(slice_table(labels, mean_unless_single, min_rows=4)["b"]["value"])
 
 
@@ -115,3 +115,45 @@ def test_spearman_edge_cases() -> None:
     assert spearman(np.arange(5.0), np.arange(5.0) ** 3) == pytest.approx(1.0)
     assert math.isnan(spearman(np.ones(5), np.arange(5.0)))
     assert math.isnan(spearman(np.arange(2.0), np.arange(2.0)))
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (np.array([1.0, 2.0, 3.0]), True),
+        (np.full(5, 3.0), False),
+        (np.array([1e6, 1e6 + 1e-3, 1e6]), False),  # float32-sized round-off of a large constant
+        (np.array([0.0, 1e-3, 0.0]), True),
+        (np.array([1.0, np.nan, 2.0]), False),
+        (np.array([1.0]), False),
+    ],
+)
+def test_has_spread(values: np.ndarray, expected: bool) -> None:
+    assert has_spread(values) is expected
+
+
+def test_slice_table_puts_the_worst_slice_first() -> None:
+    labels = np.array(["a", "b", "c", "d", "d"], dtype=object)
+    values = np.array([0.9, 0.3, 0.6, 0.1, 0.1])
+
+    def mean_unless_single(rows: np.ndarray) -> float:
+        if rows.sum() < 1 or labels[rows][0] == "c":
+            raise ValueError("no value")
+        return float(values[rows].mean())
+
+    assert list(slice_table(labels, mean_unless_single)) == ["d", "b", "a", "c"]
+
+
+def test_concordance_matches_lifelines() -> None:
+    """Harrell's C as lifelines computes it (``lifelines.utils.concordance_index``; higher score = longer time).
+
+    lifelines is not a dependency: its only release here pins pandas < 3 while backdrop needs pandas >= 3.1, so
+    it is the reference of this test where it is installed, not the implementation."""
+    lifelines_utils = pytest.importorskip("lifelines.utils")
+    rng = np.random.default_rng(3)
+    time = rng.permutation(np.arange(1.0, 301.0)) * 37.5  # distinct times: both definitions agree on ties then
+    predicted = np.round(np.log(time) + rng.normal(0, 0.8, time.size), 1)  # rounded: prediction ties count 1/2
+    censored = rng.random(time.size) < 0.3
+    ours, pairs = concordance_index(predicted, time, censored)
+    reference = lifelines_utils.concordance_index(time, predicted, event_observed=~censored)
+    assert ours == pytest.approx(reference, abs=1e-12) and pairs > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reward.calibration import Calibrator, fit_calibrator, fit_temperature
+from reward.calibration import Calibrator, choose_calibrator, fit_calibrator, fit_temperature
 from reward.metrics import (
     binary_auc,
     expected_calibration_error,
@@ -82,3 +82,40 @@ def test_vocabulary_maps_unknown_values_to_oov_and_counts_them():
     assert batch.words.tolist() == [[2, OOV], [PAD, PAD]]  # marble seen once < min_count
     assert oov == {"segment": 1, "word": 1, "kind": 1}
     assert ContextVocabulary.from_dict(vocabulary.to_dict()) == vocabulary
+
+
+def _head_clicks(n: int, temperature: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits of a head and clicks drawn from σ(logit / temperature): temperature 1 = already calibrated."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(-1.0, 1.5, n)
+    clicked = rng.random(n) < 1.0 / (1.0 + np.exp(-logits / temperature))
+    return logits, np.ones(n), clicked
+
+
+@pytest.mark.parametrize("method", ["temperature", "isotonic"])
+def test_calibration_that_helps_on_held_out_rows_is_kept(method: str) -> None:
+    choice = choose_calibrator(method, *_head_clicks(2000, temperature=3.0))
+    assert choice.kept and choice.calibrator.method == method
+    assert choice.ece_calibrated < choice.ece_uncalibrated
+    assert choice.reason.startswith(f"{method} kept: held-out ECE")
+    assert choice.calibrator.note == choice.reason  # saved with the model, shown by the audit
+    assert Calibrator.from_dict(choice.calibrator.to_dict()) == choice.calibrator
+
+
+@pytest.mark.parametrize("method", ["temperature", "isotonic"])
+def test_calibration_that_does_not_help_is_dropped_with_its_numbers(method: str) -> None:
+    """An already calibrated head: the cross-fitted calibrator only adds noise (ECE rises), so it is dropped."""
+    choice = choose_calibrator(method, *_head_clicks(2000, temperature=1.0))
+    assert not choice.kept and choice.calibrator.method == "none"
+    assert choice.ece_calibrated >= choice.ece_uncalibrated
+    assert f"{method} dropped" in choice.reason and f"{choice.ece_uncalibrated:.4f}" in choice.reason
+    assert choice.to_dict()["method"] == "none" and choice.to_dict()["requested"] == method
+
+
+def test_calibration_choice_edge_cases() -> None:
+    logits, theta, _ = _head_clicks(50, 1.0)
+    unassessable = choose_calibrator("temperature", logits, theta, np.zeros(50, dtype=bool))
+    assert not unassessable.kept and "could not be assessed" in unassessable.reason
+    assert choose_calibrator("none", logits, theta, np.zeros(50, dtype=bool)).calibrator.method == "none"
+    with pytest.raises(ValueError, match="folds must be >= 2, got 1"):
+        choose_calibrator("temperature", logits, theta, np.zeros(50, dtype=bool), folds=1)

@@ -110,8 +110,29 @@ def test_run_probes_statistics_by_hand() -> None:
 def test_run_probes_refuses_a_constant_reward() -> None:
     images, masks = textured_scene()
     batch = np.stack([images] * 3)
-    with pytest.raises(ValueError, match="SD 0"):
+    with pytest.raises(ValueError, match=r"nearly\) the same for every probed image"):
         run_probes(batch, np.stack([masks] * 3), lambda b: np.zeros(len(b)), ProbeConfig())
+
+
+def test_a_near_constant_gold_is_not_a_unit() -> None:
+    """Gold that differs only by round-off across the images has no SD to standardise by: its shifts are left out
+    ("no spread") instead of being reported as millions of SDs."""
+    scenes = [textured_scene(seed) for seed in range(5)]
+    images, masks = np.stack([s[0] for s in scenes]), np.stack([s[1] for s in scenes])
+
+    def reward(batch: np.ndarray) -> np.ndarray:
+        return batch[..., 0].mean(axis=(1, 2)).astype(np.float64)
+
+    def near_constant_gold(batch: np.ndarray) -> np.ndarray:
+        return 0.25 + 1e-9 * batch[..., 0].mean(axis=(1, 2))
+
+    config = ProbeConfig(edits=("brightness",), regions=("whole",), brightness=1.3)
+    outcome = run_probes(images, masks, reward, config, tampers=(), gold_fn=near_constant_gold)
+    (bright,) = outcome.spurious
+    assert not outcome.gold_has_spread and outcome.gold_sd is not None and outcome.gold_sd < 1e-6
+    assert bright.gold_shift_sd is None
+    assert bright.spurious_shift_sd == bright.reward_shift_sd
+    assert bright.reward_shift_sd > 0 and np.isfinite(bright.reward_shift_sd)
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.fft import dctn
 
 from rollout.request import InpaintRequest
-from rollout.rerank import _dct_matrix, hamming_distances, perceptual_hash, rerank, select_distinct
+from rollout.rerank import hamming_distances, perceptual_hash, rerank, select_distinct
 
 
 def scene(seed: int, size: int = 64) -> torch.Tensor:
@@ -42,10 +41,19 @@ class TableReward:
         return torch.tensor([self.table[float(img.float().mean())] for img in images])
 
 
-def test_dct_matrix_matches_scipy() -> None:
-    x = torch.rand(32, 32, dtype=torch.float64)
-    d = _dct_matrix(32)
-    np.testing.assert_allclose((d @ x @ d.T).numpy(), dctn(x.numpy(), type=2, norm="ortho"), atol=1e-12)
+def test_hash_is_imagehash_phash_of_the_background() -> None:
+    import imagehash
+    from PIL import Image
+
+    a = request("a", product_seed=1)
+    image = with_product(scene(3), a)
+    expected = imagehash.phash(Image.fromarray(image.permute(1, 2, 0).numpy())).hash.reshape(-1)
+    assert np.array_equal(perceptual_hash(image[None])[0].numpy(), expected)
+    background = ~a.product_mask
+    mean = (image.double() * background).sum(dim=(1, 2)) / background.sum()
+    filled = torch.where(a.product_mask[None], mean.round().to(torch.uint8)[:, None, None], image)
+    expected = imagehash.phash(Image.fromarray(filled.permute(1, 2, 0).numpy())).hash.reshape(-1)
+    assert np.array_equal(perceptual_hash(image[None], a.product_mask[None])[0].numpy(), expected)
 
 
 def test_hash_properties() -> None:
