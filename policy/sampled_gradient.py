@@ -11,8 +11,16 @@ exactly 1, the clip is inactive, and the step's objective over its N = S x J tra
 g_i (one per sample: S x the adapter's size) and K do not depend on the advantages, so they are accumulated at
 each trained step of the sampling loop from the sampler's own UNet call, run with grad; the replay forward of
 the trained rows disappears. Per step: a reference forward (adapters off, no grad) at the same x_t gives mu_ref;
-one backward of sum_i m_i log pi_t^i (m_i = 1 on trained rows) yields every g_i through hooks; when kl_coef > 0, a
-second backward of sum_i m_i KL_t^i adds to K.
+forward hooks record each LoRA factor's input and output in the step's forward (with grad); one backward of
+sum_i m_i log pi_t^i (m_i = 1 on trained rows) down to those outputs gives every g_i; when kl_coef > 0, a second
+backward of sum_i m_i KL_t^i adds to K. Memory: one step's activations at the sampler's batch, not the replay's.
+
+Cost per trained step, in UNet forward-equivalents F and LoRA backwards (activation gradients only) Bk: sampling
+F + reference F + Bk (+ Bk for the KL), against the re-forward's sampling F + reference F + replay F + Bk. The
+replay forward is saved; with kl_coef > 0 a backward is added, so the two cost about the same arithmetic (a
+backward cannot separate the advantage-weighted per-sample terms from the KL's summed term without knowing the
+advantages). The measured balance depends on how well the device uses the sampler's smaller UNet calls
+(``experiments.bench.sampled_gradient``).
 
 Per-sample gradients of a LoRA factor W (peft's ``lora_A`` / ``lora_B``, an ``nn.Linear`` or ``nn.Conv2d`` without
 bias) come from its input a_r and its output gradient d_r on each row r of the UNet batch: grad_r W = sum over
@@ -128,7 +136,8 @@ class SampledGradient:
         """K for every parameter (zeros unless ``kl_gradient``)."""
         self.kl_total = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
         """Sum of the trained rows' KL_t (mean over background latent dims), for ``policy/kl``."""
-        self._capture: tuple[int, int] | None = None  # (first sample, B) during the policy-gradient backward
+        self._records: list[tuple[int, torch.nn.Module, torch.Tensor, torch.Tensor]] | None = None
+        """While a trained step's forward runs: (parameter index, factor, input, output) of every factor call."""
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> SampledGradient:
@@ -194,19 +203,8 @@ class SampledGradient:
     def _on_forward(
         self, index: int, factor: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
     ) -> None:
-        if not output.requires_grad:  # sampling without grad, the reference pass, evaluation
-            return
-        activations = inputs[0].detach()
-
-        def on_grad(grad: torch.Tensor) -> None:
-            if self._capture is None:  # the KL backward: K comes from autograd, summed
-                return
-            first, batch = self._capture
-            per_row = per_row_weight_grad(factor, activations, grad)
-            sample = first + torch.arange(per_row.shape[0], device=per_row.device) % batch  # CFG: rows i, B + i
-            self.per_sample[index].index_add_(0, sample, per_row)
-
-        output.register_hook(on_grad)
+        if self._records is not None and output.requires_grad:  # not: plain sampling, the reference, evaluation
+            self._records.append((index, factor, inputs[0].detach(), output))
 
     def _step(
         self,
@@ -226,22 +224,30 @@ class SampledGradient:
             return denoise_step(policy, latents, timestep, conditioning, eta=eta, variance_noise=variance_noise)
         with torch.no_grad(), policy.reference():
             ref = denoise_step(policy, latents, timestep, conditioning, eta=eta, variance_noise=variance_noise)
-        with torch.enable_grad():
-            out = denoise_step(policy, latents, timestep, conditioning, eta=eta, variance_noise=variance_noise)
+        self._records = []
+        try:
+            with torch.enable_grad():
+                out = denoise_step(policy, latents, timestep, conditioning, eta=eta, variance_noise=variance_noise)
+            records = self._records
+        finally:
+            self._records = None
+        weights = mask.float()
+        with torch.enable_grad():  # the sampler runs under no_grad
             kl = gaussian_kl(out.mean, ref.mean, out.std, conditioning.background)
-            weights = mask.float()
-            self._capture = (start, batch)
-            try:
-                torch.autograd.grad(
-                    (out.log_prob * weights).sum(), self.params, retain_graph=self.kl_gradient, allow_unused=True
-                )
-            finally:
-                self._capture = None
-            if self.kl_gradient:
-                kl_grads = torch.autograd.grad((kl * weights).sum(), self.params, allow_unused=True)
-                for total, grad in zip(self.kl_sum, kl_grads):
-                    if grad is not None:
-                        total.add_(grad)
+            log_prob_sum, kl_rows_sum = (out.log_prob * weights).sum(), (kl * weights).sum()
+        # The backward runs to the factors' outputs, not to the weights: autograd's summed weight gradients would
+        # cost as much as the per-row ones and are not needed.
+        outputs = [output for *_, output in records]
+        grads = torch.autograd.grad(log_prob_sum, outputs, retain_graph=self.kl_gradient, allow_unused=True)
+        for (index, factor, inputs, _), grad in zip(records, grads):
+            if grad is not None:  # rows [unconditional; conditional] of the UNet batch: rows i and B + i -> sample i
+                per_row = per_row_weight_grad(factor, inputs, grad)
+                self.per_sample[index][start : start + batch] += per_row.view(-1, batch, *per_row.shape[1:]).sum(0)
+        if self.kl_gradient:
+            grads = torch.autograd.grad(kl_rows_sum, outputs, allow_unused=True)
+            for (index, factor, inputs, _), grad in zip(records, grads):
+                if grad is not None:
+                    self.kl_sum[index] += per_row_weight_grad(factor, inputs, grad).sum(0)
         self.kl_total += (kl.detach().double() * weights.double()).sum()  # stays on the device: no sync
         return DDIMStepOutput(
             prev_sample=out.prev_sample.detach(),
