@@ -16,17 +16,14 @@ the peak RSS of the process with its RSS before the first epoch (the model and t
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-import platform
 import resource
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-from experiments.bench.ddpo_cpu import build_requests, pixel_reward
+from experiments.bench.ddpo_cpu import build_requests, machine, pixel_reward, write_result
 
 MODES = ("re_forward", "during_sampling")
 KL_COEFS = (0.01, 0.0)
@@ -109,16 +106,18 @@ def summarise(runs: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
         for mode in MODES:
             mine = [r for r in runs if r["mode"] == mode and r["kl_coef"] == kl_coef]
             wall = statistics.median(t for r in mine for t in r["wall_s"])
+            cpu = statistics.median(t for r in mine for t in r["cpu_s"])
             rows.append(
                 {
                     "mode": mode,
                     "kl_coef": kl_coef,
                     "epochs_timed": sum(len(r["wall_s"]) for r in mine),
                     "median_wall_s": wall,
-                    "median_cpu_s": statistics.median(t for r in mine for t in r["cpu_s"]),
+                    "median_cpu_s": cpu,
                     "median_sample_score_s": statistics.median(t for r in mine for t in r["sample_score_s"]),
                     "median_reference_update_s": statistics.median(t for r in mine for t in r["update_s"]),
                     "samples_per_s": batch / wall,
+                    "samples_per_cpu_s": batch / cpu,
                     "rss_before_mib": max(r["rss_before_mib"] for r in mine),
                     "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
                 }
@@ -126,6 +125,7 @@ def summarise(runs: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
     for row in rows:
         base = next(r for r in rows if r["mode"] == "re_forward" and r["kl_coef"] == row["kl_coef"])
         row["speedup_vs_re_forward"] = base["median_wall_s"] / row["median_wall_s"]
+        row["cpu_speedup_vs_re_forward"] = base["median_cpu_s"] / row["median_cpu_s"]
     return rows
 
 
@@ -159,17 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores")
     print(
         f"{'gradient':>16} {'kl_coef':>7} {'epoch':>8} {'CPU':>8} {'sample':>8} {'ref+upd':>8} {'samples/s':>9} "
-        f"{'speedup':>7} {'peak RSS':>9} {'(start)':>8}"
+        f"{'/CPU-s':>7} {'speedup':>7} {'CPU':>6} {'peak RSS':>9} {'(start)':>8}"
     )
     for row in rows:
         print(
             f"{row['mode']:>16} {row['kl_coef']:>7} {row['median_wall_s']:>7.3f}s {row['median_cpu_s']:>7.3f}s "
             f"{row['median_sample_score_s']:>7.3f}s {row['median_reference_update_s']:>7.3f}s "
-            f"{row['samples_per_s']:>9.2f} {row['speedup_vs_re_forward']:>6.2f}x {row['peak_rss_mib']:>6.0f}MiB "
+            f"{row['samples_per_s']:>9.2f} {row['samples_per_cpu_s']:>7.2f} {row['speedup_vs_re_forward']:>6.2f}x "
+            f"{row['cpu_speedup_vs_re_forward']:>5.2f}x {row['peak_rss_mib']:>6.0f}MiB "
             f"{row['rss_before_mib']:>5.0f}MiB"
         )
-    import torch
-
     payload = {
         "benchmark": "sampled_gradient",
         **settings,
@@ -177,16 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         "guidance_scale": 5.0,
         "reward": "pixel statistic (no model)",
         "load_average_before_after": [load_before, load_after],
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
+        **machine(),
         "results": rows,
         "runs": runs,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {out}")
+    write_result(args.out, payload)
     return 0
 
 
