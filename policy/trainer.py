@@ -14,7 +14,8 @@ One epoch, top to bottom (:meth:`DDPOTrainer.run_epoch`):
 6. ``inner_epochs`` passes over the samples in minibatches of ``samples_per_step``: for each, the rows' current
    log-probs and means (stacked ``rows_per_forward`` at a time), the clipped surrogate + kl_coef x Gaussian KL,
    gradients accumulated over the minibatch, summed over processes, clipped, one AdamW step on the LoRA
-   weights;
+   weights (with ``optim.gradient = "during_sampling"``, 5-6 are replaced by the one step whose gradient was
+   accumulated while sampling, ``policy.sampled_gradient``);
 7. the KL controller sees the epoch's KL (over all processes); metrics go to ``log_metrics``.
 
 A non-finite reward, gradient norm, loss, KL or LoRA weight stops the run with ``NonFiniteError`` (naming the value
@@ -43,6 +44,7 @@ hold every RNG and optimiser state for exact resume.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -72,6 +74,7 @@ from policy.losses import clipped_policy_loss, gaussian_kl
 from policy.model import InpaintPolicy
 from policy.replay import StepRows, reference_means, replay_rows
 from policy.reward_signal import RewardModelFn, RewardSignal, reward_signal, reweight
+from policy.sampled_gradient import SampledGradient
 from policy.trainer_config import DDPOConfig
 from rollout.request import InpaintRequest
 from rollout.sampler import sample_trajectories
@@ -271,11 +274,17 @@ class DDPOTrainer:
         config, policy = self.config, self.policy
         started = time.perf_counter()
 
-        # 1-2. requests, seeds, rollouts and rewards
+        # 1-2. requests, seeds, rollouts and rewards (and, during_sampling, the update's gradient terms)
         requests, seeds = self._epoch_requests(self.epoch)
+        plan = self._plan_rows(len(requests), config.sampler.num_steps)
+        gradient = None
+        if config.optim.gradient == "during_sampling":
+            kl_gradient = self.kl_controller.value > 0
+            gradient = SampledGradient(policy, self.params, self._trained_mask(plan), kl_gradient=kl_gradient)
         # 3. (inside) a changed product pixel stops the run with PreservationError, a NaN reward with NonFiniteError
         try:
-            trajectory, signal = self._sample_and_score(requests, seeds)
+            with gradient if gradient is not None else contextlib.nullcontext():  # the per-sample gradient hooks
+                trajectory, signal = self._sample_and_score(requests, seeds, gradient)
         except NonFiniteError as exc:
             raise NonFiniteError(f"epoch {self.epoch + 1}: {exc}; training stopped{self._last_good()}") from None
         sampled = time.perf_counter()
@@ -289,24 +298,24 @@ class DDPOTrainer:
         mine = normalised.advantages[share]
         advantages = clip_advantages(mine, config.optim.advantage_clip) * everyone.weights[share]
 
-        # 5. which (sample, step) rows of this process each inner epoch trains on, and their reference means
-        plan = self._plan_rows(trajectory.batch_size, trajectory.num_steps)
-        needed = torch.zeros(trajectory.batch_size, trajectory.num_steps, dtype=torch.bool)
-        for minibatches in plan:
-            for rows, _ in minibatches:
-                needed[rows.sample, rows.step] = True
-        wanted = torch.nonzero(needed)
-        wanted_rows = StepRows(sample=wanted[:, 0].contiguous(), step=wanted[:, 1].contiguous())
-        batch, steps = trajectory.batch_size, trajectory.num_steps
-        ref_table = torch.zeros(batch, steps, *trajectory.latents.shape[2:], device=policy.device)
-        ref_table[wanted_rows.sample, wanted_rows.step] = reference_means(
-            policy, trajectory, wanted_rows, 2 * config.optim.rows_per_forward
-        )
-        referenced = time.perf_counter()
+        if gradient is not None:  # 5-6. one step with the gradient accumulated while sampling
+            referenced = sampled
+            totals = self._apply_sampled_gradient(gradient, advantages)
+            trained = time.perf_counter()
+        else:
+            # 5. which (sample, step) rows of this process each inner epoch trains on, and their reference means
+            wanted = torch.nonzero(self._trained_mask(plan))
+            wanted_rows = StepRows(sample=wanted[:, 0].contiguous(), step=wanted[:, 1].contiguous())
+            batch, steps = trajectory.batch_size, trajectory.num_steps
+            ref_table = torch.zeros(batch, steps, *trajectory.latents.shape[2:], device=policy.device)
+            ref_table[wanted_rows.sample, wanted_rows.step] = reference_means(
+                policy, trajectory, wanted_rows, 2 * config.optim.rows_per_forward
+            )
+            referenced = time.perf_counter()
 
-        # 6. clipped policy gradient + KL on the LoRA weights
-        totals = self._update(trajectory, advantages.to(policy.device), ref_table, plan)
-        trained = time.perf_counter()
+            # 6. clipped policy gradient + KL on the LoRA weights
+            totals = self._update(trajectory, advantages.to(policy.device), ref_table, plan)
+            trained = time.perf_counter()
 
         # 7. KL coefficient and metrics (over every process's samples)
         kl_coef_used = self.kl_controller.value
@@ -364,9 +373,12 @@ class DDPOTrainer:
         )
         return requests[share], [int(s) for s in seeds[share]]
 
-    def _sample_and_score(self, requests: list[InpaintRequest], seeds: list[int]) -> tuple[Trajectory, RewardSignal]:
+    def _sample_and_score(
+        self, requests: list[InpaintRequest], seeds: list[int], gradient: SampledGradient | None = None
+    ) -> tuple[Trajectory, RewardSignal]:
         """Sample in chunks of ``sampler.batch_size``; each finished chunk is scored (in a worker thread when
-        ``overlap_scoring``) while the next one is sampled.
+        ``overlap_scoring``) while the next one is sampled. With ``gradient``, each trained step of the sampling
+        also accumulates the update's gradient terms (``policy.sampled_gradient``).
 
         Raises:
             PreservationError: a chunk changed a product pixel (the sampler checks every image; the trainer
@@ -380,8 +392,13 @@ class DDPOTrainer:
         pool = ThreadPoolExecutor(max_workers=1) if config.overlap_scoring else None
         try:
             for start in range(0, len(requests), chunk):
+                step_fn = None if gradient is None else gradient.step_fn(start)
                 part = sample_trajectories(
-                    self.policy, requests[start : start + chunk], seeds[start : start + chunk], config.sampler
+                    self.policy,
+                    requests[start : start + chunk],
+                    seeds[start : start + chunk],
+                    config.sampler,
+                    step_fn=step_fn,
                 )
                 if not part.preservation.ok:
                     raise PreservationError(
@@ -445,6 +462,58 @@ class DDPOTrainer:
             plan.append(minibatches)
         return plan
 
+    def _trained_mask(self, plan: list[list[tuple[StepRows, int]]]) -> torch.Tensor:
+        """``[S, T]`` bool: the (sample, step) rows of this process that some minibatch of ``plan`` trains on."""
+        config = self.config
+        needed = torch.zeros(config.samples_per_epoch, config.sampler.num_steps, dtype=torch.bool)
+        for minibatches in plan:
+            for rows, _ in minibatches:
+                needed[rows.sample, rows.step] = True
+        return needed
+
+    def _apply_sampled_gradient(self, gradient: SampledGradient, advantages: torch.Tensor) -> dict[str, float]:
+        """The epoch's one optimiser step from the gradient accumulated while sampling; returns the same row-weighted
+        means as :meth:`_update` (ratio 1, clipfrac 0 on every row)."""
+        kl_coef = self.kl_controller.value
+        global_rows = self.config.samples_per_epoch * self.num_processes * self.config.trained_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        for param, grad in zip(self.params, gradient.gradients(advantages, kl_coef, global_rows)):
+            param.grad = grad
+        grad_norm = self._optimizer_step()
+        return self._reduce_totals(gradient.metric_sums(advantages, kl_coef), gradient.rows, [grad_norm])
+
+    def _optimizer_step(self) -> torch.Tensor:
+        """Sum the gradients over processes, clip them to ``max_grad_norm``, step; returns the norm before clipping."""
+        max_grad_norm = self.config.optim.max_grad_norm
+        self._sum_gradients()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+        self.optimizer.step()
+        self.optimizer_steps += 1
+        return norm.detach()
+
+    def _reduce_totals(
+        self, sums: Mapping[str, torch.Tensor], rows_seen: int, grad_norms: Sequence[torch.Tensor]
+    ) -> dict[str, float]:
+        """Row-weighted sums of this process -> means over every process's rows, and the mean gradient norm."""
+        names = sorted(sums)
+        *summed, rows_seen = self._sum_over_processes([*(float(sums[n]) for n in names), rows_seen])
+        totals = {name: value / rows_seen for name, value in zip(names, summed)}
+        norms = [float(norm) for norm in grad_norms]
+        first_step = self.optimizer_steps - len(norms) + 1
+        # Gradient norms first: they name the optimiser step; the losses and KL are epoch means.
+        check_finite(
+            {f"policy/grad_norm of optimiser step {first_step + i}": norm for i, norm in enumerate(norms)},
+            f"epoch {self.epoch + 1}",
+            after=self._last_good(),
+        )
+        check_finite(
+            {name: totals[name] for name in ("policy/loss", "policy/pg_loss", "policy/kl") if name in totals},
+            f"epoch {self.epoch + 1}",
+            after=self._last_good(),
+        )
+        totals["policy/grad_norm"] = float(np.mean(norms))
+        return totals
+
     def _update(
         self,
         trajectory: Trajectory,
@@ -489,29 +558,8 @@ class DDPOTrainer:
                     ):  # fmt: skip
                         add(name, value.detach(), len(part))
                     rows_seen += len(part)
-                self._sum_gradients()
-                max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-                grad_norms.append(torch.nn.utils.clip_grad_norm_(self.params, max_norm).detach())
-                self.optimizer.step()
-                self.optimizer_steps += 1
-        names = sorted(sums)
-        *summed, rows_seen = self._sum_over_processes([*(float(sums[n]) for n in names), rows_seen])
-        totals = {name: value / rows_seen for name, value in zip(names, summed)}
-        norms = [float(norm) for norm in grad_norms]
-        first_step = self.optimizer_steps - len(norms) + 1
-        # Gradient norms first: they name the optimiser step; the losses and KL are epoch means.
-        check_finite(
-            {f"policy/grad_norm of optimiser step {first_step + i}": norm for i, norm in enumerate(norms)},
-            f"epoch {self.epoch + 1}",
-            after=self._last_good(),
-        )
-        check_finite(
-            {name: totals[name] for name in ("policy/loss", "policy/pg_loss", "policy/kl") if name in totals},
-            f"epoch {self.epoch + 1}",
-            after=self._last_good(),
-        )
-        totals["policy/grad_norm"] = float(np.mean(norms))
-        return totals
+                grad_norms.append(self._optimizer_step())
+        return self._reduce_totals(sums, rows_seen, grad_norms)
 
     # ------------------------------------------------------------------------------------------------------
     # Evaluation, logging, checkpoints

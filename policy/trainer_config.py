@@ -68,6 +68,18 @@ class OptimConfig:
     calls have different shapes and kernels and round differently, and at SD scale 11 % (50 steps) to 70 % (10
     steps) of rows sat outside clip_range 1e-4 before any update (H200), silently dropping their gradient; "replay"
     removes that. ``policy/log_prob_gap`` reports the difference either way."""
+    gradient: Literal["re_forward", "during_sampling"] = "re_forward"
+    """How the update's gradient is obtained. "re_forward": after scoring, the trained rows are replayed through the
+    UNet with grad (after a reference pass without the adapter for the KL), in calls of rows_per_forward rows.
+    "during_sampling": at each trained step the sampler's own UNet call runs with grad on the LoRA weights; each
+    sample's sum over its trained steps of grad log pi is kept (S x the adapter's size, float32), the KL gradient is
+    summed from a reference forward at the same states, and once the advantages are known the step takes
+    (1 / rows) (-sum_i A_i g_i + kl_coef K), clipped as before (``policy.sampled_gradient``). The same update in
+    exact arithmetic without the replay forward; each trained step costs one backward for the policy gradient and,
+    when kl_coef > 0, one more for the KL. Needs one optimiser step per epoch (inner_epochs = 1, samples_per_step =
+    the samples per epoch: the ratio is then exactly 1 and the clip inactive) and an uncompiled UNet (the per-sample
+    gradients come from hooks on peft's LoRA factors); rows_per_forward is unused (the UNet calls are the
+    sampler's, sampler.batch_size samples each, x2 with guidance)."""
 
     def __post_init__(self) -> None:
         if not self.learning_rate > 0:
@@ -200,8 +212,25 @@ class DDPOConfig:
                 f"{self.optim.inner_epochs}, samples_per_step = {self.optim.samples_per_step}: later steps must "
                 "compare with log-probs from before the first update"
             )
+        if self.optim.gradient == "during_sampling":
+            self._check_gradient_during_sampling(single_step)
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("eval_every and checkpoint_every must be >= 0")
+
+    def _check_gradient_during_sampling(self, single_step: bool) -> None:
+        """optim.gradient = 'during_sampling' differentiates the sampling policy itself: the ratio must be 1."""
+        if not single_step:
+            raise ValueError(
+                "optim.gradient = 'during_sampling' needs one optimiser step per epoch (inner_epochs = 1 and "
+                f"samples_per_step = the samples per epoch, {self.samples_per_epoch}); got inner_epochs = "
+                f"{self.optim.inner_epochs}, samples_per_step = {self.optim.samples_per_step}: after the first step "
+                "the ratio is no longer 1 and gradients taken while sampling belong to a stale policy"
+            )
+        if self.acceleration.compile:
+            raise ValueError(
+                "optim.gradient = 'during_sampling' needs acceleration.compile = false: the per-sample gradients "
+                "are read by hooks on peft's LoRA factors, which a compiled UNet does not run"
+            )
 
     @property
     def samples_per_epoch(self) -> int:

@@ -14,6 +14,8 @@ import torch
 from diffusers import DDIMScheduler
 
 if TYPE_CHECKING:
+    from rollout.ddim_logprob import DDIMStepOutput
+    from rollout.denoise import DenoisingConditioning
     from rollout.request import InpaintRequest
 
 
@@ -85,4 +87,28 @@ class RewardFn(Protocol):
 
     def __call__(self, images: torch.Tensor, requests: Sequence[InpaintRequest]) -> torch.Tensor:
         """``images [B, 3, H, W]`` uint8 and the B requests they answer -> rewards ``[B]`` float32."""
+        ...
+
+
+class DenoisingStepFn(Protocol):
+    """One sampling step in place of ``rollout.denoise.denoise_step`` (``sample_trajectories(step_fn=...)``).
+
+    It must return what ``denoise_step(model, latents, timestep, conditioning, eta=eta,
+    variance_noise=variance_noise)`` returns, with detached tensors; what it does besides (a backward pass, a
+    reference forward) is its own business. The sampler calls it under ``torch.no_grad()``.
+    """
+
+    def __call__(
+        self,
+        first: int,
+        step: int,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        conditioning: DenoisingConditioning,
+        *,
+        eta: float,
+        variance_noise: torch.Tensor,
+    ) -> DDIMStepOutput:
+        """``first``: index of the chunk's first sample among the call's samples; ``step``: 0-based step index
+        i (``timestep`` is t_i); ``latents [B, C, h, w]`` x_t; ``variance_noise [B, C, h, w]``."""
         ...

@@ -41,7 +41,7 @@ from rollout.preservation import (
     replacement_alphas,
     verify_preservation,
 )
-from rollout.protocols import InpaintingModel
+from rollout.protocols import DenoisingStepFn, InpaintingModel
 from rollout.request import InpaintRequest
 from rollout.trajectory import Trajectory
 
@@ -74,6 +74,7 @@ def sample_trajectories(
     config: SamplerConfig,
     *,
     progress: bool = False,
+    step_fn: DenoisingStepFn | None = None,
 ) -> Rollout:
     """Paint a background for every request, one sample per (request, seed) pair.
 
@@ -85,6 +86,9 @@ def sample_trajectories(
         seeds: B non-negative seeds; a seed fixes all the noise of its sample.
         config: steps, eta, guidance, chunk size, edge band, enforcement.
         progress: show a progress bar over chunks and steps.
+        step_fn: runs each denoising step instead of ``rollout.denoise.denoise_step`` (e.g. to differentiate the
+            step's log-prob while sampling, ``policy.sampled_gradient``); it must return what ``denoise_step`` would
+            and detached tensors. None samples plainly.
 
     Raises:
         ValueError: mismatched lengths, mixed image sizes, a size the model cannot take, a request whose product
@@ -130,7 +134,9 @@ def sample_trajectories(
     images, trajectories, reports = [], [], []
     for start in tqdm(chunks, desc="sampling", unit="batch", disable=not progress or len(chunks) == 1):
         stop = start + config.batch_size
-        rollout = _sample_chunk(model, requests[start:stop], seeds[start:stop], config, timesteps, alphas, progress)
+        rollout = _sample_chunk(
+            model, requests[start:stop], seeds[start:stop], config, timesteps, alphas, progress, start, step_fn
+        )
         images.append(rollout.images)
         trajectories.append(rollout.trajectory)
         reports.append(rollout.preservation)
@@ -152,6 +158,8 @@ def _sample_chunk(
     timesteps: torch.Tensor,
     alphas: torch.Tensor,
     progress: bool,
+    offset: int,
+    step_fn: DenoisingStepFn | None,
 ) -> Rollout:
     device, dtype = model.device, model.dtype
     batch, steps = len(requests), config.num_steps
@@ -200,7 +208,14 @@ def _sample_chunk(
     )
     chain, log_probs = [latents], []
     for i in tqdm(range(steps), desc="denoising", unit="step", leave=False, disable=not progress):
-        out = denoise_step(model, latents, timesteps[i], conditioning, eta=config.eta, variance_noise=noise[:, i + 1])
+        if step_fn is None:
+            out = denoise_step(
+                model, latents, timesteps[i], conditioning, eta=config.eta, variance_noise=noise[:, i + 1]
+            )
+        else:
+            out = step_fn(
+                offset, i, latents, timesteps[i], conditioning, eta=config.eta, variance_noise=noise[:, i + 1]
+            )
         # The log-prob above covers background positions only; the product positions of the sample are
         # overwritten here, so the stored chain holds exactly what the UNet sees at the next step.
         replacement = noise_product_latents(masked_image_latents, start_noise, alphas[i + 1])

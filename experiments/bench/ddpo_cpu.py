@@ -93,6 +93,21 @@ def measure(args: argparse.Namespace, rows_per_forward: int, reward_fn: Any) -> 
     }
 
 
+def machine() -> dict[str, Any]:
+    """The CPU, its core count and torch's version, for a result file."""
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
+
+
+def write_result(path: str, payload: dict[str, Any]) -> None:
+    """Write a benchmark's JSON result file (parents created) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {out}")
+
+
 def scorer_cost(reward_fn: Any, repeats: int) -> float:
     """Median seconds to score 8 images with ``reward_fn``."""
     import torch
@@ -166,15 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         "reward_score_8_s": scoring,
         "target_s": TARGET_S,
         "load_average_before_after": [load_before, load_after],
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
+        **machine(),
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {out}")
+    write_result(args.out, payload)
     return 0
 
 
