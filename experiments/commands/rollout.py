@@ -142,6 +142,7 @@ def run_sample(args: argparse.Namespace) -> int:
         products = _load_products(args.products, args.masks, policy.resolution)
         photos = [_photo(name, rgb, alpha, prompt, j, args.segment)
                   for name, rgb, alpha in products for j, prompt in enumerate(args.prompts)]  # fmt: skip
+    _check_file_names([p.request_id for p in photos])
     placed = [native_canvas(p, policy.vae_scale_factor, args.max_native_side) if args.native
               else fit_canvas(p, policy.resolution) for p in photos]  # fmt: skip
     requests, seeds = expand_requests([r for r, _ in placed], n * args.best_of, args.seed)
@@ -362,6 +363,21 @@ def _write_outputs(out: Any, rollout: Any, batch: list, chosen: list[int], score
             cells.append((image, f"{score:.2f}" if score is not None else f"seed {rollout.trajectory.seeds[index]}"))
         rows.append((f"{batch[indices[0]].product_id}: {batch[indices[0]].prompt}", cells))
     return checks
+
+
+def _check_file_names(request_ids: list[str]) -> None:
+    """Refuse requests whose image file names would collide (two products with one file name, or ids that differ
+    only in characters a file name cannot hold)."""
+    from offline_data.errors import BackdropError
+
+    seen: dict[str, str] = {}
+    for request_id in request_ids:
+        other = seen.setdefault(_file_stem(request_id), request_id)
+        if other != request_id:
+            raise BackdropError(
+                f"requests {other!r} and {request_id!r} would both be written as "
+                f"images/{_file_stem(request_id)}*.png; give them distinct ids (or product files distinct names)"
+            )
 
 
 def _file_stem(request_id: str) -> str:

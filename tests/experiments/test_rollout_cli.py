@@ -216,6 +216,13 @@ def test_request_table_errors(model: Path, tmp_path: Path, capsys: pytest.Captur
     assert message in capsys.readouterr().err
 
 
+def test_colliding_file_names_are_refused(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    Image.fromarray(soft_cutout(40, 40, 3)).save(tmp_path / "a.png")
+    (tmp_path / "r.csv").write_text("request_id,product_id,image,prompt\na/1,p,a.png,oak\na 1,p,a.png,oak\n")
+    assert main(["rollout", "sample", "--model", str(model), "--requests", str(tmp_path / "r.csv"), *FAST]) == 2
+    assert "requests 'a/1' and 'a 1' would both be written as images/a_1*.png" in capsys.readouterr().err
+
+
 def test_requests_exclude_products(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     args = ["rollout", "sample", "--model", str(model), "--requests", "r.csv", "--products", "studio:can", *FAST]
     assert main(args) == 2
