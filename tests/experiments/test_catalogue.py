@@ -62,6 +62,8 @@ def test_bring_your_own_catalogue(reward_model: Path, tmp_path: Path, capsys: py
     exported = json.loads((bundle / "manifest.json").read_text())
     assert exported["data"]["world"] is None and exported["data"]["requests"]["eval"] == 8
     assert exported["reload"]["diffusers_pipeline"]["identical"]
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "no gold (a catalogue run)" in card and "(16 train, 8 held-out;" in card
 
     out = tmp_path / "samples"
     code = main(["rollout", "sample", "--requests", str(table), "--adapter", str(bundle / "adapter"),
