@@ -153,3 +153,14 @@ def test_huge_photos_are_refused_before_decoding(tmp_path: Path) -> None:
     with pytest.raises(PhotoError, match="image is 300x40; photos may have sides of at most 256 pixels") as caught:
         decode_photo(tmp_path / "wide.png", PhotoLimits(max_side=256))
     assert caught.value.reason == "image:size" and caught.value.exit_code == 2
+
+
+def test_a_malformed_csv_record_is_rejected_whole(folder: Path) -> None:
+    path = folder / "requests.csv"
+    path.write_text(HEADER + GOOD + "x,p,ok.png,,oak,,train,surplus\n", encoding="utf-8")
+    table = read_requests(path)
+    assert (table.read, len(table), table.rejects.num_rows) == (2, 1, 1)
+    (reject,) = table.rejects.to_pylist()
+    assert (
+        reject["reason"] == "row:malformed" and reject["row"] == 2 and "expected 7 fields, got 8" in reject["problems"]
+    )
