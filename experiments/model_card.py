@@ -170,12 +170,19 @@ def render_model_card(manifest: dict) -> str:
     ]
     final = training.get("final_eval")
     if final:
+        gold = "no gold (a catalogue run), "
+        if "gold/gain_sd" in final:
+            se = (final.get("gold/gain_se") or math.nan) / (final.get("gold/base_within_sd") or math.nan)
+            gold = f"gold gain {_number(final['gold/gain_sd'])} SD (se {_number(se)}), "
         lines.append(
             f"- the run's last held-out evaluation (epoch {final.get('step')}): proxy gain "
-            f"{_number(final.get('eval/proxy_gain_sd'))} SD, gold gain {_number(final.get('gold/gain_sd'))} SD "
-            f"(se {_number((final.get('gold/gain_se') or math.nan) / (final.get('gold/base_within_sd') or math.nan))}"
-            "), "
-            f"KL per sample {_number(final.get('eval/kl_nats'))} nats"
+            f"{_number(final.get('eval/proxy_gain_sd'))} SD, {gold}KL per sample {_number(final.get('eval/kl_nats'))} nats"
+        )
+    requests = manifest["data"].get("requests")
+    if requests:
+        lines.append(
+            f"- requests: the run's manifest `{requests['manifest']}` ({requests['train']} train, {requests['eval']} "
+            f"held-out; sha256 `{requests['sha256']}`)"
         )
     lines.append(
         f"- export evaluation: {metrics['evaluation_samples']} samples, KL per sample "

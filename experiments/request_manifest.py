@@ -7,8 +7,9 @@ Every run that takes requests (``policy train``, ``policy offline``, ``policy co
   point at copies in ``files/`` (named by their SHA-256, so a photo used by several requests is stored once),
   with each file's SHA-256, the photo's upright size and the ``split`` (train / eval) the run used;
 - ``requests.rejects.parquet``: the rows of the input table that were rejected, with their reasons;
-- ``confidence.safetensors`` (studio-world runs only): the segmenter's confidence map of each request, by
-  request_id, for the optional edge band (a mask PNG holds the hard mask only).
+- ``confidence.npz`` (studio-world runs only): the segmenter's confidence map of each request (``request_ids``
+  [N] and ``confidence`` [N, H, W] float32, compressed), for the optional edge band (a mask PNG holds the hard
+  mask only).
 
 Studio-world runs (no ``--requests``) write their studio requests the same way (catalogue shot as a PNG, the
 noisy mask as a 0/255 PNG). :func:`read_manifest` re-validates the table, refuses any file whose SHA-256 differs
@@ -33,7 +34,7 @@ from offline_data.photos import PhotoLimits
 from offline_data.requests import RequestTable, RequestTableConfig, read_requests, write_requests
 
 MANIFEST_DIR = "requests"
-CONFIDENCE_FILE = "confidence.safetensors"
+CONFIDENCE_FILE = "confidence.npz"
 
 
 def guard_fn(guard: Any) -> Any:
@@ -68,7 +69,6 @@ def write_table_manifest(table: RequestTable, folder: Path) -> RequestTable:
 def write_studio_manifest(train: Sequence[Any], evaluation: Sequence[Any], folder: Path) -> RequestTable:
     """The studio world's requests (``rollout.request.InpaintRequest``, model resolution) as a manifest."""
     from PIL import Image
-    from safetensors.torch import save_file
 
     files = folder / "files"
     files.mkdir(parents=True, exist_ok=True)
@@ -88,10 +88,11 @@ def write_studio_manifest(train: Sequence[Any], evaluation: Sequence[Any], folde
             rows.append({"request_id": request.request_id, "product_id": request.product_id,
                          "prompt": request.prompt, "segment": request.segment, "split": split, **paths})  # fmt: skip
             if request.confidence is not None:
-                confidence[request.request_id] = request.confidence.float().contiguous()
+                confidence[request.request_id] = request.confidence.float().numpy()
     _write_input(rows, folder)
     if confidence:
-        save_file(confidence, str(folder / CONFIDENCE_FILE))
+        maps = np.stack(list(confidence.values()))
+        np.savez_compressed(folder / CONFIDENCE_FILE, request_ids=np.array(list(confidence)), confidence=maps)
     return _record(folder, None)
 
 
@@ -147,9 +148,10 @@ def manifest_requests(folder: Path, resolution: int, split: str | None = None) -
     confidence_path = Path(folder) / CONFIDENCE_FILE
     if not confidence_path.is_file():
         return requests
-    from safetensors.torch import load_file
+    import torch
 
-    maps = load_file(str(confidence_path))
+    with np.load(confidence_path) as stored:
+        maps = {str(i): torch.from_numpy(m) for i, m in zip(stored["request_ids"], stored["confidence"])}
     return [
         dataclasses.replace(r, confidence=maps[r.request_id])
         if r.request_id in maps and maps[r.request_id].shape == r.product_mask.shape

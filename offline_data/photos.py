@@ -96,8 +96,13 @@ class Photo:
         return int(self.rgb.shape[0]), int(self.rgb.shape[1])
 
 
-def decode_photo(path: Path, limits: PhotoLimits | None = None) -> Photo:
+def decode_photo(path: Path, limits: PhotoLimits | None = None, *, kind: str = "image") -> Photo:
     """The photo at ``path`` under the decoding rules of the module docstring.
+
+    Args:
+        path: the file.
+        limits: sizes accepted (default :class:`PhotoLimits`).
+        kind: what the file is (``image`` or ``mask``), for messages and reason codes (``image:missing``, ...).
 
     Raises:
         PhotoError: missing, undecodable, refused mode or depth (by name, with how to convert), or a size outside
@@ -109,15 +114,15 @@ def decode_photo(path: Path, limits: PhotoLimits | None = None) -> Photo:
     path = Path(path)
     try:
         with Image.open(path) as image:
-            _check_size(path, image.size, limits)
-            _check_depth(path, image)
+            _check_size(path, image.size, limits, kind)
+            _check_depth(path, image, kind)
             orientation = int(image.getexif().get(0x0112, 1) or 1)
             upright = ImageOps.exif_transpose(image)
             mode = image.mode
     except FileNotFoundError:
-        raise PhotoError(f"{path}: image file not found", "image:missing") from None
+        raise PhotoError(f"{path}: {kind} file not found", f"{kind}:missing") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise PhotoError(f"{path}: cannot decode image: {exc}", "image:unreadable") from None
+        raise PhotoError(f"{path}: cannot decode {kind}: {exc}", f"{kind}:unreadable") from None
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in upright.info
         upright = upright.convert("RGBA" if has_alpha else "RGB")
@@ -136,13 +141,10 @@ def decode_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A mask file as bool [H, W] (grey level >= 128 = product), upright, checked against its photo's ``shape``.
 
     Raises:
-        PhotoError: missing, undecodable or unsupported file (``mask:unreadable``), another size (``mask:size``).
+        PhotoError: missing (``mask:missing``), undecodable (``mask:unreadable``) or unsupported
+            (``mask:unsupported``) file, another size (``mask:size``).
     """
-    try:
-        photo = decode_photo(path, PhotoLimits(min_side=1, max_side=max(shape)))
-    except PhotoError as exc:
-        reason = "mask:size" if exc.reason == "image:size" else "mask:unreadable"
-        raise PhotoError(str(exc).replace("image", "mask", 1), reason) from None
+    photo = decode_photo(path, PhotoLimits(min_side=1, max_side=1 << 16), kind="mask")
     if photo.size != shape:
         raise PhotoError(
             f"{path}: mask is {photo.size[1]}x{photo.size[0]} but its photo is {shape[1]}x{shape[0]} (both upright)",
@@ -228,30 +230,31 @@ def check_composite(
     return CompositeCheck(int(full.sum()), int(soft.sum()), int((changed & full).sum()), int((off & soft).sum()))
 
 
-def _check_size(path: Path, size: tuple[int, int], limits: PhotoLimits) -> None:
+def _check_size(path: Path, size: tuple[int, int], limits: PhotoLimits, kind: str) -> None:
     width, height = size
     if min(width, height) < limits.min_side:
         raise PhotoError(
-            f"{path}: image is {width}x{height}; photos need sides of at least {limits.min_side} pixels", "image:size"
+            f"{path}: {kind} is {width}x{height}; photos need sides of at least {limits.min_side} pixels",
+            f"{kind}:size",
         )
     if max(width, height) > limits.max_side:
         raise PhotoError(
-            f"{path}: image is {width}x{height}; photos may have sides of at most {limits.max_side} pixels (resize "
+            f"{path}: {kind} is {width}x{height}; photos may have sides of at most {limits.max_side} pixels (resize "
             "it, or raise the limit)",
-            "image:size",
+            f"{kind}:size",
         )
 
 
-def _check_depth(path: Path, image: object) -> None:
+def _check_depth(path: Path, image: object, kind: str) -> None:
     """Refuse modes and depths that 8-bit outputs cannot keep exactly (module docstring)."""
     mode = image.mode  # type: ignore[attr-defined]
     if mode in _CONVERT_HINT:
-        raise PhotoError(f"{path}: {mode} images are not supported; {_CONVERT_HINT[mode]}", "image:unsupported")
+        raise PhotoError(f"{path}: {mode} images are not supported; {_CONVERT_HINT[mode]}", f"{kind}:unsupported")
     if mode not in _EXACT_MODES:
         raise PhotoError(
             f"{path}: Pillow mode {mode!r} has more than 8 bits per channel, which 8-bit outputs cannot keep; "
             f"{_DEEP_HINT}",
-            "image:unsupported",
+            f"{kind}:unsupported",
         )
     if image.format == "PNG":  # type: ignore[attr-defined]
         depth = _png_bit_depth(path)
@@ -259,7 +262,7 @@ def _check_depth(path: Path, image: object) -> None:
             raise PhotoError(
                 f"{path}: 16-bit-per-channel PNG; outputs are 8-bit, so its product pixels cannot be kept exactly; "
                 f"{_DEEP_HINT}",
-                "image:unsupported",
+                f"{kind}:unsupported",
             )
 
 

@@ -192,11 +192,14 @@ def read_requests(
     accepted, more_rejects = _validate(values, path, guard, config)
     rejected.extend(more_rejects)
     rejected.sort(key=lambda r: r["row"])
+    read = len(values) + sum(1 for r in rejected if r["reason"] == "row:malformed")
+    if len(accepted) + len(rejected) != read:  # the books: every row read is accepted or rejected, once
+        raise RuntimeError(f"{path}: {len(accepted)} accepted + {len(rejected)} rejected != {read} read")
     return RequestTable(
         accepted=pa.Table.from_pylist(accepted, schema=ACCEPTED_SCHEMA),
         rejects=pa.Table.from_pylist(rejected, schema=REJECTS_SCHEMA),
         source=path,
-        read=len(values) + sum(1 for r in rejected if r["reason"] == "row:malformed"),
+        read=read,
     )
 
 

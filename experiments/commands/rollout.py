@@ -1,15 +1,20 @@
 """``backdrop rollout sample``: paint backgrounds behind product photos, product pixels kept exactly.
 
-Products are RGBA photos (alpha >= 128 is the product), RGB photos with a mask file (``--masks``, one per
-photo, white = product), or procedural studio products (``studio:KIND[:SEED]``). By default a product is fitted
-into the model's resolution the way the simulator places photos (cropped to its mask, scaled to 78 % of the
-frame, stood near the bottom); ``--native`` keeps the photo's own pixels and size instead. The default model
-is the shipped tiny base (``studio_tiny``); ``--adapter`` adds a LoRA adapter, ``--style`` a style board.
-Prompts pass the guards (``rollout.guards``) first. With ``--best-of N --reward SPEC`` every kept image is
-the best of N candidates that are not near-duplicates (``rollout.rerank``).
+Requests come from a request table (``--requests FILE``, ``offline_data.requests``: one image per row, named
+after its request_id), or from ``--products`` x ``--prompts``: RGBA photos (alpha is the product), RGB photos
+with a mask file (``--masks``, one per photo, grey >= 128 = product), or procedural studio products
+(``studio:KIND[:SEED]``). Photos keep their own size, pixels and depth or are refused by name
+(``offline_data.photos``): by default the whole photo is letterboxed onto the model's resolution, painted, and the
+painted canvas resized back under the original pixels; ``--native`` paints at the photo's own size padded to the
+VAE factor (``rollout.photo``). Every output is verified against the alpha rule (alpha 255 bit-identical, 0 <
+alpha < 255 by the integer formula). The default model is the shipped tiny base (``studio_tiny``);
+``--adapter`` adds a LoRA adapter, ``--style`` a style board. Prompts pass the guards (``rollout.guards``) first.
+With ``--best-of N --reward SPEC`` every kept image is the best of N candidates that are not near-duplicates
+(``rollout.rerank``), SPEC being a reward model folder, gold[:SEGMENT] or MODULE:FACTORY.
 
-Writes ``OUT/images/*.png``, ``OUT/trajectories/<request>.safetensors`` (+ .json), ``OUT/contact_sheet.png``
-and ``OUT/report.json``, and prints the preservation report.
+Writes ``OUT/images/*.png``, ``OUT/trajectories/<request>.safetensors`` (+ .json), ``OUT/contact_sheet.png``,
+``OUT/report.json`` and, with ``--requests``, the request manifest ``OUT/requests/``; prints the preservation
+report.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import argparse
 from typing import Any
 
 DESCRIPTION = (
-    "Paint backgrounds behind product photos with the inpainting model (default: the shipped tiny studio base). "
-    "Product pixels are kept bit-exactly and verified. Writes images, trajectories, a contact sheet and "
-    "report.json to --out."
+    "Paint backgrounds behind product photos with the inpainting model (default: the shipped tiny studio base), "
+    "each output at its photo's own size. Product pixels are kept bit-exactly and verified. Writes images, "
+    "trajectories, a contact sheet and report.json to --out."
 )
 
 
@@ -156,6 +161,7 @@ def run_sample(args: argparse.Namespace) -> int:
         products = _load_products(args.products, args.masks, policy.resolution)
         photos = [_photo(name, rgb, alpha, prompt, j, args.segment)
                   for name, rgb, alpha in products for j, prompt in enumerate(args.prompts)]  # fmt: skip
+    _check_file_names([p.request_id for p in photos])
     placed = [native_canvas(p, policy.vae_scale_factor, args.max_native_side) if args.native
               else fit_canvas(p, policy.resolution) for p in photos]  # fmt: skip
     requests, seeds = expand_requests([r for r, _ in placed], n * args.best_of, args.seed)
@@ -376,6 +382,21 @@ def _write_outputs(out: Any, rollout: Any, batch: list, chosen: list[int], score
             cells.append((image, f"{score:.2f}" if score is not None else f"seed {rollout.trajectory.seeds[index]}"))
         rows.append((f"{batch[indices[0]].product_id}: {batch[indices[0]].prompt}", cells))
     return checks
+
+
+def _check_file_names(request_ids: list[str]) -> None:
+    """Refuse requests whose image file names would collide (two products with one file name, or ids that differ
+    only in characters a file name cannot hold)."""
+    from offline_data.errors import BackdropError
+
+    seen: dict[str, str] = {}
+    for request_id in request_ids:
+        other = seen.setdefault(_file_stem(request_id), request_id)
+        if other != request_id:
+            raise BackdropError(
+                f"requests {other!r} and {request_id!r} would both be written as "
+                f"images/{_file_stem(request_id)}*.png; give them distinct ids (or product files distinct names)"
+            )
 
 
 def _file_stem(request_id: str) -> str:

@@ -62,6 +62,8 @@ def test_bring_your_own_catalogue(reward_model: Path, tmp_path: Path, capsys: py
     exported = json.loads((bundle / "manifest.json").read_text())
     assert exported["data"]["world"] is None and exported["data"]["requests"]["eval"] == 8
     assert exported["reload"]["diffusers_pipeline"]["identical"]
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "no gold (a catalogue run)" in card and "(16 train, 8 held-out;" in card
 
     out = tmp_path / "samples"
     code = main(["rollout", "sample", "--requests", str(table), "--adapter", str(bundle / "adapter"),
@@ -114,3 +116,17 @@ def test_compare_refuses_a_catalogue_run_by_name(tmp_path: Path, capsys: pytest.
     (run / "metrics.jsonl").write_text('{"step": 0, "eval/kl_nats": 0.0}\n')
     with pytest.raises(ComparisonError, match="a catalogue run .* has no gold"):
         reranking_rows(load_run(run), 2, stack_adapter=None)
+
+
+def test_best_of_reranks_with_a_reward_model_folder(reward_model: Path, tmp_path: Path) -> None:
+    table = write_example(tmp_path / "my_catalogue")
+    lines = table.read_text(encoding="utf-8").splitlines()
+    table.write_text("\n".join([lines[0], lines[1], lines[9]]) + "\n", encoding="utf-8")  # one gift, one china row
+    out = tmp_path / "best"
+    code = main(["rollout", "sample", "--requests", str(table), "--best-of", "3", "--reward", str(reward_model),
+                 "--out", str(out), "--steps", "2", "--threads", "1", "--no-progress", "--no-guard"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["best_of"] == 3 and len(report["images"]) == 2
+    assert all(isinstance(r["reward"], float) for r in report["images"])
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["china-0.png", "gift-0.png"]

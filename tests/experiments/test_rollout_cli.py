@@ -232,6 +232,30 @@ def test_request_table_errors(model: Path, tmp_path: Path, capsys: pytest.Captur
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Image.fromarray(np.full((40, 40), 40000, dtype=np.uint16)), "has more than 8 bits per channel"),
+        (lambda: Image.new("CMYK", (40, 40)), "CMYK images are not supported; convert it to sRGB"),
+        (lambda: Image.new("RGBA", (20, 40)), "image is 20x40; photos need sides of at least 32 pixels"),
+    ],
+)  # fmt: skip
+def test_odd_product_photos_are_refused_by_name(model: Path, tmp_path: Path, capsys, make, message: str) -> None:
+    path = tmp_path / ("photo.jpg" if make().mode == "CMYK" else "photo.png")
+    make().save(path)
+    code = main(["rollout", "sample", "--model", str(model), "--products", str(path), "--prompts", "oak wood floor",
+                 "--out", str(tmp_path / "out"), *FAST])  # fmt: skip
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_colliding_file_names_are_refused(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    Image.fromarray(soft_cutout(40, 40, 3)).save(tmp_path / "a.png")
+    (tmp_path / "r.csv").write_text("request_id,product_id,image,prompt\na/1,p,a.png,oak\na 1,p,a.png,oak\n")
+    assert main(["rollout", "sample", "--model", str(model), "--requests", str(tmp_path / "r.csv"), *FAST]) == 2
+    assert "requests 'a/1' and 'a 1' would both be written as images/a_1*.png" in capsys.readouterr().err
+
+
 def test_requests_exclude_products(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     args = ["rollout", "sample", "--model", str(model), "--requests", "r.csv", "--products", "studio:can", *FAST]
     assert main(args) == 2

@@ -80,6 +80,8 @@ CASES = [
     ("m,p1,rgb.png,small_mask.png,oak,,\n", "mask:size", "mask is 20x20 but its photo is 40x48"),
     ("m,p1,rgb.png,empty_mask.png,oak,,\n", "mask:empty", "no product pixel (no alpha or mask value >= 128)"),
     ("m,p1,rgb.png,full_mask.png,oak,,\n", "mask:covers", "the product covers 100.0% of the photo"),
+    ("m,p1,rgb.png,images/none.png,oak,,\n", "mask:missing", "images/none.png: mask file not found"),
+    ("m,p1,rgb.png,grey16.png,oak,,\n", "mask:unsupported", "grey16.png: Pillow mode 'I;16' has more than 8 bits"),
     ("m,p1,rgb.png,,oak,,\n", "alpha:none", "the photo has no alpha channel and the row gives no mask"),
     ("m,p1,../{name}_outside.png,,oak,,\n", "image:outside", "expected a path inside the table's folder"),
     ("m,p1,ok.png,,oak,,test\n", "split:invalid", "column 'split': expected one of 'train', 'eval' (or empty)"),
@@ -151,3 +153,14 @@ def test_huge_photos_are_refused_before_decoding(tmp_path: Path) -> None:
     with pytest.raises(PhotoError, match="image is 300x40; photos may have sides of at most 256 pixels") as caught:
         decode_photo(tmp_path / "wide.png", PhotoLimits(max_side=256))
     assert caught.value.reason == "image:size" and caught.value.exit_code == 2
+
+
+def test_a_malformed_csv_record_is_rejected_whole(folder: Path) -> None:
+    path = folder / "requests.csv"
+    path.write_text(HEADER + GOOD + "x,p,ok.png,,oak,,train,surplus\n", encoding="utf-8")
+    table = read_requests(path)
+    assert (table.read, len(table), table.rejects.num_rows) == (2, 1, 1)
+    (reject,) = table.rejects.to_pylist()
+    assert (
+        reject["reason"] == "row:malformed" and reject["row"] == 2 and "expected 7 fields, got 8" in reject["problems"]
+    )
