@@ -54,9 +54,12 @@ class Failure:
 
 
 def describe(exc: BaseException) -> Failure:
-    """The named error for ``exc``: a BackdropError as is; an OSError as the machine's failure
-    (:func:`~offline_data.errors.environment_error`); an overflow as a NumericRangeError; Ctrl-C as 130; any
-    other exception as a bug (exit 70)."""
+    """What a command that raised ``exc`` reports.
+
+    A BackdropError as is; an OSError as the machine's failure (:func:`~offline_data.errors.environment_error`:
+    permission, disk full, path under a file, missing path, I/O); an overflow as a NumericRangeError; Ctrl-C as
+    130; any other exception as a bug (exit 70).
+    """
     if isinstance(exc, KeyboardInterrupt):
         return Failure("interrupted", 130, "KeyboardInterrupt")
     error: BackdropError | None = None
