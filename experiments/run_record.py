@@ -113,7 +113,14 @@ def attach(directory: Path, handle: Any = None) -> None:
 
 
 def watch(directory: Path) -> None:
-    """Give an existing run folder (one being resumed) ``error.json`` if the command fails; its command.json stays."""
+    """Give an existing run folder (one being resumed) ``error.json`` if the command fails; its command.json stays.
+
+    The error of the failure being resumed from is kept as ``error.before-resume.json``: a resumed run that
+    finishes holds no ``error.json``.
+    """
+    earlier = directory / ERROR_FILE
+    if earlier.is_file():
+        earlier.replace(directory / "error.before-resume.json")
     if _current is not None:
         _folders.setdefault(directory, None)
 

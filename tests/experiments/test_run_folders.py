@@ -106,6 +106,8 @@ def test_policy_resume_reads_reward_from_the_run(tmp_path: Path, capsys: pytest.
     assert f"reward model folder {recorded} not found" in capsys.readouterr().err
     assert json.loads((run / "error.json").read_text())["exit_code"] == 2
     assert json.loads((run / "command.json").read_text())["flags"]["reward"] == str(recorded)  # kept
+    assert main(["policy", "train", "--resume", str(run), "--no-progress"]) == 2  # again: the earlier error moves
+    assert json.loads((run / "error.before-resume.json").read_text())["exit_code"] == 2
 
 
 def test_a_failed_training_run_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
