@@ -54,9 +54,12 @@ class Failure:
 
 
 def describe(exc: BaseException) -> Failure:
-    """The named error for ``exc``: a BackdropError as is; an OSError as the machine's failure
-    (:func:`~offline_data.errors.environment_error`); an overflow as a NumericRangeError; Ctrl-C as 130; any
-    other exception as a bug (exit 70)."""
+    """What a command that raised ``exc`` reports.
+
+    A BackdropError as is; an OSError as the machine's failure (:func:`~offline_data.errors.environment_error`:
+    permission, disk full, path under a file, missing path, I/O); an overflow as a NumericRangeError; Ctrl-C as
+    130; any other exception as a bug (exit 70).
+    """
     if isinstance(exc, KeyboardInterrupt):
         return Failure("interrupted", 130, "KeyboardInterrupt")
     error: BackdropError | None = None
@@ -110,7 +113,14 @@ def attach(directory: Path, handle: Any = None) -> None:
 
 
 def watch(directory: Path) -> None:
-    """Give an existing run folder (one being resumed) ``error.json`` if the command fails; its command.json stays."""
+    """Give an existing run folder (one being resumed) ``error.json`` if the command fails; its command.json stays.
+
+    The error of the failure being resumed from is kept as ``error.before-resume.json``: a resumed run that
+    finishes holds no ``error.json``.
+    """
+    earlier = directory / ERROR_FILE
+    if earlier.is_file():
+        earlier.replace(directory / "error.before-resume.json")
     if _current is not None:
         _folders.setdefault(directory, None)
 

@@ -116,8 +116,10 @@ def environment_error(exc: OSError) -> BackdropError:
         return PermissionDeniedError(f"{where}: permission denied ({reason}); choose a folder you can write to")
     if code in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"{where}: no space left on the device ({reason}); free space or write elsewhere")
-    if isinstance(exc, NotADirectoryError | FileExistsError) or code in (errno.ENOTDIR, errno.EEXIST):
+    if isinstance(exc, NotADirectoryError) or code == errno.ENOTDIR:
         return OutputPathError(f"{where}: a part of this path is a regular file, not a folder ({reason})")
+    if isinstance(exc, FileExistsError) or code == errno.EEXIST:
+        return OutputPathError(f"{where}: already exists ({reason}); choose a new path")
     if isinstance(exc, FileNotFoundError) or code == errno.ENOENT:
         return InputMissingError(f"{where}: not found ({reason})")
     return StorageError(f"{where}: {reason}")

@@ -58,7 +58,7 @@ def register(subparsers: Any) -> None:
             "or a folder of part files each). Accepted rows are written as Parquet with the schema's types, "
             "rejected rows to <table>.rejects.parquet with their reasons, and summary.json checks that "
             "read = accepted + rejected. Exit status: 0 all rows accepted, 1 rows rejected (rejects written), "
-            "2 an input cannot be read at all."
+            "2 an input cannot be read at all, 73 the output folder holds an earlier run (--overwrite empties it)."
         ),
     )
     validate.add_argument(

@@ -18,6 +18,8 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers: Any) -> None:
+    from experiments.output_folder import add_overwrite_argument
+
     parser = subparsers.add_parser(
         "compare", help="DDPO vs best-of-n vs offline methods at matched KL", description=DESCRIPTION
     )
@@ -29,6 +31,7 @@ def add_parser(subparsers: Any) -> None:
         "--no-stack", dest="stack", action="store_false", help="skip best-of-n on top of the first DDPO policy"
     )
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/policy_compare/<timestamp>)")
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run_policy_compare)
 
 
@@ -36,11 +39,14 @@ def run_policy_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from experiments.compare_methods import compare_methods
+    from experiments.output_folder import open_output_run
+    from experiments.tracking import new_run_dir
 
-    payload = compare_methods(
-        args.ddpo, dpo=args.dpo, rwr=args.rwr, best_of=args.best_of, stack=args.stack, out_dir=args.out
-    )
-    out = Path(payload["out_dir"])
+    out = Path(args.out) if args.out else new_run_dir("runs", "policy_compare")
+    with open_output_run(args, out, inputs=[*args.ddpo, *args.dpo, *args.rwr]):
+        payload = compare_methods(
+            args.ddpo, dpo=args.dpo, rwr=args.rwr, best_of=args.best_of, stack=args.stack, out_dir=out
+        )
     print((out / "compare.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'compare.md'} and {out / 'compare.json'} ({len(payload['rows'])} rows)")
     return 0

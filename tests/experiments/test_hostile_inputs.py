@@ -23,6 +23,14 @@ import pytest
 from PIL import Image
 
 from experiments.cli import main
+from offline_data.errors import (
+    DiskFullError,
+    InputMissingError,
+    OutputPathError,
+    PermissionDeniedError,
+    StorageError,
+    environment_error,
+)
 
 SMALL_WORLD = [
     "--set", "world.products=6", "--set", "world.variants_per_product=2", "--set", "logging.requests=60",
@@ -307,3 +315,22 @@ def test_hostile_input_is_a_named_error(
 def test_the_table_has_at_least_25_cases_and_several_codes() -> None:
     assert len(CASES) >= 25
     assert {1, 2, 65, 66, 73, 74, 77} <= {case.code for case in CASES}
+
+
+@pytest.mark.parametrize(
+    ("error", "named", "code"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied", "/x"), PermissionDeniedError, 77),
+        (OSError(errno.EROFS, "Read-only file system", "/x"), PermissionDeniedError, 77),
+        (OSError(errno.ENOSPC, "No space left on device", "/x"), DiskFullError, 74),
+        (OSError(errno.EDQUOT, "Disk quota exceeded", "/x"), DiskFullError, 74),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/x"), OutputPathError, 73),
+        (FileExistsError(errno.EEXIST, "File exists", "/x"), OutputPathError, 73),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/x"), InputMissingError, 66),
+        (OSError(errno.EIO, "Input/output error", "/x"), StorageError, 74),
+    ],
+)
+def test_every_os_error_becomes_a_named_one_line_error(error: OSError, named: type, code: int) -> None:
+    result = environment_error(error)
+    assert type(result) is named and result.exit_code == code
+    assert str(result).startswith("/x: ") and error.strerror in str(result) and "\n" not in str(result)

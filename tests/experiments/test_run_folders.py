@@ -106,6 +106,8 @@ def test_policy_resume_reads_reward_from_the_run(tmp_path: Path, capsys: pytest.
     assert f"reward model folder {recorded} not found" in capsys.readouterr().err
     assert json.loads((run / "error.json").read_text())["exit_code"] == 2
     assert json.loads((run / "command.json").read_text())["flags"]["reward"] == str(recorded)  # kept
+    assert main(["policy", "train", "--resume", str(run), "--no-progress"]) == 2  # again: the earlier error moves
+    assert json.loads((run / "error.before-resume.json").read_text())["exit_code"] == 2
 
 
 def test_a_failed_training_run_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,3 +163,14 @@ def test_no_progress_silences_the_libraries_bars(monkeypatch: pytest.MonkeyPatch
         assert os.environ["TQDM_DISABLE"] == "1"  # libraries imported later read it (tqdm's envwrap)
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_commands_writing_an_out_folder_take_overwrite() -> None:
+    # export and demo refuse a used folder without an --overwrite (a bundle or a demo is never replaced in
+    # place); ope's --out is a file beside its run folder.
+    exempt = {"export", "demo", "ope"}
+    parsers = leaf_parsers()
+    with_out = {name for name, parser in parsers.items() if "--out" in parser._option_string_actions}
+    assert {"data validate", "data split", "simulate", "rollout sample", "reward eval", "reward audit"} <= with_out
+    missing = sorted(n for n in with_out - exempt if "--overwrite" not in parsers[n]._option_string_actions)
+    assert missing == []

@@ -255,8 +255,10 @@ def test_cli_writes_the_report_and_names_a_bad_run(trained: dict, tmp_path: Path
     metrics = json.loads((out / "audit.json").read_text())
     assert metrics["truth"] is None and "ceiling" not in metrics["discrimination"]["click_auc"]
     assert "flag(s)" in capsys.readouterr().out
-    assert main([*args, "--run", str(tmp_path / "nowhere")]) == 2
+    assert main([*args, "--run", str(tmp_path / "nowhere")]) == 73  # the folder holds the first audit
+    assert main([*args, "--run", str(tmp_path / "nowhere"), "--overwrite"]) == 2
     assert "metrics.jsonl: not found" in capsys.readouterr().err
+    assert json.loads((out / "error.json").read_text())["exit_code"] == 2
 
 
 def test_nan_free_headline(audited) -> None:
