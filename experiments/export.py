@@ -518,8 +518,13 @@ def _requests_identity(run_dir: Path) -> dict:
 
     table = run_dir / MANIFEST_DIR / "requests.parquet"
     splits = pq.read_table(table, columns=["split"]).column("split").to_pylist()
-    return {"manifest": str(table), "sha256": file_sha256(table), "train": splits.count("train"),
-            "eval": splits.count("eval")}  # fmt: skip
+    # Named inside the run folder: the bundle and its card carry no path of the machine that wrote them.
+    return {
+        "manifest": f"{run_dir.name}/{MANIFEST_DIR}/requests.parquet",
+        "sha256": file_sha256(table),
+        "train": splits.count("train"),
+        "eval": splits.count("eval"),
+    }
 
 
 def _ope_summary(ope_result, config: ExportConfig) -> dict:
