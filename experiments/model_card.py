@@ -176,9 +176,10 @@ def render_model_card(manifest: dict) -> str:
             gold = f"gold gain {_number(final['gold/gain_sd'])} SD (se {_number(se)}), "
         lines.append(
             f"- the run's last held-out evaluation (epoch {final.get('step')}): proxy gain "
-            f"{_number(final.get('eval/proxy_gain_sd'))} SD, {gold}KL per sample {_number(final.get('eval/kl_nats'))} nats"
+            f"{_number(final.get('eval/proxy_gain_sd'))} SD, {gold}KL per sample "
+            f"{_number(final.get('eval/kl_nats'))} nats"
         )
-    requests = manifest["data"].get("requests")
+    requests = manifest.get("data", {}).get("requests")
     if requests:
         lines.append(
             f"- requests: the run's manifest `{requests['manifest']}` ({requests['train']} train, {requests['eval']} "

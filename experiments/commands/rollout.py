@@ -142,10 +142,11 @@ def run_sample(args: argparse.Namespace) -> int:
     folder = resolve_model_folder(args.model)
     # The guard compares prompts with the base model's training prompts, recorded in its folder.
     guard = None if args.no_guard else PromptGuard(guard_config, read_training_prompts(folder))
-    # The output folder is the run folder (the CLI closes its record, error.json included, when the command ends).
+    # The output folder is the run folder (the CLI closes its record, error.json included, when the command ends);
+    # it is opened once the inputs given on the command line are checked, so a refused prompt leaves no folder.
     out = Path(args.out) if args.out else new_run_dir("runs", "rollout")
-    open_output_run(args, out, inputs=[args.requests] if args.requests else list(args.products or []))
-    if args.requests:
+    if args.requests:  # the table's rejects and request manifest are written into the run folder
+        open_output_run(args, out, inputs=[args.requests])
         photos, verdicts = _table_photos(args, guard, out), []
     else:
         verdicts = [] if guard is None else guard.require(args.prompts)
@@ -169,6 +170,8 @@ def run_sample(args: argparse.Namespace) -> int:
     for index, request in enumerate(requests):
         by_size.setdefault(request.size, []).append(index)
 
+    if not args.requests:
+        open_output_run(args, out, inputs=list(args.products))
     (out / "images").mkdir()
     reward_fn = _load_reward(args.reward, args.reward_model) if args.reward else None
     sources = {p.request_id: (p, placement) for p, (_, placement) in zip(photos, placed)}

@@ -250,7 +250,7 @@ CASES = [
          lambda t, w, m: _sample(t, "--products", _photo(t, 4, 4)), 2,
          r"image is 4x4; photos need sides of at least 32 pixels"),
     Case("a product photo that is not an image",
-         lambda t, w, m: _sample(t, "--products", str(_file(t, "photo.png"))), 2, r"photo.png: cannot read product"),
+         lambda t, w, m: _sample(t, "--products", str(_file(t, "photo.png"))), 2, r"photo.png: cannot decode image"),
     Case("a seed past int64", lambda t, w, m: _sample(t, "--products", "studio:box", "--seed", str(10**20)), 2,
          r"--seed must be in \[0, 2\*\*62\)"),
     Case("more steps than the schedule has", lambda t, w, m: _sample(t, "--products", "studio:box", "--steps", "5000"),
