@@ -254,10 +254,10 @@ def test_check_files_keeps_asset_paths_inside_the_logs_folder(log_rows, write_lo
     result = summary.tables["assets"]
     assert result.rejected_by_reason == {"path:outside": 2}
     expected = f"expected a path inside {directory} (--allow-outside-assets reads others)"
-    assert result.files[0].first[:2] == [
-        f"row 2, column 'path': {expected}, got '../secret.png'",
-        f"row 6, column 'path': {expected}, got '{outside}'",
-    ]
+    first, second = result.files[0].first[:2]
+    assert first == f"row 2, column 'path': {expected}, got '../secret.png'"
+    # Long values are shown cut to a fixed width (offline_data.problems), and tmp_path's length varies by runner.
+    assert second.startswith(f"row 6, column 'path': {expected}, got '") and "secret" in second
     allowed, _ = run(directory, check_files=True, allow_outside_assets=True)
     assert allowed.tables["assets"].rejected == 0
 
