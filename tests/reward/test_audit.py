@@ -114,6 +114,19 @@ def test_gold_recomputed_from_exact_masks_matches_the_truth_table(trained: dict)
         assert gold == pytest.approx(table, abs=1e-9)
 
 
+def test_audit_from_the_logs_alone_has_no_truth_and_one_prompt_family(audited, trained: dict) -> None:
+    alone = audit_reward_model(trained["scorer"], trained["test"], config=SMALL).metrics
+    assert alone["truth"] is None and "truth" not in alone["evaluation"]
+    families = alone["discrimination"]["click_auc"]["slices"]["prompt_family"]
+    assert set(families) <= {"all", "none"}
+    assert not any("ceiling" in entry for entry in families.values())
+    studio = audited.metrics["discrimination"]["click_auc"]["slices"]["prompt_family"]
+    assert sum(e["rows"] for e in families.values()) == sum(e["rows"] for e in studio.values())
+    assert len(studio) > len(families)  # the studio world's families are materials
+    # the same model and logs: what does not depend on the truth is the same number
+    assert alone["evaluation"]["click_auc"] == audited.metrics["evaluation"]["click_auc"]
+
+
 def test_audit_is_deterministic(audited, trained: dict) -> None:
     again = audit_reward_model(
         trained["scorer"],
