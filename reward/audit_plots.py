@@ -159,7 +159,8 @@ def plot_probes(metrics: dict, path: Path) -> Path | None:
 
 
 def plot_overoptimisation(section: dict | None, path: Path) -> Path | None:
-    """Proxy and gold gains per evaluation epoch (with the KL), and against the KL."""
+    """Proxy, pessimistic proxy and gold gains per evaluation epoch (with the KL), and against the KL; a curve is
+    drawn when every evaluation has it."""
     if not section or not section.get("evaluations"):
         return None
     points = section["evaluations"]
@@ -169,6 +170,10 @@ def plot_overoptimisation(section: dict | None, path: Path) -> Path | None:
     kl = [p["kl_nats"] for p in points]
     left.plot(epochs, [p["proxy_gain_sd"] for p in points], "o-", color="tab:blue", label="proxy")
     right.plot(kl, [p["proxy_gain_sd"] for p in points], "o-", color="tab:blue", label="proxy")
+    if all("pessimistic_gain_sd" in p for p in points):
+        pessimistic = [p["pessimistic_gain_sd"] for p in points]
+        left.plot(epochs, pessimistic, "^--", color="tab:purple", label="pessimistic proxy")
+        right.plot(kl, pessimistic, "^--", color="tab:purple", label="pessimistic proxy")
     if all("gold_gain_sd" in p for p in points):
         gold = [p["gold_gain_sd"] for p in points]
         errors = [p.get("gold_gain_se_sd") or 0.0 for p in points]
@@ -179,7 +184,7 @@ def plot_overoptimisation(section: dict | None, path: Path) -> Path | None:
     twin.set_ylabel("KL to base, nats per sample", color="grey")
     left.set_xlabel("epoch")
     left.set_ylabel("gain over base, within-request SDs")
-    left.set_title("proxy and gold per evaluation")
+    left.set_title("proxy and gold per evaluation" if "gold_gain_sd" in points[0] else "proxy per evaluation")
     right.set_xlabel("KL(policy ‖ base), nats per sample")
     right.set_title("over-optimisation: gain against KL")
     for ax in (left, right):

@@ -195,6 +195,21 @@ def test_overoptimisation_curve_and_its_flags(tmp_path: Path) -> None:
     assert collect_flags({"overoptimisation": steady}, AuditThresholds()) == []
 
 
+def test_overoptimisation_curve_of_a_run_without_gold(tmp_path: Path) -> None:
+    from reward.audit_plots import plot_overoptimisation
+
+    records = [
+        {"step": step, "eval/kl_nats": kl, "eval/proxy_gain_sd": proxy, "eval/pessimistic_gain_sd": lower}
+        for step, kl, proxy, lower in [(0, 0.0, 0.0, 0.0), (10, 40.0, 0.6, 0.2)]
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    curve = read_overoptimisation(tmp_path)
+    assert [p.get("pessimistic_gain_sd") for p in curve["evaluations"]] == [0.0, 0.2]
+    assert not any("gold_gain_sd" in p for p in curve["evaluations"])
+    assert collect_flags({"overoptimisation": curve}, AuditThresholds()) == []  # the gold flags need gold
+    assert plot_overoptimisation(curve, tmp_path / "curve.png").stat().st_size > 5000
+
+
 def test_overoptimisation_input_errors(tmp_path: Path) -> None:
     with pytest.raises(InputUnreadableError, match="metrics.jsonl: not found"):
         read_overoptimisation(tmp_path)
