@@ -7,8 +7,9 @@ The UNet's cross-attention then reads ``L + K`` tokens (IP-Adapter-style token c
 without the decoupled attention). The adapter is trained jointly with the inpainting UNet in
 ``experiments.studio.pretrain.train``: for half of the samples the style tokens are present (the style
 image is another scene of the same prompt family) and for the other half they are masked out of the
-attention, which is exactly equivalent to not appending them. Switched off (``style_tokens=None``), :class:`StyledModel` passes the text
-tokens through unchanged, so the model computes exactly the base behaviour (tested bit-for-bit).
+attention, which is exactly equivalent to not appending them. Switched off (``style_tokens=None``),
+:class:`StyledModel` passes the text tokens through unchanged, so the model computes exactly the base behaviour
+(tested bit-for-bit).
 
 With guidance, the style tokens are appended to the unconditional (empty-prompt) branch as well, so classifier-
 free guidance amplifies the text while the style acts as plain conditioning; the trajectory records the
