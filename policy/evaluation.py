@@ -310,8 +310,8 @@ class PolicyEvaluator:
             proxy, uncertainty, _ = score_rewards(self.reward_fn, rollout.images, requests)
             if self.gold_fn is not None:
                 gold = score_gold(self.gold_fn, rollout.images, requests)
-        proxy = gather_shares(proxy, count * k, processes).reshape(count, k)
-        uncertainty = gather_shares(uncertainty, count * k, processes).reshape(count, k)
+        scores = gather_shares(torch.stack([proxy, uncertainty], dim=1), count * k, processes)  # one gather, [N, 2]
+        proxy, uncertainty = scores[:, 0].reshape(count, k), scores[:, 1].reshape(count, k)
         gathered_gold = None
         if self.gold_fn is not None:
             gathered_gold = gather_shares(gold, count * k, processes).reshape(count, k)

@@ -160,7 +160,8 @@ def plot_probes(metrics: dict, path: Path) -> Path | None:
 
 
 def plot_overoptimisation(section: dict | None, path: Path) -> Path | None:
-    """Proxy and gold gains per evaluation epoch (with the KL), and against the KL."""
+    """Proxy, pessimistic proxy and gold gains per evaluation epoch (with the KL), and against the KL; a curve is
+    drawn when every evaluation has it."""
     if not section or not section.get("evaluations"):
         return None
     points = section["evaluations"]
@@ -170,6 +171,10 @@ def plot_overoptimisation(section: dict | None, path: Path) -> Path | None:
     kl = [p["kl_nats"] for p in points]
     left.plot(epochs, [p["proxy_gain_sd"] for p in points], "o-", color="tab:blue", label="proxy")
     right.plot(kl, [p["proxy_gain_sd"] for p in points], "o-", color="tab:blue", label="proxy")
+    if all("pessimistic_gain_sd" in p for p in points):
+        pessimistic = [p["pessimistic_gain_sd"] for p in points]
+        left.plot(epochs, pessimistic, "^--", color="tab:purple", label="pessimistic proxy")
+        right.plot(kl, pessimistic, "^--", color="tab:purple", label="pessimistic proxy")
     if all("gold_gain_sd" in p for p in points):
         gold = [p["gold_gain_sd"] for p in points]
         errors = [p.get("gold_gain_se_sd") or 0.0 for p in points]

@@ -13,7 +13,8 @@ def read_overoptimisation(run_dir: Path) -> dict:
     """Proxy and gold gains and KL per evaluation, and the training reward and KL per epoch, of a policy run.
 
     Reads ``<run_dir>/metrics.jsonl`` (``backdrop policy train``): evaluation records carry ``eval/kl_nats``,
-    ``eval/proxy_gain_sd`` and, with gold, ``gold/gain_sd``, ``gold/gain_se`` and ``gold/base_within_sd``.
+    ``eval/proxy_gain_sd``, the pessimistic proxy's ``eval/pessimistic_gain_sd`` (runs since it was reported)
+    and, with gold, ``gold/gain_sd``, ``gold/gain_se`` and ``gold/base_within_sd``.
 
     Raises:
         InputUnreadableError: no metrics.jsonl, a line that is not JSON, or no evaluation record.
@@ -38,6 +39,8 @@ def read_overoptimisation(run_dir: Path) -> dict:
             "kl_nats": record["eval/kl_nats"],
             "proxy_gain_sd": record["eval/proxy_gain_sd"],
         }
+        if record.get("eval/pessimistic_gain_sd") is not None:
+            point["pessimistic_gain_sd"] = record["eval/pessimistic_gain_sd"]
         if record.get("gold/gain_sd") is not None:
             sd = record.get("gold/base_within_sd") or math.nan
             point |= {

@@ -114,6 +114,19 @@ def test_gold_recomputed_from_exact_masks_matches_the_truth_table(trained: dict)
         assert gold == pytest.approx(table, abs=1e-9)
 
 
+def test_audit_from_the_logs_alone_has_no_truth_and_one_prompt_family(audited, trained: dict) -> None:
+    alone = audit_reward_model(trained["scorer"], trained["test"], config=SMALL).metrics
+    assert alone["truth"] is None and "truth" not in alone["evaluation"]
+    families = alone["discrimination"]["click_auc"]["slices"]["prompt_family"]
+    assert set(families) <= {"all", "none"}
+    assert not any("ceiling" in entry for entry in families.values())
+    studio = audited.metrics["discrimination"]["click_auc"]["slices"]["prompt_family"]
+    assert sum(e["rows"] for e in families.values()) == sum(e["rows"] for e in studio.values())
+    assert len(studio) > len(families)  # the studio world's families are materials
+    # the same model and logs: what does not depend on the truth is the same number
+    assert alone["evaluation"]["click_auc"] == audited.metrics["evaluation"]["click_auc"]
+
+
 def test_audit_is_deterministic(audited, trained: dict) -> None:
     again = audit_reward_model(
         trained["scorer"],
@@ -180,6 +193,21 @@ def test_overoptimisation_curve_and_its_flags(tmp_path: Path) -> None:
     assert "proxy_gold_gap" not in flags  # 0.8 <= 1.0
     steady = read_overoptimisation(write_run(tmp_path / "b", [(0, 0, 0, 0), (10, 50, 0.4, 0.3), (20, 90, 0.5, 0.35)]))
     assert collect_flags({"overoptimisation": steady}, AuditThresholds()) == []
+
+
+def test_overoptimisation_curve_of_a_run_without_gold(tmp_path: Path) -> None:
+    from reward.audit_plots import plot_overoptimisation
+
+    records = [
+        {"step": step, "eval/kl_nats": kl, "eval/proxy_gain_sd": proxy, "eval/pessimistic_gain_sd": lower}
+        for step, kl, proxy, lower in [(0, 0.0, 0.0, 0.0), (10, 40.0, 0.6, 0.2)]
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    curve = read_overoptimisation(tmp_path)
+    assert [p.get("pessimistic_gain_sd") for p in curve["evaluations"]] == [0.0, 0.2]
+    assert not any("gold_gain_sd" in p for p in curve["evaluations"])
+    assert collect_flags({"overoptimisation": curve}, AuditThresholds()) == []  # the gold flags need gold
+    assert plot_overoptimisation(curve, tmp_path / "curve.png").stat().st_size > 5000
 
 
 def test_overoptimisation_input_errors(tmp_path: Path) -> None:
