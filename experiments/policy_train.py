@@ -18,7 +18,7 @@ from typing import Any
 
 from experiments.config import ConfigError, RunConfig
 from offline_data.errors import BackdropError
-from offline_data.finite import NonFiniteError, dumps_strict
+from offline_data.finite import NonFiniteError
 from policy.config import InpaintModelConfig, PolicyConfig
 from policy.evaluation import EvaluationConfig
 from policy.studio import StudioRequestsConfig
@@ -228,15 +228,9 @@ def truncate_metrics(run_dir: Path, last_step: int) -> int:
     Raises:
         InputUnreadableError: a record that is not JSON (other than a torn last line) or has no integer step.
     """
-    from experiments.tracking import read_metrics
+    from experiments.tracking import filter_metrics
 
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    records = read_metrics(run_dir)
-    kept = [record for record in records if record["step"] <= last_step]
-    path.write_text("".join(dumps_strict(record) + "\n" for record in kept), encoding="utf-8")
-    return len(records) - len(kept)
+    return filter_metrics(run_dir, lambda record: record["step"] <= last_step)
 
 
 def train_policy(

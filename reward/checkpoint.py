@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from offline_data.assets import file_sha256
-from offline_data.integrity import require_finite_weights, verify_weights, write_checksums
+from offline_data.integrity import load_verified_weights, write_checksums
 from reward.calibration import Calibrator
 from reward.config import config_to_dict, json_ready, reward_config_from_dict
 from reward.errors import CheckpointError
@@ -90,8 +90,6 @@ def read_meta(path: Path) -> dict:
 
 def load_scorer(path: Path, device: torch.device):
     """Rebuild the :class:`~reward.scorer.RewardScorer` saved in ``path`` on ``device``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     from reward.encoders import build_encoder
     from reward.ensemble import RewardEnsemble
@@ -114,12 +112,7 @@ def load_scorer(path: Path, device: torch.device):
     vocabulary = ContextVocabulary.from_dict(meta["vocabulary"])
     if not (path / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{path / WEIGHTS_FILE}: not found")
-    verify_weights(path, required=True, what="reward model")
-    try:
-        tensors = load_file(str(path / WEIGHTS_FILE))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read: {exc}") from None
-    require_finite_weights(tensors, str(path / WEIGHTS_FILE))
+    tensors = load_verified_weights(path, WEIGHTS_FILE, required=True, what="reward model")
     members = []
     for k in range(int(meta["members"])):
         model = build_model(
