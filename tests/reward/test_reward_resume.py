@@ -4,9 +4,6 @@ uninterrupted run's model, byte for byte, and its metrics."""
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
 import subprocess
 import sys
 import time
@@ -15,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
+from tests.subprocess_kills import ROOT, child_env, kill_repeatedly
 
-ROOT = Path(__file__).resolve().parents[2]
 FAST = [
     "--set", "reward.train.epochs=2", "--set", "reward.ensemble.members=3", "--set", "run.threads=1",
     "--set", "run.tensorboard=false", "--no-progress",
@@ -43,24 +40,17 @@ def test_a_killed_reward_train_resumes_to_the_uninterrupted_model(small_splits: 
     duration = time.perf_counter() - started
     straight = only_run(tmp_path / "a")
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "b"
     fresh = [sys.executable, "-m", "experiments.cli", "reward", "train", "--data", str(small_splits),
              "--set", f"run.output_dir={out}", *FAST]  # fmt: skip
-    rng = random.Random(5)
-    kills = 0
-    for _ in range(2):  # killed twice at seeded random points (after the ~5 s start-up), then resumed to the end
+
+    def command() -> list[str]:
         run = only_run(out)
-        command = fresh if run is None else [*fresh[:5], "--resume", str(run), "--no-progress"]
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(5.0 + rng.uniform(0.0, duration))
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.communicate(timeout=120)
-    run = only_run(out)
-    command = fresh if run is None else [*fresh[:5], "--resume", str(run), "--no-progress"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        return fresh if run is None else [*fresh[:5], "--resume", str(run), "--no-progress"]
+
+    # killed twice at seeded random points (after the ~5 s start-up), then resumed to the end
+    kills = kill_repeatedly(command, times=2, window=duration, seed=5, ready_line=False, delay=5.0)
+    result = subprocess.run(command(), cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert kills >= 1  # at least one kill landed before the run could finish
     resumed = only_run(out)
