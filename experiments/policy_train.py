@@ -21,7 +21,7 @@ from experiments.config import ConfigError, RunConfig
 from experiments.policy_requests import CatalogueSourceConfig
 from experiments.studio.requests import StudioRequestsConfig
 from offline_data.errors import BackdropError
-from offline_data.finite import NonFiniteError, dumps_strict
+from offline_data.finite import NonFiniteError
 from policy.config import InpaintModelConfig, PolicyConfig
 from policy.evaluation import KL_PER_SAMPLE, KL_PER_STEP, EvaluationConfig
 from policy.trainer_config import DDPOConfig
@@ -237,15 +237,9 @@ def truncate_metrics(run_dir: Path, last_step: int) -> int:
     Raises:
         InputUnreadableError: a record that is not JSON (other than a torn last line) or has no integer step.
     """
-    from experiments.tracking import read_metrics
+    from experiments.tracking import filter_metrics
 
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    records = read_metrics(run_dir)
-    kept = [record for record in records if record["step"] <= last_step]
-    path.write_text("".join(dumps_strict(record) + "\n" for record in kept), encoding="utf-8")
-    return len(records) - len(kept)
+    return filter_metrics(run_dir, lambda record: record["step"] <= last_step)
 
 
 def train_policy(

@@ -12,7 +12,9 @@ A sweep directory (``<run.output_dir>/<space name>/<timestamp>``) holds everythi
 Budget and resume: ``trials`` counts trials that *finished* (complete, pruned, or failed with an error from the
 target). Resuming (``--resume DIR``) reopens the same study; finished trials are never rerun. A trial that was
 RUNNING when the sweep was killed, or that was stopped by Ctrl-C, is marked failed and queued again with the
-same params (``retry_of`` records which trial it repeats), and does not count towards the budget.
+same params (``retry_of`` records which trial it repeats), and does not count towards the budget. Suggestions
+are seeded per trial (experiments/sweep_sampler.py), so a resumed one-worker sweep gives the uninterrupted
+sweep's trials.
 
 Parallel trials: ``--workers N`` starts N worker processes (spawned, not forked: torch's thread pools do not
 survive a fork) that share study.db, each with torch threads = cores / N; the remaining trials are split between
@@ -201,12 +203,12 @@ def _write_meta(paths: SweepPaths, meta: dict[str, Any]) -> None:
 
 
 def make_sampler(space: SweepSpaceConfig, seed: int) -> Any:
-    """The space's optuna sampler, seeded (TPE uses the constant liar so parallel workers spread out)."""
-    import optuna
+    """The space's optuna sampler, reseeded before each trial from (``seed``, the trial's place) so that a resumed
+    sweep suggests what the uninterrupted one did (experiments/sweep_sampler.py); TPE uses the constant liar so
+    parallel workers spread out."""
+    from experiments.sweep_sampler import make_trial_seeded_sampler
 
-    if space.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    return make_trial_seeded_sampler(space.sampler, seed)
 
 
 def make_pruner(space: SweepSpaceConfig) -> Any:
@@ -362,7 +364,6 @@ def run_sweep(
             )
             return 0
         meta = json.loads(sweep.paths.meta.read_text(encoding="utf-8"))
-        session = len(meta["sessions"])
         workers = min(workers, remaining)
         base_threads = sweep.base_config.run.threads
         threads = base_threads if base_threads > 0 else max(1, available_cores() // workers)
@@ -381,7 +382,7 @@ def run_sweep(
             sweep.paths.dir, remaining, done_before, total, workers, threads, describe_devices(devices),
         )  # fmt: skip
         warn_shared_devices(devices)
-        seed = sweep.space.seed + 1000 * session
+        seed = sweep.space.seed  # every session and worker: suggestions are seeded per trial (make_sampler)
         bar = tqdm(total=remaining, desc="sweep trials", unit="trial", disable=not progress)
         try:
             if workers == 1:
@@ -413,7 +414,7 @@ def _run_workers(
     processes = [
         context.Process(
             target=_worker_main,
-            args=(str(sweep.paths.dir), share, timeout, threads, seed + index),
+            args=(str(sweep.paths.dir), share, timeout, threads, seed),
             name=f"sweep-worker-{index}",
         )
         for index, share in enumerate(shares)

@@ -17,7 +17,6 @@ there are is skipped with a note rather than failing the sweep.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import warnings
@@ -27,6 +26,7 @@ from typing import Any
 from experiments.compare import format_table
 from experiments.sweep import STUDY_NAME, Sweep, open_storage
 from experiments.tracking import Run
+from offline_data.finite import dumps_strict
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,8 @@ def _figure_of(axes: Any) -> Any:
 def _write_tables(sweep: Sweep, summary: dict[str, Any]) -> None:
     directory = sweep.paths.dir
     (directory / "summary.json").write_text(
-        json.dumps(summary, indent=2, default=str, allow_nan=True) + "\n", encoding="utf-8"
+        dumps_strict(summary, indent=2, default=str) + "\n",
+        encoding="utf-8",  # NaN -> null, listed in non_finite
     )
     header, rows = best_table(summary, list(sweep.space.params))
     with (directory / "best_trials.csv").open("w", newline="", encoding="utf-8") as handle:

@@ -31,7 +31,7 @@ import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -352,6 +352,18 @@ def open_run(
     if announce:
         logger.info("run directory: %s", directory)
     return handle
+
+
+def filter_metrics(run_dir: str | Path, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite ``metrics.jsonl`` with the records ``keep`` accepts (a resume drops what was logged after its
+    checkpoint; a torn last line goes too, see :func:`read_metrics`). Returns how many records were dropped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    records = read_metrics(run_dir)
+    kept = [record for record in records if keep(record)]
+    path.write_text("".join(dumps_strict(record) + "\n" for record in kept), encoding="utf-8")
+    return len(records) - len(kept)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

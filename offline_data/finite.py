@@ -63,8 +63,17 @@ def first_non_finite_tensor(tensors: Iterable[tuple[str, torch.Tensor]]) -> tupl
     """``(name, non-finite count, size)`` of the first floating-point tensor with a NaN or inf entry, else None."""
     import torch  # here, not at the top: the log-handling half of offline_data never needs torch
 
-    for name, tensor in tensors:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    floats = [(name, tensor) for name, tensor in tensors if tensor.is_floating_point()]
+    finite = [True] * len(floats)
+    by_device: dict[torch.device, list[int]] = {}
+    for index, (_, tensor) in enumerate(floats):
+        by_device.setdefault(tensor.device, []).append(index)
+    for indices in by_device.values():  # one read-back per device, not one per tensor (hundreds of LoRA tensors)
+        flags = torch.stack([torch.isfinite(floats[i][1]).all() for i in indices]).tolist()
+        for index, flag in zip(indices, flags):
+            finite[index] = flag
+    for (name, tensor), ok in zip(floats, finite):
+        if not ok:
             return name, int((~torch.isfinite(tensor)).sum()), tensor.numel()
     return None
 

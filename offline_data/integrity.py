@@ -169,6 +169,26 @@ def check_sha256(path: Path, expected: str, recorded: str) -> None:
         )
 
 
+def load_verified_weights(folder: Path, name: str, *, required: bool, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``folder/name`` after :func:`verify_weights` of ``folder``, checked finite.
+
+    Raises:
+        WeightIntegrityError: what :func:`verify_weights` and :func:`require_finite_weights` refuse, or a file
+            safetensors cannot read.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    verify_weights(folder, required=required, what=what)
+    path = Path(folder) / name
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise WeightIntegrityError(f"{path}: cannot read the {what}'s weights: {exc}") from None
+    require_finite_weights(tensors, str(path))
+    return tensors
+
+
 def require_finite_weights(
     tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], source: str
 ) -> None:

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from offline_data.assets import file_sha256
-from offline_data.integrity import require_finite_weights, verify_weights, write_checksums
+from offline_data.integrity import load_verified_weights, write_checksums
 from reward.calibration import Calibrator
 from reward.config import RewardConfig, config_to_dict, json_ready, reward_config_from_dict
 from reward.encoders import build_encoder
@@ -139,12 +138,7 @@ def load_parts(path: Path, device: torch.device) -> ScorerParts:
     vocabulary = ContextVocabulary.from_dict(meta["vocabulary"])
     if not (path / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{path / WEIGHTS_FILE}: not found")
-    verify_weights(path, required=True, what="reward model")
-    try:
-        tensors = load_file(str(path / WEIGHTS_FILE))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read: {exc}") from None
-    require_finite_weights(tensors, str(path / WEIGHTS_FILE))
+    tensors = load_verified_weights(path, WEIGHTS_FILE, required=True, what="reward model")
     members = []
     for k in range(int(meta["members"])):
         model = build_model(

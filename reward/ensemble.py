@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from reward.config import RewardConfig
 from reward.data import RewardData, check_trainable
+from reward.member_checkpoint import load_member, save_member
 from reward.model import RewardModel
 from reward.train import (
     IndexedData,
@@ -128,8 +130,13 @@ def train_ensemble(
     device: torch.device,
     log_metrics: LogMetrics | None = None,
     progress: bool = True,
+    checkpoint_dir: Path | None = None,
 ) -> EnsembleResult:
     """Train ``config.ensemble.members`` members on ``train``, early-stopped on ``validation``.
+
+    Args:
+        checkpoint_dir: each finished member is saved there (``reward.member_checkpoint``), and members found
+            there are loaded instead of trained: a resumed run ends with the uninterrupted run's ensemble.
 
     Raises:
         RewardDataError: a split is empty or a weighted head has no labels.
@@ -166,6 +173,11 @@ def train_ensemble(
             reference=reference,
             training_images=len(train.images),
         )
+        restored = load_member(checkpoint_dir, k, model) if checkpoint_dir is not None else None
+        if restored is not None:
+            logger.info("member %d: loaded from %s (trained before the run was interrupted)", k, checkpoint_dir)
+            results.append(restored)
+            continue
         torch.manual_seed(seed + k * SEED_STRIDE)
         result = train_member(
             config,
@@ -182,6 +194,8 @@ def train_ensemble(
         logger.info(
             "member %d: best epoch %d, validation loss %.4f", k, result.best_epoch, result.best_validation_loss
         )
+        if checkpoint_dir is not None:
+            save_member(checkpoint_dir, k, result)
         results.append(result)
     ensemble = RewardEnsemble([r.model.to(device) for r in results], encoder if frozen else None)
     kinds = {}

@@ -36,8 +36,13 @@ def fit_reward_model(
     device: torch.device,
     log_metrics: LogMetrics | None = None,
     progress: bool = True,
+    checkpoint_dir: Path | None = None,
 ) -> tuple[RewardScorer, dict]:
     """Train, calibrate and assemble a reward model from two folders of validated tables.
+
+    Args:
+        checkpoint_dir: finished members are saved there and loaded from there (a resumed run; see
+            ``reward.ensemble.train_ensemble``).
 
     Returns:
         ``(scorer, metrics)``: metrics hold per-member histories and best epochs, validation metrics, the
@@ -57,7 +62,7 @@ def fit_reward_model(
         len(validation.images), len(validation.impressions), len(validation.pairs),
     )  # fmt: skip
     result = train_ensemble(config, train, validation, encoder, seed=seed, device=device, log_metrics=log_metrics,
-                            progress=progress)  # fmt: skip
+                            progress=progress, checkpoint_dir=checkpoint_dir)  # fmt: skip
     ensemble = result.ensemble
     theta = torch.stack([m.click.examination() for m in ensemble.members]).detach().cpu().numpy()
 

@@ -82,6 +82,12 @@ def register(subparsers: Any) -> None:
         example="reward.train.epochs=4",
         default_config="experiments/configs/reward.toml",
     )
+    train.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a killed run in its folder, with its config: finished ensemble members are loaded from "
+        "RUN/checkpoints, the others trained (the result equals the uninterrupted run's)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     train.set_defaults(handler=run_train)
 
@@ -224,9 +230,16 @@ class RewardFit(NamedTuple):
 
 
 def fit_from_logs(
-    config: Any, data: Path | None, work_dir: Path | None, *, log_metrics: Any = None, progress: bool = True
+    config: Any,
+    data: Path | None,
+    work_dir: Path | None,
+    *,
+    log_metrics: Any = None,
+    progress: bool = True,
+    checkpoint_dir: Path | None = None,
 ) -> RewardFit:
     """``backdrop reward train`` without the CLI: splits from ``data`` (simulated when None), then train and test.
+    Finished ensemble members are saved to and loaded from ``checkpoint_dir`` (``reward.member_checkpoint``).
 
     Under ``accelerate launch`` every process trains (the global batch is split between them, reward/train.py);
     process 0 alone simulates/validates/splits into ``work_dir`` (other processes pass None and receive the
@@ -255,6 +268,7 @@ def fit_from_logs(
         device=device,
         log_metrics=log_metrics,
         progress=progress,
+        checkpoint_dir=checkpoint_dir,
     )
     test_metrics, plots = evaluate(scorer, splits / "test", prompt_family=prompt_family)
     metrics["test"] = test_metrics
@@ -276,23 +290,35 @@ def _from_main_process(make: Any) -> Any:
 
 def run_train(args: argparse.Namespace) -> int:
     from experiments.commands.arguments import load_root_config
+    from experiments.config import ConfigError
     from experiments.policy_train import ProcessRun, is_main_process, launched_processes
     from experiments.runtime import resolve_device
     from experiments.tracking import start_run
 
-    if args.config == "experiments/configs/reward.toml" and not Path(args.config).is_file():
-        args.config = str(DEFAULT_CONFIG)  # run from outside the repository: the copy installed with the package
-    config = load_root_config(command_config_class(), args)
+    if args.resume:
+        config, data, run = _resume(args)
+    else:
+        if args.config == "experiments/configs/reward.toml" and not Path(args.config).is_file():
+            args.config = str(DEFAULT_CONFIG)  # run from outside the repository: the copy installed with the package
+        config, data = load_root_config(command_config_class(), args), args.data
+        run = None
     progress = not args.no_progress and is_main_process()
     if launched_processes() > 1:
+        if args.resume:
+            raise ConfigError("--resume continues a one-process run; run it without accelerate launch")
         # `accelerate launch --num_processes N`: join the process group before process 0 prepares the data.
         from accelerate import PartialState
 
         PartialState(cpu=resolve_device(config.run.device).type == "cpu")
-    run = start_run(config.run, config, command="reward train") if is_main_process() else ProcessRun()
+    if run is None:
+        run = start_run(config.run, config, command="reward train") if is_main_process() else ProcessRun()
+    # one process: every finished member is checkpointed (a launch's processes would all write the same files)
+    checkpoints = run.dir / "checkpoints" if launched_processes() == 1 else None
     with run:
         _forward_package_logs()
-        fit = fit_from_logs(config, args.data, run.dir, log_metrics=run.log_metrics, progress=progress)
+        fit = fit_from_logs(
+            config, data, run.dir, log_metrics=run.log_metrics, progress=progress, checkpoint_dir=checkpoints
+        )
         if not is_main_process():
             return 0  # the other processes of a launch trained the same model; process 0 writes it
         metrics, test_metrics = fit.metrics, fit.test_metrics
@@ -302,6 +328,55 @@ def run_train(args: argparse.Namespace) -> int:
     truth = f" --truth {fit.simulated}" if fit.simulated is not None else ""
     print(f"evaluate: backdrop reward eval {model_dir} --data {fit.splits / 'test'}{truth}")
     return 0
+
+
+def _resume(args: argparse.Namespace) -> tuple[Any, Path | None, Any]:
+    """The config, data folder and reopened run of ``reward train --resume RUN``: records of members that had not
+    finished (and of the test split) are dropped from metrics.jsonl, as they are logged again."""
+    import logging
+
+    from experiments.config import ConfigError, load_config
+    from experiments.tracking import Run, filter_metrics, setup_logging
+
+    if args.overrides or args.config != "experiments/configs/reward.toml":
+        raise ConfigError("--resume continues a run with its own config.toml; drop --config and --set")
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"{run_dir}: not a reward train run (no config.toml)")
+    config = load_config(command_config_class(), run_dir / "config.toml")
+    data = args.data or _recorded_data(run_dir)
+    if data is None:
+        if not _has_splits(run_dir / "splits"):
+            raise ConfigError(f"{run_dir}: the run stopped before its splits were written; start a new run")
+        data = run_dir / "splits"
+    finished = {p.name.split("-")[1] for p in (run_dir / "checkpoints").glob("member-*") if p.is_dir()}
+    prefixes = tuple(f"member{int(k)}/" for k in finished)
+
+    def keep(record: dict) -> bool:
+        names = [k for k in record if k not in ("step", "time", "non_finite")]
+        return all(name.startswith(prefixes) for name in names) if prefixes else not names
+
+    dropped = filter_metrics(run_dir, keep)
+    setup_logging()
+    logging.getLogger("backdrop").info(
+        "resuming %s: %d finished member(s) loaded, %d metric record(s) dropped", run_dir, len(finished), dropped
+    )
+    return config, data, Run(run_dir, tensorboard=config.run.tensorboard)
+
+
+def _recorded_data(run_dir: Path) -> Path | None:
+    """The ``--data`` the run was started with (its environment.json records the command line), or None."""
+    import itertools
+    import json
+
+    try:
+        argv = json.loads((run_dir / "environment.json").read_text(encoding="utf-8")).get("argv") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    for flag, value in itertools.pairwise(argv):
+        if flag == "--data":
+            return Path(value)
+    return None
 
 
 def save_reward_model(fit: RewardFit, config: Any, run: Any) -> Path:

@@ -109,9 +109,12 @@ def test_median_pruner_prunes_and_keeps_the_pruned_runs(quadratic: ModuleType, t
     assert pruned, "a random sampler on the quadratic leaves trials below the median"
     for trial in pruned:
         step = trial.last_step
-        # MedianPruner: the trial's value at its step is worse than the median of the trials finished before it.
+        # MedianPruner: the trial's value at its step is worse than the median of the trials that COMPLETED before it
+        # (optuna's PercentilePruner reads completed trials only; pruned ones do not enter the median).
         earlier = [
-            t.intermediate_values[step] for t in trials if t.number < trial.number and step in t.intermediate_values
+            t.intermediate_values[step]
+            for t in trials
+            if t.number < trial.number and t.state.name == "COMPLETE" and step in t.intermediate_values
         ]
         assert trial.intermediate_values[step] < statistics.median(earlier)
         directory = sweep.paths.dir / trial.user_attrs["run_dir"]
@@ -160,6 +163,25 @@ def test_resume_keeps_finished_trials_and_retries_interrupted_ones(quadratic: Mo
     # A second resume has nothing left to do and queues nothing again.
     assert run_sweep(open_sweep(sweep.paths.dir), progress=False) == 0
     assert len(load(sweep).trials) == 7
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_sweep_gives_the_uninterrupted_sweeps_trials(
+    quadratic: ModuleType, tmp_path: Path, sampler: str
+) -> None:
+    def finished(sweep) -> list[tuple[dict, float]]:
+        return [(t.params, t.value) for t in load(sweep).trials if t.state.name == "COMPLETE"]
+
+    space = make_space(trials=6, sampler=sampler)
+    straight = create_sweep(space, base_config(quadratic, tmp_path / "straight"))
+    assert run_sweep(straight, progress=False) == 6
+    quadratic.CALLS.update(count=0, interrupt_on=3)  # Ctrl-C during trial 2; a kill leaves it RUNNING, the same
+    interrupted = create_sweep(space, base_config(quadratic, tmp_path / "interrupted"))
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(interrupted, progress=False)
+    quadratic.CALLS.update(interrupt_on=0)
+    assert run_sweep(open_sweep(interrupted.paths.dir), progress=False) == 4  # a new session, a new process's RNG
+    assert finished(interrupted) == finished(straight)  # the same params in the same order, hence the same values
 
 
 def test_resume_refuses_a_sweep_that_is_still_running(quadratic: ModuleType, tmp_path: Path) -> None:

@@ -4,9 +4,6 @@ and resumed each time ends with the uninterrupted run's adapter, byte for byte, 
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
 import subprocess
 import sys
 import time
@@ -15,8 +12,8 @@ from pathlib import Path
 from experiments.tracking import Run
 from policy.trainer import DDPOTrainer
 from tests.policy.test_trainer import red_background, tiny_config, tiny_policy, tiny_requests
+from tests.subprocess_kills import ROOT, child_env, kill_repeatedly
 
-ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
 
 SCRIPT = """
@@ -48,12 +45,6 @@ with Run(out) as run:
 """.replace("EPOCHS", str(EPOCHS))
 
 
-def launch(out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(out)], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-
-
 def comparable(out: Path) -> list[dict]:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k != "time" and not k.startswith("time/")} for r in records]
@@ -71,19 +62,11 @@ def test_a_run_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_p
     duration = time.perf_counter() - started
 
     killed = tmp_path / "killed"
-    rng = random.Random(17)
-    kills = 0
-    for _ in range(2):  # two kills at seeded random points of the remaining training, then a resume to the end
-        process = launch(killed)
-        assert process.stdout.readline().strip() == "ready", process.stderr.read()
-        time.sleep(rng.uniform(0.0, duration))
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.communicate(timeout=120)
-    process = launch(killed)
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err[-2000:]
+    command = [sys.executable, "-c", SCRIPT, str(killed)]
+    # two kills at seeded random points of the remaining training, then a resume to the end
+    kills = kill_repeatedly(lambda: command, times=2, window=duration, seed=17, ready_line=True)
+    result = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
 
     assert kills >= 1  # at least one kill landed before the run could finish
     weights = "adapter/pytorch_lora_weights.safetensors"

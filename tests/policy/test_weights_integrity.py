@@ -81,8 +81,8 @@ policy.save_adapter(sys.argv[1])
 
 
 def test_identical_trainings_write_byte_identical_adapters(tmp_path: Path) -> None:
-    # Separate processes with different string-hash seeds: peft's target_modules is a set, whose order (and so the
-    # metadata's bytes) followed the hash seed until it was written sorted.
+    # Separate processes with different string-hash seeds: peft's target_modules is a set, whose order followed the
+    # hash seed, and safetensors' metadata map is seeded per process; both are written sorted now.
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
         subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / hash_seed)], check=True, env=env, cwd=ROOT,
