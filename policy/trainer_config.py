@@ -79,7 +79,9 @@ class OptimConfig:
     when kl_coef > 0, one more for the KL. Needs one optimiser step per epoch (inner_epochs = 1, samples_per_step =
     the samples per epoch: the ratio is then exactly 1 and the clip inactive) and an uncompiled UNet (the per-sample
     gradients come from hooks on peft's LoRA factors); rows_per_forward is unused (the UNet calls are the
-    sampler's, sampler.batch_size samples each, x2 with guidance)."""
+    sampler's, sampler.batch_size samples each, x2 with guidance). Peak memory is one sampling step's activations
+    instead of a training call's. On a 2-core CPU it was slower than "re_forward" at sampler batches of 8 (0.76x
+    with kl_coef 0.01) and faster only at batch 32 without a KL gradient (1.21x; README, Performance)."""
 
     def __post_init__(self) -> None:
         if not self.learning_rate > 0:

@@ -26,6 +26,10 @@ Rows (one epoch = 16 samples; cumulative fast-path options):
 - ``+ CUDA graphs`` (``--cuda-graphs``): inductor's reduce-overhead mode on top;
 - ``+ timestep fraction f`` (``--timestep-fraction``): trains on a fraction of the steps; a different algorithm,
   reported separately and never counted toward the target.
+- ``bf16 LoRA, gradient during sampling`` (``--during-sampling``): the same update as the ``+ bf16 LoRA`` row
+  with ``trainer.optim.gradient = "during_sampling"`` (per-sample LoRA gradients taken in the sampler's calls, no
+  replay forward; one more backward per step for the KL; eager: compile is refused for it). Its peak memory is one
+  sampling step's activations instead of a training call's.
 
 Old log-probs (``--old-log-probs``, default ``replay``): the recipe is one optimiser step per epoch, where the
 ratio against the training forward's own detached log-prob is the same objective as against the sampler's
@@ -156,6 +160,8 @@ class BenchRow(NamedTuple):
     """Rows per training call; None = --rows-per-forward."""
     channels_last: bool = False
     """Convert the UNet to channels-last before this row (kept for later rows)."""
+    gradient: str = "re_forward"
+    """trainer.optim.gradient: "re_forward" (replay the trained rows) or "during_sampling"."""
 
 
 def run_baseline(policy: Any, requests: list, args: argparse.Namespace, sync: Callable[[], None]) -> dict[str, Any]:
@@ -205,9 +211,10 @@ def run_project(
     sync: Callable[[], None],
     timestep_fraction: float = 1.0,
     rows_per_forward: int | None = None,
+    gradient: str = "re_forward",
 ) -> dict[str, Any]:
     """Time the project's ``DDPOTrainer.run_epoch`` with ``acceleration`` applied to ``policy`` (training calls
-    of ``rows_per_forward`` rows, default ``--rows-per-forward``)."""
+    of ``rows_per_forward`` rows, default ``--rows-per-forward``; ``gradient`` is ``optim.gradient``)."""
 
     from experiments.bench.kernel_profile import format_families, profile_families
     from policy.trainer import DDPOTrainer
@@ -231,6 +238,7 @@ def run_project(
                     rows_per_forward=rows_per_forward or args.rows_per_forward,
                     timestep_fraction=timestep_fraction,
                     old_log_probs=args.old_log_probs,
+                    gradient=gradient,
                 ),
                 kl=KLConfig(coef=KL_COEF),
                 acceleration=acceleration,
@@ -407,6 +415,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "kernel family (experiments.bench.kernel_profile; 0 = off)",
     )
     parser.add_argument("--timestep-fraction", type=float, help="add a row training on this fraction of the steps")
+    parser.add_argument(
+        "--during-sampling",
+        action="store_true",
+        help="add an eager bf16-LoRA row with trainer.optim.gradient = 'during_sampling' (the same update without "
+        "the replay forward; compare with the '+ bf16 LoRA, reference gate' row: compile is refused for it)",
+    )
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline row")
     parser.add_argument(
         "--no-eager-rows",
@@ -490,6 +504,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.cuda_graphs:
         fast = dataclasses.replace(compiled, cuda_graphs=True)
         plan.append(BenchRow("+ CUDA graphs", "project", fast, rows_per_forward=fast_rows))
+    if args.during_sampling:
+        plan.append(
+            BenchRow(
+                "  bf16 LoRA, gradient during sampling",
+                "project",
+                bf16_lora,
+                gradient="during_sampling",
+            )
+        )
     if args.timestep_fraction is not None:
         name = f"  fast path, timestep fraction {args.timestep_fraction:g}"
         plan.append(BenchRow(name, "project", fast, args.timestep_fraction, rows_per_forward=fast_rows))
@@ -524,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     baseline_rate = None
-    for name, kind, acceleration, fraction, rows_per_forward, channels_last in plan:
+    for name, kind, acceleration, fraction, rows_per_forward, channels_last, gradient in plan:
         if channels_last:
             # In place and kept for the later rows (cumulative); the compiled graphs recompile for the new strides.
             policy.unet.to(memory_format=torch.channels_last)
@@ -535,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "baseline":
                 row |= run_baseline(policy, requests, args, sync)
             else:
-                row |= run_project(policy, requests, args, acceleration, sync, fraction, rows_per_forward)
+                row |= run_project(policy, requests, args, acceleration, sync, fraction, rows_per_forward, gradient)
+                row["gradient"] = gradient
                 row["channels_last"] = policy.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
                 row["acceleration"] = acceleration.__dict__
             try:

@@ -20,7 +20,9 @@ from policy.model import build_unet
 def test_dry_run_writes_every_row(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = ["--device", "cpu", "--tiny", "--steps", "6", "--timed-steps", "3", "--batch", "4", "--warmup-steps", "2"]
-    code = ddpo_gpu.main([*argv, "--threads", "1", "--timestep-fraction", "0.5", "--out", str(out)])
+    code = ddpo_gpu.main(
+        [*argv, "--threads", "1", "--during-sampling", "--timestep-fraction", "0.5", "--out", str(out)]
+    )
     assert code == 0
     payload = json.loads(out.read_text())
     assert payload["benchmark"] == "ddpo_gpu" and payload["model"]["resolution"] == 32
@@ -39,7 +41,10 @@ def test_dry_run_writes_every_row(tmp_path: Path) -> None:
     assert project["preservation_max_abs_diff"] == 0.0
     assert project["diagnostics"]["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-3)
     assert payload["rows"][0]["flops_per_sample"] < project["flops_per_sample"]  # the baseline does no VAE work
-    assert payload["verdicts"]["best_row"] in names[1:3]  # timestep-fraction rows never count
+    assert payload["verdicts"]["best_row"] in names[1:4]  # timestep-fraction rows never count
+    during = payload["rows"][3]  # the same update as the bf16 LoRA row, its gradient taken while sampling
+    assert during["gradient"] == "during_sampling" and project["gradient"] == "re_forward"
+    assert during["diagnostics"]["policy/ratio_mean"] == 1.0 and during["diagnostics"]["policy/clipfrac"] == 0.0
 
 
 def test_summarise_scales_by_steps_and_counts_flops() -> None:
