@@ -112,3 +112,24 @@ def test_bad_inputs_are_named(candidate, base, kwargs, message) -> None:
 def test_bad_calibration_inputs_are_named(args, message) -> None:
     with pytest.raises(ValueError, match=message):
         calibration_margin(*args)
+
+
+def test_member_rewards_are_laid_out_member_request_seed() -> None:
+    import torch
+
+    from experiments.lift_samples import member_rewards
+
+    class Output:
+        def __init__(self, members: torch.Tensor) -> None:
+            self.members = members
+
+    def reward_fn(images: torch.Tensor, requests: list) -> Output:
+        index = images[:, 0, 0, 0].double()  # image i carries its sample index i
+        return Output(torch.stack([index, 100.0 + index]))  # [M=2, B]
+
+    images = torch.arange(6, dtype=torch.uint8)[:, None, None, None].expand(6, 3, 2, 2).contiguous()
+    table = member_rewards(reward_fn, images, ["r0", "r0", "r1", "r1", "r2", "r2"], 2, batch_size=4)
+    assert table.shape == (2, 3, 2)
+    assert table[0].tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]] and table[1, 2, 1] == 105.0
+    with pytest.raises(ValueError, match="6 images for 6 requests, K = 4"):
+        member_rewards(reward_fn, images, ["r"] * 6, 4)
