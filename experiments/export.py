@@ -41,12 +41,12 @@ import torch
 
 from experiments.config import ConfigError, dump_toml, load_config, to_dict
 from experiments.export_config import ExportConfig
+from experiments.export_lift import lift_summary, measure_lift
 from experiments.gates import (
     GateResult,
     audit_gate,
     check_gates,
     kl_gate,
-    lift_gate,
     ope_gate,
     preservation_gate,
     recorded_override,
@@ -183,8 +183,8 @@ def export_candidate(
     logs_dir = config.ope.logs or _default_logs(run.reward_dir)
     ope_result, ope_gate_result = _ope(candidate, scorer, logs_dir, sampler, config, progress)
     audit, audit_gate_result = _audit(scorer, logs_dir, run, config)
-    lift, lift_gate_result = _lift(candidate, scorer, world, measured, sampler, config, audit)
-    measured["lift"] = lift
+    samples = measured.pop("samples_for_lift")
+    measured["lift"], lift_gate_result = measure_lift(candidate, scorer, world, samples, sampler, config, audit)
     gates = [measured["preservation"], measured["kl"], lift_gate_result, ope_gate_result, audit_gate_result]
     for gate in gates:
         logger.info("gate %-12s %s: %s", gate.name, "passed" if gate.passed else "FAILED", gate.message)
@@ -285,59 +285,6 @@ def _measure(candidate, requests, sampler, config: ExportConfig, run: PolicyRun,
         "run_final_eval": evaluations[-1] if evaluations else None,
         "samples_for_lift": (expanded, seeds, rollout.images),
     }
-
-
-def _lift(candidate, scorer, world, measured: dict, sampler, config: ExportConfig, audit: dict | None):
-    """The direct lift over the base on the evaluation samples (``experiments/export_direct.py``) and its gate.
-
-    The candidate's samples are the ones the preservation and KL gates checked; the base is sampled with the same
-    requests and seeds (adapters disabled). The calibration margin is the audit's held-out click ECE when
-    ``[export.lift] calibration`` and an audit measured it.
-    """
-    from experiments.export_direct import calibration_margin, direct_lift
-    from experiments.lift_samples import member_rewards, sample_base
-    from experiments.policy_train import StudioRewardFn
-
-    threshold, settings = config.gates.min_direct_lift_sd, config.lift
-    expanded, seeds, images = measured.pop("samples_for_lift")
-    per_request = config.evaluation.seeds_per_request
-    if per_request < 2:
-        refusal = "[export.evaluation] seeds_per_request must be >= 2 (the unit is the base's within-request SD)"
-        return None, lift_gate(None, threshold, refusal=refusal)
-    reward = StudioRewardFn(scorer, {p.product_id: p.kind for p in world.products} if world is not None else {})
-    batch = sampler.batch_size
-    candidate_rewards = member_rewards(reward, images, expanded, per_request, batch)
-    base_rewards = member_rewards(
-        reward, sample_base(candidate, expanded, seeds, sampler), expanded, per_request, batch
-    )
-    margin = None
-    ece = _audit_number(audit, "click_ece")
-    if ece is not None:
-        weight = float(scorer.config.combination.weights.get("click", 0.0))
-        margin = calibration_margin(ece, weight, scorer.normalisation["click"][1])
-    try:
-        lift = direct_lift(
-            candidate_rewards, base_rewards, confidence=settings.confidence, n_bootstrap=settings.n_bootstrap,
-            resample_members=settings.resample_members, seed=settings.seed,
-            calibration_margin_reward=margin if settings.calibration else None,
-        )  # fmt: skip
-    except ValueError as exc:
-        return None, lift_gate(None, threshold, refusal=str(exc))
-    calibration = {
-        "click_ece": ece,
-        "margin_sd": None if margin is None else margin / lift.base_within_sd,
-        "applied": lift.calibration_margin_sd is not None,
-    }
-    return (lift, calibration), lift_gate(lift, threshold, min_member_share=settings.min_member_share)
-
-
-def _audit_number(audit: dict | None, key: str) -> float | None:
-    """A finite headline number of the audit (run now or read from a report), else None."""
-    if audit is None:
-        return None
-    metrics = audit["result"].metrics if "result" in audit else audit["metrics"]
-    value = (metrics.get("headline") or {}).get(key)
-    return float(value) if isinstance(value, int | float) and np.isfinite(value) else None
 
 
 def _default_logs(reward_dir: Path) -> Path | None:
@@ -543,7 +490,7 @@ def _manifest(run: PolicyRun, config: ExportConfig, evidence: GateEvidence, file
             "evaluation_samples": measured["samples"],
             "kl_nats_mean": measured["kl"].value,
             "preservation_changed_pixels": measured["preservation"].value,
-            "direct_lift": _lift_summary(measured.get("lift"), config),
+            "direct_lift": lift_summary(measured.get("lift"), config),
             "ope": None if evidence.ope is None else _ope_summary(evidence.ope, config),
             "audit_headline": None if audit_metrics is None else audit_metrics.get("headline"),
         },
@@ -581,23 +528,6 @@ def _requests_identity(run_dir: Path) -> dict:
     splits = pq.read_table(table, columns=["split"]).column("split").to_pylist()
     return {"manifest": str(table), "sha256": file_sha256(table), "train": splits.count("train"),
             "eval": splits.count("eval")}  # fmt: skip
-
-
-def _lift_summary(measured_lift, config: ExportConfig) -> dict | None:
-    """The manifest's direct lift: estimate, interval, the reward model's part of its width, the held-out click
-    calibration error (applied to the interval or not), and the gate's measured agreement with gold."""
-    from experiments.export_manifest import gate_validation
-
-    if measured_lift is None:
-        return None
-    lift, calibration = measured_lift
-    return {
-        **lift.to_dict(),
-        "calibration": calibration,
-        "unit": "within-request SDs of the base's combined reward (same requests and seeds)",
-        "threshold": config.gates.min_direct_lift_sd,
-        "validation": gate_validation(),
-    }
 
 
 def _ope_summary(ope_result, config: ExportConfig) -> dict:

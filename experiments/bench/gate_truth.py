@@ -109,7 +109,7 @@ class Judge:
 
     def score(self, images: torch.Tensor, expanded: list, per_request: int) -> tuple[np.ndarray, np.ndarray]:
         """Member rewards [M, R, k] and gold [R, k] of request-major images."""
-        from experiments.lift_samples import member_rewards
+        from experiments.export_lift import member_rewards
 
         rewards = member_rewards(self.reward, images, expanded, per_request, self.sampler.batch_size)
         gold = self.gold(images, expanded).numpy().reshape(-1, per_request)

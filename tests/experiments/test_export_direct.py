@@ -117,7 +117,7 @@ def test_bad_calibration_inputs_are_named(args, message) -> None:
 def test_member_rewards_are_laid_out_member_request_seed() -> None:
     import torch
 
-    from experiments.lift_samples import member_rewards
+    from experiments.export_lift import member_rewards
 
     class Output:
         def __init__(self, members: torch.Tensor) -> None:
