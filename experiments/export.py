@@ -5,8 +5,10 @@
 1. read the run (``backdrop policy train`` layout: config.toml, environment.json, metrics.jsonl, adapter/ or the
    latest checkpoint's adapter) and load the candidate: the run's base model + its adapter;
 2. sample the run's held-out evaluation requests (``[export.evaluation]``) and measure what the gates need: the
-   product pixels of every output (pixel verifier), the KL to the base recomputed on those samples, the OPE
-   lift on the logs (``experiments/export_ope.py``), the reward model's audit (``reward/audit.py``);
+   product pixels of every output (pixel verifier), the KL to the base recomputed on those samples, the direct
+   lift over the base (the base sampled on the same requests and seeds, both scored by the reward ensemble:
+   ``experiments/export_direct.py``), the logged non-inferiority check (ELBO re-weighting of logged images,
+   ``experiments/export_ope.py``), the reward model's audit (``reward/audit.py``);
 3. :func:`experiments.gates.check_gates`: refuse with the reasons, or continue with ``override`` recorded;
 4. write the bundle::
 
@@ -16,7 +18,7 @@
        <out>/reference/ref-<i>.png                     reference images (hashes in the manifest)
        <out>/contact_sheet.png                         product | base | candidate for a few requests
        <out>/audit/                                    audit.html, audit.json, plots/
-       <out>/ope.json                                  the OPE report
+       <out>/ope.json                                  the logged non-inferiority (OPE) report
        <out>/manifest.json  <out>/MODEL_CARD.md
 
 5. reload the bundle (a fresh policy, and a plain diffusers pipeline with ``load_lora_weights``) and reproduce
@@ -39,6 +41,7 @@ import torch
 
 from experiments.config import ConfigError, dump_toml, load_config, to_dict
 from experiments.export_config import ExportConfig
+from experiments.export_lift import lift_summary, measure_lift
 from experiments.gates import (
     GateResult,
     audit_gate,
@@ -180,7 +183,9 @@ def export_candidate(
     logs_dir = config.ope.logs or _default_logs(run.reward_dir)
     ope_result, ope_gate_result = _ope(candidate, scorer, logs_dir, sampler, config, progress)
     audit, audit_gate_result = _audit(scorer, logs_dir, run, config)
-    gates = [measured["preservation"], measured["kl"], ope_gate_result, audit_gate_result]
+    samples = measured.pop("samples_for_lift")
+    measured["lift"], lift_gate_result = measure_lift(candidate, scorer, world, samples, sampler, config, audit)
+    gates = [measured["preservation"], measured["kl"], lift_gate_result, ope_gate_result, audit_gate_result]
     for gate in gates:
         logger.info("gate %-12s %s: %s", gate.name, "passed" if gate.passed else "FAILED", gate.message)
     failed = check_gates(gates, override)
@@ -207,9 +212,10 @@ class GateEvidence:
     failed: list[GateResult]
     override: str | None
     measured: dict
-    """Evaluation samples: the preservation and KL gates, sample count, seeds, the run's last evaluation."""
+    """Evaluation samples: the preservation and KL gates, sample count, seeds, the run's last evaluation, the
+    direct lift (``experiments.export_direct.DirectLift`` or None)."""
     ope: Any
-    """``experiments.export_ope.CandidateOPE``, or None when OPE was impossible."""
+    """``experiments.export_ope.CandidateOPE`` (logged non-inferiority), or None when OPE was impossible."""
     audit: dict | None
     """{"result": AuditResult, "truth": ...} (audited now) or {"metrics": ..., "source": ...} (read)."""
     logs_dir: Path | None
@@ -277,6 +283,7 @@ def _measure(candidate, requests, sampler, config: ExportConfig, run: PolicyRun,
         "samples": len(expanded),
         "seeds": {"first": config.evaluation.first_seed, "count": len(seeds)},
         "run_final_eval": evaluations[-1] if evaluations else None,
+        "samples_for_lift": (expanded, seeds, rollout.images),
     }
 
 
@@ -483,6 +490,7 @@ def _manifest(run: PolicyRun, config: ExportConfig, evidence: GateEvidence, file
             "evaluation_samples": measured["samples"],
             "kl_nats_mean": measured["kl"].value,
             "preservation_changed_pixels": measured["preservation"].value,
+            "direct_lift": lift_summary(measured.get("lift"), config),
             "ope": None if evidence.ope is None else _ope_summary(evidence.ope, config),
             "audit_headline": None if audit_metrics is None else audit_metrics.get("headline"),
         },

@@ -2,8 +2,10 @@
 
 [export]               device, threads, where the audit's truth comes from
 [export.evaluation]    the held-out requests and seeds every gate sample is drawn from
-[export.gates]         thresholds: KL budget, OPE lift lower bound, which audit flags may be tolerated
-[export.ope]           logs, the candidate's propensities over logged variants, and the OPE settings
+[export.gates]         thresholds: KL budget, direct lift, logged non-inferiority margin, tolerated audit flags
+[export.lift]          the direct lift's interval: bootstrap, ensemble members, calibration
+[export.ope]           logs, the candidate's propensities over logged variants, and the OPE settings (the
+                       logged non-inferiority check)
 [export.audit]         the reward-model audit (``reward/audit_config.py``)
 [export.reference]     the reference images the reloaded bundle must reproduce bit-identically
 """
@@ -41,19 +43,61 @@ class GateConfig:
     max_kl_nats: float = 400.0
     """KL(candidate || base) per sample in nats, recomputed on the evaluation samples (sum over steps of the
     per-step Gaussian KL times the background latent dims, as ``eval/kl_nats`` of a policy run)."""
+    min_direct_lift_sd: float = 0.0
+    """The lift gate: the lower end of the direct lift's interval (``experiments/export_direct.py``; in
+    within-request SDs of the base's combined reward on the same requests and seeds) must be strictly above this,
+    and ``[export.lift] min_member_share`` of the members' own lifts too. 0 = better than the base."""
     min_lift_lower_bound: float = -0.01
-    """The lower end of the OPE interval of the candidate's lift over the logging policy (clicks per request,
-    estimator ``[export.ope.ope] primary``) must be at or above this: a non-inferiority margin. 0 demands a
-    lift the logs can already prove. The lift only re-weights logged base-model variants, so it cannot see gains
-    a candidate makes off that support: on the studio it did not rank five candidates by their held-out gold gain
-    (Spearman ≤ 0.03 at every τ and draws tried) and refused two DDPO seeds whose gold rose (module docstring of
-    ``experiments/export_ope.py``)."""
+    """Logged non-inferiority: the lower end of the OPE interval of the candidate's lift over the logging policy
+    among LOGGED images (clicks per request, estimator ``[export.ope.ope] primary``) must be at or above this: a
+    non-inferiority margin. 0 demands a lift the logs can already prove. The lift only re-weights logged
+    base-model variants, so it cannot see gains a candidate makes off that support: on the studio it did not
+    rank five candidates by their held-out gold gain (Spearman ≤ 0.03 at every τ and draws tried) and refused two
+    DDPO seeds whose gold rose (module docstring of ``experiments/export_ope.py``); the lift gate
+    (``min_direct_lift_sd``) judges the candidate's own samples instead."""
     tolerated_flags: tuple[str, ...] = ()
     """Audit flag ids (e.g. "tamper_not_noticed") that do not fail the audit gate; they are still reported."""
 
     def __post_init__(self) -> None:
         if not self.max_kl_nats > 0:
             raise ValueError(f"max_kl_nats must be > 0, got {self.max_kl_nats}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DirectLiftConfig:
+    """The interval of the direct lift (``experiments/export_direct.py``), measured on the evaluation samples
+    (``[export.evaluation]``: the candidate's and the base's, same requests and seeds; needs seeds_per_request
+    >= 2, the unit being the base's within-request SD)."""
+
+    confidence: float = 0.95
+    """Two-sided level of the percentile bootstrap interval (its lower end is a 97.5 % one-sided bound)."""
+    n_bootstrap: int = 2000
+    """Bootstrap replicates (>= 100); each resamples the requests and, with ``resample_members``, the members."""
+    resample_members: bool = True
+    """Resample the reward ensemble's members in every replicate, so the interval carries the ensemble spread;
+    false takes the ensemble mean as exact (request sampling only)."""
+    min_member_share: float = 1.0
+    """Share of the members (0..1) whose own lift must be above ``[export.gates] min_direct_lift_sd``; 1 = every
+    member, 0 = no member requirement."""
+    calibration: bool = False
+    """Widen the interval on each side by the click head's held-out calibration error (the audit's ``click_ece`` on
+    the logs, converted to reward units, ``experiments.export_direct.calibration_margin``). Off by default: the
+    ECE is mostly a level error, which cancels in the paired candidate - base difference, while in the lift's
+    unit (the base's within-request SD, small) it is several SDs (±4.1 SD on the export test's tiny world), so
+    applying it refuses everything. Either way the manifest records the ECE and its size in SDs, and whether it
+    was applied."""
+    seed: int = 0
+    """Seeds the bootstrap."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.n_bootstrap < 100:
+            raise ValueError(f"n_bootstrap must be >= 100, got {self.n_bootstrap}")
+        if not 0 <= self.min_member_share <= 1:
+            raise ValueError(f"min_member_share must be in [0, 1], got {self.min_member_share}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -125,6 +169,7 @@ class ExportConfig:
     """Evaluation requests shown before (base) / after (candidate) in the bundle's contact sheet."""
     evaluation: EvaluationSetConfig = EvaluationSetConfig()
     gates: GateConfig = GateConfig()
+    lift: DirectLiftConfig = DirectLiftConfig()
     ope: CandidateOPEConfig = CandidateOPEConfig()
     audit: AuditConfig = AuditConfig()
     reference: ReferenceConfig = ReferenceConfig()

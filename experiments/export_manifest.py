@@ -97,3 +97,21 @@ def find_truth(start: Path, levels: int = 5) -> Path | None:
             if (candidate / "truth" / "world.json").is_file():
                 return candidate
     return None
+
+
+GATE_TRUTH = Path(__file__).resolve().parent / "bench" / "results" / "gate_truth.json"
+"""The lift gate's validation against the studio world's gold (``python -m experiments.bench.gate_truth``)."""
+
+
+def gate_validation(path: Path = GATE_TRUTH) -> dict | None:
+    """The lift gate's measured agreement with gold (the summary of ``path``), or None when it is unmeasured: no
+    file, or only a ``--tiny`` dry run (which measures nothing)."""
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if result.get("tiny") or not isinstance(result.get("summary"), dict):
+        return None
+    return {**result["summary"], "file": f"experiments/bench/results/{path.name}", "command": result.get("command")}

@@ -44,11 +44,12 @@ evaluated at the posterior mean of q(x_t' | x_t, x0), (‖m − μ_ref‖² − 
 usual L_t term. Each transition is scored by ``policy.replay.replay_rows`` (through ``rollout.denoise.denoise_step``,
 the function sampling and training use) over the background latents only, with the product latents replaced as
 the sampler replaces them; ``elbo_draws`` draws of the chain x_T, ..., x_1 are averaged. The ELBO gap is not the
-exact log-likelihood ratio (the posteriors' KLs differ), which is one reason the OPE gate has a margin.
+exact log-likelihood ratio (the posteriors' KLs differ), which is one reason the logged non-inferiority gate
+has a margin.
 
 The direct method uses the reward model: q̂(x, k, a) = θ_k · P̂(click | slot 1, segment, image a).
 
-What the gate knows (``experiments/bench/export_ope_fidelity.py``, studio test split: 58 products × 8 variants,
+What this check knows (``experiments/bench/export_ope_fidelity.py``, studio test split: 58 products × 8 variants,
 7.8 k impressions; three DDPO seeds with held-out gold gains +0.26/+0.19/+0.23, Diffusion-DPO +0.02, RWR +0.01).
 The estimate is the value of a *chooser among the logged base-model variants*, tilted toward the ones the
 candidate finds likely; a generator that moved ~50 nats of KL away from the base paints images none of the 8
@@ -59,7 +60,8 @@ is signal, 90 % at 8), nor click noise: the same weights applied to the simulato
 give lifts of −0.025 to +0.005 for the DDPO seeds. Over τ ∈ {1, 27, 46} and draws ∈ {2, 8} the DR lift's rank
 correlation with the gold gains stayed ≤ 0.03 (negative in 5 of 6 settings); flatter τ only narrows the interval
 toward the logger. Read the lift as a non-inferiority check of the candidate's preferences among logged images,
-not as an estimate of its A/B effect; the A/B test is the evidence for a generative candidate.
+not as an estimate of its A/B effect: the export's gate of that name is ``logged_noninferiority``, and its lift
+gate judges the candidate's own fresh samples instead (the direct method, ``experiments/export_direct.py``).
 """
 
 from __future__ import annotations

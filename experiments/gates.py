@@ -7,8 +7,14 @@ value and the threshold:
   ``rollout.preservation.verify_preservation``, not the reward); a failure names each violating request, its
   seed and the number of changed product pixels;
 - :func:`kl_gate`: the mean KL(candidate ‖ base) per sample, recomputed on the evaluation samples, within budget;
-- :func:`ope_gate`: the lower end of the off-policy interval of the candidate's lift at or above a threshold; an
-  OPE the logs cannot support (no propensities, poor overlap) fails with the refusal's reason;
+- :func:`lift_gate`: the direct method (``experiments/export_direct.py``): the lower end of the interval of the
+  candidate's lift over the base, measured on fresh samples of both scored by the reward ensemble (request
+  sampling, ensemble spread and, when measured, calibration error inside the interval), above a threshold, and
+  enough members seeing the lift on their own;
+- :func:`ope_gate` ("logged_noninferiority"): the lower end of the off-policy interval of the candidate's lift,
+  re-weighting LOGGED base-model images by ELBO likelihood ratios, at or above a (non-inferiority) margin; an
+  OPE the logs cannot support (no propensities, poor overlap) fails with the refusal's reason. It cannot see
+  gains off the logged images, so it is a non-inferiority check among logged images, not the candidate's lift;
 - :func:`audit_gate`: the reward model's audit raised no flag (apart from explicitly tolerated ones).
 
 :func:`check_gates` refuses (``GateRefusedError``, non-zero exit) unless an override reason is given.
@@ -23,8 +29,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from experiments.export_direct import DirectLift
 from offline_data.errors import BackdropError
 from rollout.preservation import verify_preservation
+
+LOGGED_NONINFERIORITY = "logged_noninferiority"
+"""The name of :func:`ope_gate`'s result (it was "ope")."""
 
 
 class GateRefusedError(BackdropError):
@@ -38,7 +48,7 @@ class GateResult:
     """The outcome of one gate."""
 
     name: str
-    """"preservation", "kl", "ope" or "audit"."""
+    """"preservation", "kl", "lift", "logged_noninferiority" or "audit"."""
     passed: bool
     value: float | None
     """The measured number the threshold applies to (None when it could not be measured)."""
@@ -124,21 +134,50 @@ def ope_gate(
     refusal: str | None = None,
     details: dict | None = None,
 ) -> GateResult:
-    """The OPE lift interval's lower end at or above ``threshold``; ``refusal`` = why OPE was impossible."""
+    """Logged non-inferiority: the lower end of the OPE interval of the lift among logged images (ELBO
+    re-weighting) at or above ``threshold``; ``refusal`` = why OPE was impossible."""
     details = dict(details or {})
+    name = LOGGED_NONINFERIORITY
     if refusal is not None:
         return GateResult(
-            "ope", False, None, float(threshold), f"off-policy evaluation impossible: {refusal}", details
+            name, False, None, float(threshold), f"off-policy evaluation on the logs impossible: {refusal}", details
         )
     if lower is None or not math.isfinite(lower):
         message = f"{estimator} lift {lift} has no finite lower bound (no bootstrap interval); threshold {threshold:g}"
-        return GateResult("ope", False, lower, float(threshold), message, details)
+        return GateResult(name, False, lower, float(threshold), message, details)
     passed = lower >= threshold
     message = (
-        f"{estimator} lift over the logging policy {lift:+.4f} clicks per request, interval [{lower:+.4f}, "
-        f"{upper:+.4f}]: lower bound {'at or above' if passed else 'below'} the threshold {threshold:+g}"
+        f"among logged images (ELBO re-weighting), {estimator} lift over the logging policy {lift:+.4f} clicks per "
+        f"request, interval [{lower:+.4f}, {upper:+.4f}]: lower bound {'at or above' if passed else 'below'} the "
+        f"non-inferiority margin {threshold:+g}"
     )
-    return GateResult("ope", passed, float(lower), float(threshold), message, details)
+    return GateResult(name, passed, float(lower), float(threshold), message, details)
+
+
+def lift_gate(
+    lift: DirectLift | None, threshold: float, *, min_member_share: float = 1.0, refusal: str | None = None
+) -> GateResult:
+    """The direct lift's lower end above ``threshold`` (within-request SDs of the base's reward) and at least
+    ``min_member_share`` of the members' own lifts above it; ``refusal`` = why the lift could not be measured."""
+    if refusal is not None or lift is None:
+        return GateResult("lift", False, None, float(threshold), f"direct lift not measured: {refusal}")
+    needed = math.ceil(min_member_share * lift.members - 1e-9)
+    above = lift.members_above(threshold)
+    passed = lift.lower_sd > threshold and above >= needed
+    calibration = (
+        "calibration error not included"
+        if lift.calibration_margin_sd is None
+        else f"±{lift.calibration_margin_sd:.3f} calibration"
+    )
+    resampled = f"requests + {lift.members} members resampled" if lift.resample_members else "requests resampled"
+    verdict = "above" if lift.lower_sd > threshold else "not above"
+    message = (
+        f"direct lift over the base {lift.lift_sd:+.3f} within-request SD of the reward, "
+        f"{lift.confidence:.0%} interval [{lift.lower_sd:+.3f}, {lift.upper_sd:+.3f}] ({resampled}, {calibration}; "
+        f"{lift.reward_model_share:.0%} of its width is the reward model's): lower bound {verdict} the threshold "
+        f"{threshold:+g}; {above} of {lift.members} member(s) see a lift above it (need {needed})"
+    )
+    return GateResult("lift", passed, lift.lower_sd, float(threshold), message, lift.to_dict())
 
 
 def audit_gate(flags: Sequence[dict], tolerated: Sequence[str] = ()) -> GateResult:

@@ -27,8 +27,52 @@ OPE_CAVEAT = (
     "temperature and draw count tried; `python -m experiments.bench.export_ope_fidelity`). Read it as a "
     "non-inferiority check among logged images, not as the A/B effect."
 )
-"""Printed under the OPE table of every model card (the export's OPE gate is required by the export spec; this
-says what passing it means)."""
+"""Printed under the OPE table of every model card (the logged non-inferiority gate; this says what passing it
+means)."""
+
+
+def _lift_lines(lift: dict | None) -> list[str]:
+    """The direct lift: estimate, interval, the reward model's share of its width, and its measured agreement."""
+    if lift is None:
+        return ["", "### Direct lift over the base", "", "Not measured (see the lift gate above)."]
+    measured = lift.get("calibration") or {}
+    if lift["calibration_margin_sd"] is not None:
+        calibration = f"widened by {lift['calibration_margin_sd']:.3f} SD each side for the held-out click ECE"
+    elif measured.get("click_ece") is not None:
+        calibration = (
+            f"the held-out click calibration error (ECE {measured['click_ece']:.4f}, {measured['margin_sd']:.3f} SD) "
+            "is not included ([export.lift] calibration = false)"
+        )
+    else:
+        calibration = "the calibration error is not included (not measured)"
+    members = ", ".join(f"{v:+.3f}" for v in lift["member_lifts_sd"])
+    lines = [
+        "",
+        "### Direct lift over the base",
+        "",
+        f"The candidate and the base sampled on {lift['requests']} held-out requests x {lift['seeds']} seeds (same "
+        "seeds), scored by the reward ensemble: lift "
+        f"**{lift['lift_sd']:+.3f}** within-request SDs of the base's reward, {lift['confidence']:.0%} interval "
+        f"[{lift['lower_sd']:+.3f}, {lift['upper_sd']:+.3f}] (threshold {lift['threshold']:+g}). The interval "
+        f"resamples requests{' and the ' + str(lift['members']) + ' members' if lift['resample_members'] else ''}; "
+        f"{calibration}. {lift['reward_model_share']:.0%} of its width is the reward model's own uncertainty "
+        f"(request sampling alone: {lift['requests_only_width_sd']:.3f} SD wide). Members' own lifts: {members}.",
+        "",
+    ]
+    validation = lift.get("validation")
+    if validation:
+        lines.append(
+            f"Measured agreement with gold on the studio world ({validation.get('candidates')} candidates, "
+            f"`{validation.get('command')}`): Spearman {_number(validation.get('spearman'), 3)} between this lift "
+            f"and the gold gain, {validation.get('false_passes')} false pass(es), regret of the top pick "
+            f"{_number(validation.get('regret_sd'), 3)} gold SD."
+        )
+    else:
+        lines.append(
+            "Agreement with gold: **unmeasured** (no experiments/bench/results/gate_truth.json; run "
+            "`python -m experiments.bench.gate_truth`). The lift is the reward model's opinion of fresh samples."
+        )
+    return lines
 
 
 def _number(value: object, digits: int = 4) -> str:
@@ -87,9 +131,14 @@ def front_matter(manifest: dict) -> dict:
     ):
         if isinstance(final.get(key), int | float) and math.isfinite(final[key]):
             measured.append({"type": key.replace("/", "_"), "name": name, "value": float(final[key])})
+    lift = metrics.get("direct_lift")
+    if lift and math.isfinite(lift["lift_sd"]):
+        measured.append({"type": "direct_lift_sd", "name": "direct lift over the base (within-request SDs of the "
+                         "reward, fresh samples)", "value": float(lift["lift_sd"])})  # fmt: skip
     for key, res in (metrics.get("ope") or {}).items():
         if isinstance(res.get("value"), int | float) and math.isfinite(res["value"]):
-            measured.append({"type": f"ope_{key.replace(':', '_')}", "name": f"off-policy {key} (clicks per request)",
+            measured.append({"type": f"ope_{key.replace(':', '_')}",
+                             "name": f"logged non-inferiority, off-policy {key} (clicks per request)",
                              "value": float(res["value"])})  # fmt: skip
     gates = "passed" if all(g["passed"] for g in manifest["gates"]) else "overridden"
     return {
@@ -190,11 +239,12 @@ def render_model_card(manifest: dict) -> str:
         f"{_number(metrics['kl_nats_mean'])} nats, {_number(metrics['preservation_changed_pixels'])} product "
         "pixels changed"
     )
+    lines += _lift_lines(metrics.get("direct_lift"))
     ope = metrics.get("ope")
     if ope:
         lines += [
             "",
-            "### Off-policy estimate (clicks per request)",
+            "### Logged non-inferiority: off-policy estimate among logged images (clicks per request)",
             "",
             "| estimate | value | interval | ESS |",
             "|---|---|---|---|",

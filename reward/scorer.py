@@ -68,11 +68,14 @@ class RewardOutput:
         reward: [B] float32 combined reward (pessimistic when λ > 0).
         heads: {"click", "dwell", "preference"} -> [B] float32 ensemble-mean head scores.
         uncertainty: [B] float32 standard deviation of the combined reward across members (0 for one member).
+        members: [K, B] float32 each member's combined reward (before pessimism), for estimators that resample
+            the members (``experiments/export_direct.py``); None when not computed by :meth:`RewardScorer.combine`.
     """
 
     reward: Tensor
     heads: dict[str, Tensor]
     uncertainty: Tensor
+    members: Tensor | None = None
 
 
 class RewardScorer:
@@ -178,7 +181,9 @@ class RewardScorer:
                 combined = combined + weight * (heads[name] - mean) / std
         spread = combined.std(dim=0, unbiased=False)
         reward = combined.mean(dim=0) - self.pessimism * spread
-        return RewardOutput(reward=reward, heads={h: v.mean(dim=0) for h, v in heads.items()}, uncertainty=spread)
+        return RewardOutput(
+            reward=reward, heads={h: v.mean(dim=0) for h, v in heads.items()}, uncertainty=spread, members=combined
+        )
 
     def _request_masks(self, requests: Sequence[RewardRequest], images: Tensor) -> Tensor:
         masks = []

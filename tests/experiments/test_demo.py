@@ -49,7 +49,7 @@ def test_quick_demo_exits_cleanly_and_writes_every_stage(quick: tuple[int, Path]
 def test_quick_demo_exports_a_bundle_that_reloads(quick: tuple[int, Path]) -> None:
     _, out = quick
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
-    assert {g["name"] for g in manifest["gates"]} == {"preservation", "kl", "ope", "audit"}
+    assert {g["name"] for g in manifest["gates"]} == {"preservation", "kl", "lift", "logged_noninferiority", "audit"}
     assert manifest["metrics"]["preservation_changed_pixels"] == 0
     assert manifest["reload"] and all(r["identical"] for r in manifest["reload"].values())
     results = json.loads((out / "demo.json").read_text())

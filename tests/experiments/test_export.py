@@ -151,7 +151,7 @@ def test_bundle_files_manifest_and_override(bundle: Path) -> None:
         "reference/ref-1.png",
     ):
         assert (bundle / name).is_file(), name
-    assert [g["name"] for g in manifest["gates"]] == ["preservation", "kl", "ope", "audit"]
+    assert [g["name"] for g in manifest["gates"]] == ["preservation", "kl", "lift", "logged_noninferiority", "audit"]
     kl = manifest["gates"][1]
     assert not kl["passed"] and kl["threshold"] == 1e-9 and kl["value"] > 0
     assert manifest["override"]["reason"] == "A/B owner: smoke test"
@@ -180,7 +180,18 @@ def test_bundle_files_manifest_and_override(bundle: Path) -> None:
     assert len(manifest["reference_images"]) == 2
     ope = json.loads((bundle / "ope.json").read_text())
     assert len(ope["log_ratio_nats"]) == ope["candidate"]["images"] > 0
-    assert manifest["gates"][2]["details"]["ess"] > 0
+    gates = {g["name"]: g for g in manifest["gates"]}
+    assert gates["logged_noninferiority"]["details"]["ess"] > 0
+    assert "among logged images (ELBO re-weighting)" in gates["logged_noninferiority"]["message"]
+    # The lift gate: the candidate's and the base's fresh samples of the 3 x 2 evaluation requests and seeds.
+    lift = manifest["metrics"]["direct_lift"]
+    assert (lift["requests"], lift["seeds"], lift["members"]) == (3, 2, 2)
+    assert lift["lower_sd"] <= lift["lift_sd"] <= lift["upper_sd"] and 0 <= lift["reward_model_share"] <= 1
+    assert gates["lift"]["value"] == lift["lower_sd"] and gates["lift"]["threshold"] == 0.0
+    assert gates["lift"]["passed"] == (lift["lower_sd"] > 0 and min(lift["member_lifts_sd"]) > 0)
+    assert lift["calibration_margin_sd"] is None and lift["calibration"]["click_ece"] > 0  # measured, not applied
+    assert "### Direct lift over the base" in card and f"**{lift['lift_sd']:+.3f}**" in card
+    assert "Agreement with gold: **unmeasured**" in card or "Measured agreement with gold" in card
 
 
 def test_reload_reproduces_the_reference_images(bundle: Path, run_dir: Path) -> None:

@@ -11,6 +11,7 @@ from experiments.gates import (
     audit_gate,
     check_gates,
     kl_gate,
+    lift_gate,
     ope_gate,
     preservation_gate,
     recorded_override,
@@ -70,14 +71,45 @@ def test_kl_gate_boundary_and_message() -> None:
 def test_ope_gate_messages() -> None:
     passed = ope_gate(0.02, -0.005, 0.04, -0.01, estimator="dr")
     assert passed.passed and passed.value == -0.005 and passed.threshold == -0.01
-    assert "interval [-0.0050, +0.0400]: lower bound at or above the threshold -0.01" in passed.message
+    assert passed.name == "logged_noninferiority" and passed.message.startswith("among logged images")
+    assert "interval [-0.0050, +0.0400]: lower bound at or above the non-inferiority margin -0.01" in passed.message
     below = ope_gate(0.0, -0.03, 0.03, -0.01, estimator="dr")
-    assert not below.passed and "lower bound below the threshold -0.01" in below.message
+    assert not below.passed and "lower bound below the non-inferiority margin -0.01" in below.message
     refused = ope_gate(None, None, None, 0.0, estimator="dr", refusal="weight ESS 12.0 below 30")
     assert not refused.passed and refused.value is None
-    assert refused.message == "off-policy evaluation impossible: weight ESS 12.0 below 30"
+    assert refused.message == "off-policy evaluation on the logs impossible: weight ESS 12.0 below 30"
     no_interval = ope_gate(0.01, float("nan"), float("nan"), 0.0, estimator="dr")
     assert not no_interval.passed and "no finite lower bound" in no_interval.message
+
+
+def test_lift_gate_names_the_value_the_threshold_and_the_members() -> None:
+    from experiments.export_direct import direct_lift
+
+    base = np.array([[[0.0, 1.0], [1.0, 2.0], [3.0, 4.0]]] * 2)  # [M=2, R=3, K=2]
+    up = direct_lift(base + np.array([1.0, 1.2])[:, None, None], base, n_bootstrap=200)
+    passed = lift_gate(up, 0.0)
+    assert passed.passed and passed.name == "lift" and passed.value == up.lower_sd and passed.threshold == 0.0
+    assert f"direct lift over the base {up.lift_sd:+.3f} within-request SD of the reward" in passed.message
+    assert f"interval [{up.lower_sd:+.3f}, {up.upper_sd:+.3f}]" in passed.message
+    assert "lower bound above the threshold +0; 2 of 2 member(s) see a lift above it (need 2)" in passed.message
+    assert "calibration error not included" in passed.message
+    high = lift_gate(up, 5.0)
+    assert not high.passed and "lower bound not above the threshold +5; 0 of 2 member(s)" in high.message
+    refused = lift_gate(None, 0.0, refusal="seeds_per_request must be >= 2")
+    assert not refused.passed and refused.value is None
+    assert refused.message == "direct lift not measured: seeds_per_request must be >= 2"
+
+
+def test_lift_gate_refuses_when_a_member_disagrees_even_with_a_positive_lower_bound() -> None:
+    from experiments.export_direct import direct_lift
+
+    base = np.array([[[0.0, 1.0], [1.0, 2.0], [3.0, 4.0]]] * 3)
+    shifts = np.array([3.0, 3.0, -0.2])[:, None, None]  # two members see +3 reward, the third -0.2
+    lift = direct_lift(base + shifts, base, n_bootstrap=400, resample_members=False)
+    assert lift.lower_sd > 0  # the ensemble mean alone would pass
+    gate = lift_gate(lift, 0.0)
+    assert not gate.passed and "2 of 3 member(s) see a lift above it (need 3)" in gate.message
+    assert lift_gate(lift, 0.0, min_member_share=0.6).passed
 
 
 def test_audit_gate_with_tolerated_flags() -> None:

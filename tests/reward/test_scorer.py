@@ -48,6 +48,10 @@ def test_scorer_outputs(trained, small_splits: Path):
     # The pessimistic reward is the mean minus lambda standard deviations across members.
     pessimistic = scorer.pessimistic(2.0)(images, requests)
     assert torch.allclose(pessimistic.reward, out.reward - 2.0 * out.uncertainty, atol=1e-5)
+    # Each member's combined reward (what the export's direct lift resamples): their mean and spread are the output's.
+    assert out.members.shape == (2, 6) and torch.equal(pessimistic.members, out.members)
+    assert torch.allclose(out.members.mean(dim=0), out.reward, atol=1e-6)
+    assert torch.allclose(out.members.std(dim=0, unbiased=False), out.uncertainty, atol=1e-6)
     with pytest.raises(ValueError, match="needs the product mask"):
         scorer(images, [ScoringRequest(segment=r.segment, prompt=r.prompt) for r in requests])
 
