@@ -188,6 +188,7 @@ def final_records(runs: Sequence[Any], *, gold: bool = True) -> list[dict[str, A
 
 
 def ddpo_name(count: int) -> str:
+    """The DDPO row's label: how many seeds it averages."""
     return f"DDPO ({count} seed{'s' if count > 1 else ''})"
 
 
