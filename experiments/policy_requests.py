@@ -83,7 +83,7 @@ def run_requests(
             manifest_requests(folder, resolution, "eval"),
         )
     elif catalogue is not None:
-        train, evaluation = _catalogue(config.catalogue, folder, resolution)
+        train, evaluation = catalogue_requests(config.catalogue, folder, resolution)
     else:
         from experiments.studio.requests import studio_requests
 
@@ -122,7 +122,13 @@ def manifest_eval(run_dir: Path, resolution: int) -> list:
     return manifest_requests(folder, resolution, "eval")
 
 
-def _catalogue(config: CatalogueSourceConfig, folder: Path | None, resolution: int) -> tuple[list, list]:
+def catalogue_requests(config: CatalogueSourceConfig, folder: Path | None, resolution: int) -> tuple[list, list]:
+    """A request table validated (prompts through the guards' blocklist; rejected rows logged) and written to
+    ``folder`` as a request manifest (when given): its train and eval rows as model-resolution requests.
+
+    Raises:
+        LogValidationError: no row of the table was accepted.
+    """
     import logging
 
     from experiments.request_manifest import guard_fn

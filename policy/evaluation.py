@@ -494,6 +494,11 @@ class BestOfN:
     """``[R, n]`` float64 gold (None without a gold function)."""
     chosen: torch.Tensor
     """``[R]`` int64 index of the best-scoring sample of each request."""
+    uncertainty: torch.Tensor | None = None
+    """``[R, n]`` float32 ensemble std of the proxy (zeros for a plain reward function)."""
+    members: torch.Tensor | None = None
+    """``[M, R, n]`` float32 each ensemble member's reward, when the reward model reports them (``members`` of its
+    output, as ``reward``'s scorer does); None otherwise. For held-out-member estimates of the pick's value."""
     duplicates: int = 0
     """Candidates the reranker's near-duplicate filter found (a measure of how alike the n samples are)."""
 
@@ -537,10 +542,31 @@ def best_of_n(
     rollout = sample_trajectories(policy, expanded, seeds, sampler)
     if not rollout.preservation.ok:
         raise PreservationError(f"best-of-{n} samples changed product pixels: {rollout.preservation.describe()}")
-    picked = rerank(rollout.images, expanded, lambda images, batch: score_rewards(reward_fn, images, batch)[0])
-    proxy = picked.candidate_scores.reshape(len(requests), n)
+    spreads: list[torch.Tensor] = []
+    members: list[Any] = []
+
+    def recorded(images: torch.Tensor, batch: Sequence[InpaintRequest]) -> Any:
+        out = reward_fn(images, batch)
+        members.append(getattr(out, "members", None))
+        return out
+
+    def score(images: torch.Tensor, batch: Sequence[InpaintRequest]) -> torch.Tensor:
+        proxy, uncertainty, _ = score_rewards(recorded, images, batch)
+        spreads.append(uncertainty)
+        return proxy
+
+    picked = rerank(rollout.images, expanded, score)  # scores the candidates once, in order
+    shape = (len(requests), n)
+    proxy = picked.candidate_scores.reshape(shape)
     chosen = torch.tensor(picked.indices, dtype=torch.int64) - torch.arange(len(requests)) * n
     gold = None
     if gold_fn is not None:
-        gold = score_gold(gold_fn, rollout.images, expanded).reshape(len(requests), n)
-    return BestOfN(proxy=proxy, gold=gold, chosen=chosen, duplicates=picked.filtered)
+        gold = score_gold(gold_fn, rollout.images, expanded).reshape(shape)
+    per_member = None
+    if members and all(isinstance(m, torch.Tensor) for m in members):
+        per_member = torch.cat([m.detach().float().cpu() for m in members], dim=1)
+        per_member = per_member.reshape(per_member.shape[0], *shape)
+    return BestOfN(
+        proxy=proxy, gold=gold, chosen=chosen, uncertainty=torch.cat(spreads).reshape(shape), members=per_member,
+        duplicates=picked.filtered,
+    )  # fmt: skip

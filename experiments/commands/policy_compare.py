@@ -13,7 +13,9 @@ DESCRIPTION = (
     "Compare finished 'backdrop policy train' runs (one per seed) with best-of-n reranking of the base model "
     "(and of the DDPO policy) and with 'backdrop policy offline' runs, on the same held-out studio requests: gold "
     "gain over the base (raw and in within-request SDs, with 95% intervals), proxy gain and KL to the base; "
-    "offline runs are read at the evaluation whose KL matches DDPO's."
+    "offline runs are read at the evaluation whose KL matches DDPO's. Without gold (catalogue runs, or --requests) "
+    "the rows are ranked by the reward model's held-out estimate (pessimistic proxy gain; best-of-n by a held-out "
+    "ensemble member)."
 )
 
 
@@ -30,6 +32,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--no-stack", dest="stack", action="store_false", help="skip best-of-n on top of the first DDPO policy"
     )
+    parser.add_argument(
+        "--requests",
+        metavar="FILE",
+        help="request table (.parquet/.csv/.jsonl): evaluate every run on its eval rows, not the first run's manifest",
+    )
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/policy_compare/<timestamp>)")
     add_overwrite_argument(parser)
     parser.set_defaults(handler=run_policy_compare)
@@ -43,10 +50,12 @@ def run_policy_compare(args: argparse.Namespace) -> int:
     from experiments.tracking import new_run_dir
 
     out = Path(args.out) if args.out else new_run_dir("runs", "policy_compare")
-    with open_output_run(args, out, inputs=[*args.ddpo, *args.dpo, *args.rwr]):
+    inputs = [*args.ddpo, *args.dpo, *args.rwr, *([args.requests] if args.requests else [])]
+    with open_output_run(args, out, inputs=inputs):
         payload = compare_methods(
-            args.ddpo, dpo=args.dpo, rwr=args.rwr, best_of=args.best_of, stack=args.stack, out_dir=out
-        )
+            args.ddpo, dpo=args.dpo, rwr=args.rwr, best_of=args.best_of, stack=args.stack, out_dir=out,
+            requests=args.requests,
+        )  # fmt: skip
     print((out / "compare.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'compare.md'} and {out / 'compare.json'} ({len(payload['rows'])} rows)")
     return 0

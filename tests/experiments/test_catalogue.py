@@ -106,18 +106,6 @@ def test_offline_method_evaluates_on_the_catalogue(reward_model: Path, tmp_path:
     assert pq.read_table(run / "requests" / "requests.parquet").num_rows == 24
 
 
-def test_compare_refuses_a_catalogue_run_by_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from experiments.compare import load_run
-    from experiments.compare_methods import ComparisonError, reranking_rows
-
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.toml").write_text(f'[catalogue]\nrequests = "{tmp_path / "requests.csv"}"\n')
-    (run / "metrics.jsonl").write_text('{"step": 0, "eval/kl_nats": 0.0}\n')
-    with pytest.raises(ComparisonError, match="a catalogue run .* has no gold"):
-        reranking_rows(load_run(run), 2, stack_adapter=None)
-
-
 def test_best_of_reranks_with_a_reward_model_folder(reward_model: Path, tmp_path: Path) -> None:
     table = write_example(tmp_path / "my_catalogue")
     lines = table.read_text(encoding="utf-8").splitlines()
