@@ -406,7 +406,7 @@ def _write_audit(audit: dict | None, folder: Path) -> dict[str, str]:
 
 
 def _json(ope_result) -> dict:
-    from experiments.ope import to_json_safe
+    from experiments.ope.evaluate import to_json_safe
 
     return to_json_safe(
         {

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from experiments.ope import OPEConfig
+from experiments.ope.evaluate import OPEConfig
 from reward.audit_config import AuditConfig
 
 
@@ -83,7 +83,7 @@ class CandidateOPEConfig:
     seed: int = 0
     """Seeds the forward-noising draws and the bootstrap."""
     ope: OPEConfig = OPEConfig(n_bootstrap=1000)
-    """Estimators, intervals and overlap refusals (``experiments/ope.py``)."""
+    """Estimators, intervals and overlap refusals (``experiments/ope/evaluate.py``)."""
 
     def __post_init__(self) -> None:
         if self.elbo_draws < 1 or self.batch_size < 1 or self.seed < 0:

@@ -75,7 +75,7 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments.export_config import CandidateOPEConfig
-from experiments.ope import CandidatePolicy, OPEReport, build_candidate, evaluate
+from experiments.ope.evaluate import CandidatePolicy, OPEReport, build_candidate, evaluate
 from offline_data.errors import BackdropError
 from policy.model import InpaintPolicy
 from policy.replay import StepRows, replay_rows
@@ -288,7 +288,7 @@ def candidate_propensities(
     *,
     temperature: float = 1.0,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """The candidate's per-impression columns for ``experiments.ope.build_candidate`` (module docstring).
+    """The candidate's per-impression columns for ``experiments.ope.evaluate.build_candidate`` (module docstring).
 
     Within each (product, slot) cell c the weight is w = ρ^(1/τ) / Z_c with Z_c the mean of ρ^(1/τ) over the
     cell's impressions, so the weights average 1 in every cell; candidate_propensity = min(π_0 · w, 1). The
@@ -366,7 +366,7 @@ class OPELogs:
     """The logs a candidate is evaluated on, read once: what does not depend on the candidate."""
 
     log: object
-    """``experiments.ope`` impression log (the logging policy's clicks and propensities)."""
+    """``experiments.ope.evaluate`` impression log (the logging policy's clicks and propensities)."""
     source: Path
     """The impressions file read."""
     impressions: LoggedImpressions
@@ -394,7 +394,7 @@ def load_ope_logs(logs_dir: Path, scorer) -> OPELogs:
     """
     import pyarrow.parquet as pq
 
-    from experiments.ope_inputs import load_impressions
+    from experiments.ope.inputs import load_impressions
     from offline_data.outputs import accepted_path
     from reward.data import load_reward_data
     from reward.scorer import ScoringRequest
@@ -498,7 +498,7 @@ def evaluate_candidate(
 
     Raises:
         OPEUnavailableError: the logs lack propensities or images.
-        OverlapError / MissingPropensityError: ``experiments.ope.evaluate`` refuses (poor overlap).
+        OverlapError / MissingPropensityError: ``experiments.ope.evaluate.evaluate`` refuses (poor overlap).
     """
     logs = load_ope_logs(logs_dir, scorer)
     log_ratio = elbo_log_ratios(

@@ -324,7 +324,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     from experiments.export_config import CandidateOPEConfig
     from experiments.export_manifest import find_truth, reward_test_split
     from experiments.export_ope import load_ope_logs
-    from experiments.ope import OPEConfig
+    from experiments.ope.evaluate import OPEConfig
     from reward.scorer import RewardScorer
 
     torch.set_num_threads(args.threads)

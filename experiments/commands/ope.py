@@ -1,7 +1,7 @@
 """``backdrop ope``: estimate a candidate's engagement from logged impressions before spending A/B traffic.
 
-Reads the impressions log and a candidate's per-impression scores (experiments/ope_inputs.py), runs the
-configured estimators with bootstrap intervals and overlap checks (experiments/ope.py), prints a table and the
+Reads the impressions log and a candidate's per-impression scores (experiments/ope/inputs.py), runs the
+configured estimators with bootstrap intervals and overlap checks (experiments/ope/evaluate.py), prints a table and the
 A/B sample size for the estimated lift, and writes ``ope.json`` into a fresh run directory (and ``--out``).
 """
 
@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")
     parser.add_argument("--per-slot", action="store_true", help="also print the per-slot estimates")
-    add_config_arguments(parser, config_class="experiments.ope:OPECommandConfig", example="run.seed=1")
+    add_config_arguments(parser, config_class="experiments.ope.evaluate:OPECommandConfig", example="run.seed=1")
     parser.set_defaults(handler=run_ope)
 
 
@@ -56,9 +56,9 @@ def run_ope(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from experiments.commands.arguments import load_root_config
-    from experiments.ope import MissingPropensityError, OPECommandConfig, evaluate, to_json_safe
-    from experiments.ope_inputs import load_candidate_scores, load_impressions
-    from experiments.ope_summary import format_report, plan_ab_test
+    from experiments.ope.evaluate import MissingPropensityError, OPECommandConfig, evaluate, to_json_safe
+    from experiments.ope.inputs import load_candidate_scores, load_impressions
+    from experiments.ope.summary import format_report, plan_ab_test
     from experiments.tracking import start_run
 
     config = load_root_config(OPECommandConfig, args)

@@ -23,7 +23,7 @@ from experiments.export_config import (
 )
 from experiments.export_reload import ReproducibilityError, verify_reload
 from experiments.gates import GateRefusedError
-from experiments.ope import OPEConfig
+from experiments.ope.evaluate import OPEConfig
 from experiments.studio.prompts import studio_vocabulary
 from reward.audit_config import AuditConfig, ProbeConfig
 

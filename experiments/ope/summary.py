@@ -1,6 +1,6 @@
 """What ``backdrop ope`` shows: the A/B sample size for an estimated lift, and the report as a text table.
 
-The A/B plan turns the off-policy lift into the traffic a confirming A/B test needs (experiments/abtest.py):
+The A/B plan turns the off-policy lift into the traffic a confirming A/B test needs (experiments/ope/abtest.py):
 
 - per impression (``impressions``): the two-proportion test on the CTR, baseline = the logged on-policy CTR,
   treatment = the candidate's estimated CTR. Impressions of one request are correlated, so with request-level
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from experiments.abtest import ABTestConfig, mean_sample_size, proportion_sample_size
-from experiments.ope import OPEReport
-from experiments.ope_data import ImpressionLog
+from experiments.ope.abtest import ABTestConfig, mean_sample_size, proportion_sample_size
+from experiments.ope.data import ImpressionLog
+from experiments.ope.evaluate import OPEReport
 
 
 def plan_ab_test(report: OPEReport, log: ImpressionLog, *, estimator: str, design: ABTestConfig) -> dict[str, Any]:

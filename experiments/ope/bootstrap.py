@@ -1,6 +1,6 @@
 """Request-level bootstrap intervals (percentile and BCa) for statistics of per-request means.
 
-Every estimate in :mod:`experiments.ope` has the form θ = g(X̄) where X [n, m] holds per-request statistics
+Every estimate in :mod:`experiments.ope.evaluate` has the form θ = g(X̄) where X [n, m] holds per-request statistics
 (request i's weighted rewards, weights, impression counts, ... one column each) and X̄ is their mean over the n
 requests. Requests are the independent unit (slots of one page share the shopper and the context), so the
 bootstrap resamples requests, never impressions (OBP resamples rounds the same way).

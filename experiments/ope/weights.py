@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from experiments.ope_data import CandidatePolicy, ImpressionLog
+from experiments.ope.data import CandidatePolicy, ImpressionLog
 from offline_data.errors import BackdropError
 
 Weighting = Literal["independent", "cascade", "slate"]

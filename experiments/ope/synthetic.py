@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from experiments.ope_data import CandidatePolicy, ImpressionLog, build_candidate, build_impression_log
+from experiments.ope.data import CandidatePolicy, ImpressionLog, build_candidate, build_impression_log
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

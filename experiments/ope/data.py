@@ -260,7 +260,7 @@ def unsupported_mass(target_probs: np.ndarray, logging_probs: np.ndarray, *, ato
     """Σ_a π_e(a | x, k) 1[π0(a | x, k) = 0]: the candidate's mass that no logged row can ever reweight.
 
     IPS-type estimators are biased down by exactly this mass times the reward those actions would earn, and no
-    amount of data reveals it, so :func:`experiments.ope_weights.check_overlap` refuses when it is not ~0.
+    amount of data reveals it, so :func:`experiments.ope.weights.check_overlap` refuses when it is not ~0.
 
     Args:
         target_probs: [N, A] float, π_e over each impression's candidate actions (rows sum to 1).

@@ -1,7 +1,7 @@
 """The estimators of a candidate's value, written as functions of per-request means.
 
 Notation: n requests i; slots k = 1..S; m_ik = 1 when request i shows slot k; r_ik the logged reward;
-W̃_ik the (optionally clipped) importance weight of :mod:`experiments.ope_weights`; q̂_ik = q̂(x_i, k, a_ik) the
+W̃_ik the (optionally clipped) importance weight of :mod:`experiments.ope.weights`; q̂_ik = q̂(x_i, k, a_ik) the
 reward model's prediction for the logged action and q̄_ik = Σ_a π_e(a | x_i, k) q̂(x_i, k, a) its expected
 reward under the candidate. The target is the candidate's value per slot, V_k = E_x[m_k E_{a ~ π_e}[r_k]],
 and the page value V = Σ_k λ_k V_k with slot weights λ_k (1 by default, so V is the expected total reward per
@@ -35,8 +35,8 @@ from typing import Literal
 
 import numpy as np
 
-from experiments.ope_bootstrap import MeanFunction
-from experiments.ope_data import CandidatePolicy, ImpressionLog
+from experiments.ope.bootstrap import MeanFunction
+from experiments.ope.data import CandidatePolicy, ImpressionLog
 
 EstimatorName = Literal["dm", "ips", "snips", "dr"]
 ESTIMATORS: tuple[EstimatorName, ...] = ("dm", "ips", "snips", "dr")

@@ -1,20 +1,20 @@
 """Off-policy evaluation: a candidate policy's expected engagement from logs of another policy's serving.
 
-Entry point: :func:`evaluate` takes an :class:`~experiments.ope_data.ImpressionLog` (what the logging policy
-showed, with its propensities and the observed rewards) and a :class:`~experiments.ope_data.CandidatePolicy`
+Entry point: :func:`evaluate` takes an :class:`~experiments.ope.data.ImpressionLog` (what the logging policy
+showed, with its propensities and the observed rewards) and a :class:`~experiments.ope.data.CandidatePolicy`
 (the candidate's probability of each logged action and, optionally, a reward model's predictions), and returns
-an :class:`OPEReport`: DM, IPS, SNIPS and DR estimates (formulas in :mod:`experiments.ope_estimators`) per
+an :class:`OPEReport`: DM, IPS, SNIPS and DR estimates (formulas in :mod:`experiments.ope.estimators`) per
 request, per impression and per slot, the logging policy's own on-policy value, and the paired lift of the
 candidate over the logging policy (or over a second candidate), each with a request-level bootstrap interval
-(:mod:`experiments.ope_bootstrap`) and the weight diagnostics of :mod:`experiments.ope_weights`.
+(:mod:`experiments.ope.bootstrap`) and the weight diagnostics of :mod:`experiments.ope.weights`.
 
 Before any importance-weighted number is produced the overlap is checked, and the call raises
-:class:`~experiments.ope_weights.OverlapError` (which diagnostic failed, its value, the threshold) rather than
+:class:`~experiments.ope.weights.OverlapError` (which diagnostic failed, its value, the threshold) rather than
 report an estimate the logs cannot support; logs without propensities raise
-:class:`~experiments.ope_weights.MissingPropensityError` unless only DM is asked for.
+:class:`~experiments.ope.weights.MissingPropensityError` unless only DM is asked for.
 
-Build inputs with :func:`~experiments.ope_data.build_impression_log` and
-:func:`~experiments.ope_data.build_candidate`; all of those names are re-exported here.
+Build inputs with :func:`~experiments.ope.data.build_impression_log` and
+:func:`~experiments.ope.data.build_candidate`; all of those names are re-exported here.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from experiments.abtest import ABTestConfig
 from experiments.config import RunConfig
-from experiments.ope_bootstrap import CIMethod, Interval, MeanFunction, bootstrap_intervals
-from experiments.ope_data import (
+from experiments.ope.abtest import ABTestConfig
+from experiments.ope.bootstrap import CIMethod, Interval, MeanFunction, bootstrap_intervals
+from experiments.ope.data import (
     CandidatePolicy,
     ImpressionLog,
     build_candidate,
@@ -37,7 +37,7 @@ from experiments.ope_data import (
     expected_reward,
     unsupported_mass,
 )
-from experiments.ope_estimators import (
+from experiments.ope.estimators import (
     ESTIMATORS,
     ON_POLICY,
     EstimatorName,
@@ -45,7 +45,7 @@ from experiments.ope_estimators import (
     difference,
     request_columns,
 )
-from experiments.ope_weights import (
+from experiments.ope.weights import (
     MissingPropensityError,
     OverlapError,
     Weighting,
@@ -88,7 +88,7 @@ class OPEConfig:
     primary: EstimatorName = "dr"
     """The estimator behind the headline lift and the A/B sample size; must be in ``estimators``."""
     weighting: Weighting = "independent"
-    """How slot weights combine (experiments/ope_weights.py): "independent" (PBM; slot k's reward depends on
+    """How slot weights combine (experiments/ope/weights.py): "independent" (PBM; slot k's reward depends on
     slot k only), "cascade" (on slots 1..k), "slate" (no assumption; product over the page, most variance)."""
     clip: float | None = None
     """Upper clip on importance weights, min(W, clip), for IPS/SNIPS/DR; unset = no clipping. Lowers variance,

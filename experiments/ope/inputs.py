@@ -9,7 +9,7 @@
 - candidate scores (parquet, csv or jsonl): one row per impression, joined on event_id:
   ``candidate_propensity`` (π_e of the logged image in its slot) and optionally ``dm_prediction`` (the reward
   model's expected reward of the candidate in that slot), ``dm_logged`` (its prediction for the logged image)
-  and ``unsupported_mass`` (π_e's mass on images the logger never shows there). See experiments/ope_data.py.
+  and ``unsupported_mass`` (π_e's mass on images the logger never shows there). See experiments/ope/data.py.
   Not a log table of the schema, so it is checked here.
 
 Nothing is dropped silently: an impression without a score row, a score row for an unknown event, a repeated
@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from experiments.ope_data import (
+from experiments.ope.data import (
     MAX_REPORTED_PROBLEMS,
     CandidatePolicy,
     ImpressionLog,
