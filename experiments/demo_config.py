@@ -10,7 +10,7 @@ Each section is the config of the stage that reads it, so every key is documente
 [requests]   training / held-out products (``experiments/studio/requests.py``); its split is also the split of the logs
 [trainer]    DDPO (``policy/trainer_config.py``)
 [eval]       held-out evaluation during training (``policy/evaluation.py``)
-[export]     the candidate bundle and its gates (``experiments/export_config.py``)
+[export]     the candidate bundle and its gates (``experiments/export/config.py``)
 [demo]       what only the demo decides: best-of-n, the documented gate override, the report
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.config import RunConfig
-from experiments.export_config import ExportConfig
+from experiments.export.config import ExportConfig
 from experiments.studio.requests import StudioRequestsConfig
 from offline_data.simulator import SimulatorConfig
 from policy.config import InpaintModelConfig, PolicyConfig

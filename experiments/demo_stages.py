@@ -279,9 +279,9 @@ def export_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> dic
         applied), "refused" (gates failed, no override: nothing written) or "reload_failed" (the bundle was
         written but did not reproduce its reference images), with the gates and the bundle's paths.
     """
-    from experiments.export import export_candidate
-    from experiments.export_reload import ReproducibilityError
-    from experiments.gates import GateRefusedError
+    from experiments.export.bundle import export_candidate
+    from experiments.export.gates import GateRefusedError
+    from experiments.export.reload import ReproducibilityError
 
     export = config.export
     if export.audit_report is None and (paths.audit / "audit.json").is_file():

@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_arguments(
         parser,
-        config_class="experiments.export_config:ExportCommandConfig",
+        config_class="experiments.export.config:ExportCommandConfig",
         example="export.threads=4",
         default_config="experiments/configs/export.toml",
     )
@@ -50,8 +50,8 @@ def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from experiments.commands.arguments import load_root_config
-    from experiments.export import export_candidate
-    from experiments.export_config import ExportCommandConfig
+    from experiments.export.bundle import export_candidate
+    from experiments.export.config import ExportCommandConfig
     from experiments.tracking import setup_logging
 
     default = Path(__file__).resolve().parent.parent / "configs" / "export.toml"

@@ -234,7 +234,7 @@ def test_shipped_smoke_profile_values_are_valid_for_every_command_it_serves(monk
     """Each command's config accepts the smoke profile's keys it has (values checked by each config)."""
     from experiments.commands.reward import command_config_class
     from experiments.config import ENVIRONMENT_PROFILE, environment_profile
-    from experiments.export_config import ExportCommandConfig
+    from experiments.export.config import ExportCommandConfig
     from experiments.policy_offline import PolicyOfflineCommandConfig
     from experiments.policy_train import PolicyTrainCommandConfig
     from offline_data.simulator import SimulatorConfig

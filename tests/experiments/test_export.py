@@ -13,16 +13,16 @@ import torch
 
 from experiments.cli import main
 from experiments.config import dump_toml
-from experiments.export import export_candidate
-from experiments.export_config import (
+from experiments.export.bundle import export_candidate
+from experiments.export.config import (
     CandidateOPEConfig,
     EvaluationSetConfig,
     ExportConfig,
     GateConfig,
     ReferenceConfig,
 )
-from experiments.export_reload import ReproducibilityError, verify_reload
-from experiments.gates import GateRefusedError
+from experiments.export.gates import GateRefusedError
+from experiments.export.reload import ReproducibilityError, verify_reload
 from experiments.ope.evaluate import OPEConfig
 from experiments.studio.prompts import studio_vocabulary
 from reward.audit_config import AuditConfig, ProbeConfig
@@ -285,7 +285,7 @@ def test_existing_bundle_folder_and_missing_reward_are_input_errors(run_dir: Pat
 
 def test_shipped_export_config_is_the_default() -> None:
     from experiments.config import load_config
-    from experiments.export_config import ExportCommandConfig
+    from experiments.export.config import ExportCommandConfig
 
     shipped = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "export.toml"
     assert load_config(ExportCommandConfig, shipped) == ExportCommandConfig()
@@ -305,7 +305,7 @@ def test_shipped_export_config_is_the_default() -> None:
 )
 def test_bad_export_config_values_are_named(override: str, message: str) -> None:
     from experiments.config import ConfigError, load_config
-    from experiments.export_config import ExportCommandConfig
+    from experiments.export.config import ExportCommandConfig
 
     with pytest.raises(ConfigError, match=message):
         load_config(ExportCommandConfig, None, [override])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.export_ope import (
+from experiments.export.logged_ope import (
     THIN_CELL_IMPRESSIONS,
     LoggedImpressions,
     candidate_propensities,

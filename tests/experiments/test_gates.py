@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.gates import (
+from experiments.export.gates import (
     GateRefusedError,
     audit_gate,
     check_gates,

@@ -74,7 +74,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from experiments.export_config import CandidateOPEConfig
+from experiments.export.config import CandidateOPEConfig
 from experiments.ope.evaluate import CandidatePolicy, OPEReport, build_candidate, evaluate
 from offline_data.errors import BackdropError
 from policy.model import InpaintPolicy

@@ -36,7 +36,7 @@ class EvaluationSetConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GateConfig:
-    """Thresholds of the export gates (``experiments/gates.py``). Preservation has none: zero violations."""
+    """Thresholds of the export gates (``experiments/export/gates.py``). Preservation has none: zero violations."""
 
     max_kl_nats: float = 400.0
     """KL(candidate || base) per sample in nats, recomputed on the evaluation samples (sum over steps of the
@@ -47,7 +47,7 @@ class GateConfig:
     lift the logs can already prove. The lift only re-weights logged base-model variants, so it cannot see gains
     a candidate makes off that support: on the studio it did not rank five candidates by their held-out gold gain
     (Spearman ≤ 0.03 at every τ and draws tried) and refused two DDPO seeds whose gold rose (module docstring of
-    ``experiments/export_ope.py``)."""
+    ``experiments/export/logged_ope.py``)."""
     tolerated_flags: tuple[str, ...] = ()
     """Audit flag ids (e.g. "tamper_not_noticed") that do not fail the audit gate; they are still reported."""
 
@@ -61,8 +61,8 @@ class CandidateOPEConfig:
     """How the candidate is evaluated off-policy on logs of the production generator's variants.
 
     A generative candidate does not choose among logged images, so it is given propensities over them
-    (``experiments/export_ope.py``): the logging policy's choices re-weighted by the candidate's likelihood ratio
-    to the base model, ρ(v) = exp(ELBO_candidate(v) − ELBO_base(v)), normalised per (product, slot).
+    (``experiments/export/logged_ope.py``): the logging policy's choices re-weighted by the candidate's likelihood
+    ratio to the base model, ρ(v) = exp(ELBO_candidate(v) − ELBO_base(v)), normalised per (product, slot).
     """
 
     logs: Path | None = None

@@ -6,8 +6,8 @@
    latest checkpoint's adapter) and load the candidate: the run's base model + its adapter;
 2. sample the run's held-out evaluation requests (``[export.evaluation]``) and measure what the gates need: the
    product pixels of every output (pixel verifier), the KL to the base recomputed on those samples, the OPE
-   lift on the logs (``experiments/export_ope.py``), the reward model's audit (``reward/audit.py``);
-3. :func:`experiments.gates.check_gates`: refuse with the reasons, or continue with ``override`` recorded;
+   lift on the logs (``experiments/export/logged_ope.py``), the reward model's audit (``reward/audit.py``);
+3. :func:`experiments.export.gates.check_gates`: refuse with the reasons, or continue with ``override`` recorded;
 4. write the bundle::
 
        <out>/adapter/pytorch_lora_weights.safetensors   LoRA (diffusers format: load_lora_weights loads it)
@@ -20,7 +20,7 @@
        <out>/manifest.json  <out>/MODEL_CARD.md
 
 5. reload the bundle (a fresh policy, and a plain diffusers pipeline with ``load_lora_weights``) and reproduce
-   the reference images bit-identically (``experiments/export_reload.py``), or fail loudly.
+   the reference images bit-identically (``experiments/export/reload.py``), or fail loudly.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 import torch
 
 from experiments.config import ConfigError, dump_toml, load_config, to_dict
-from experiments.export_config import ExportConfig
-from experiments.gates import (
+from experiments.export.config import ExportConfig
+from experiments.export.gates import (
     GateResult,
     audit_gate,
     check_gates,
@@ -145,7 +145,7 @@ def export_candidate(
         GateRefusedError: a gate failed and ``override`` is None (nothing is written).
         ReproducibilityError: the written bundle did not reproduce its reference images.
     """
-    from experiments.model_card import write_model_card
+    from experiments.export.model_card import write_model_card
     from experiments.policy_requests import manifest_eval
     from experiments.policy_train import load_world
     from experiments.runtime import resolve_device, resolve_dtype, seed_everything
@@ -209,7 +209,7 @@ class GateEvidence:
     measured: dict
     """Evaluation samples: the preservation and KL gates, sample count, seeds, the run's last evaluation."""
     ope: Any
-    """``experiments.export_ope.CandidateOPE``, or None when OPE was impossible."""
+    """``experiments.export.logged_ope.CandidateOPE``, or None when OPE was impossible."""
     audit: dict | None
     """{"result": AuditResult, "truth": ...} (audited now) or {"metrics": ..., "source": ...} (read)."""
     logs_dir: Path | None
@@ -234,7 +234,7 @@ def _write_bundle(
     evidence: GateEvidence, *, merge: bool,
 ) -> BundleFiles:  # fmt: skip
     """Adapter, base (when built from a config), merged UNet, reference images, contact sheet, audit, OPE."""
-    from experiments.export_reload import image_sha256, merge_adapter, sample_references
+    from experiments.export.reload import image_sha256, merge_adapter, sample_references
 
     out.mkdir(parents=True, exist_ok=True)
     candidate.save_adapter(out / "adapter")
@@ -281,13 +281,13 @@ def _measure(candidate, requests, sampler, config: ExportConfig, run: PolicyRun,
 
 
 def _default_logs(reward_dir: Path) -> Path | None:
-    from experiments.export_manifest import reward_test_split
+    from experiments.export.manifest import reward_test_split
 
     return reward_test_split(reward_dir)
 
 
 def _ope(candidate, scorer, logs_dir: Path | None, sampler, config: ExportConfig, progress: bool):
-    from experiments.export_ope import evaluate_candidate
+    from experiments.export.logged_ope import evaluate_candidate
 
     estimator = config.ope.ope.primary
     threshold = config.gates.min_lift_lower_bound
@@ -305,7 +305,7 @@ def _ope(candidate, scorer, logs_dir: Path | None, sampler, config: ExportConfig
 
 def _audit(scorer, logs_dir: Path | None, run: PolicyRun, config: ExportConfig):
     """The audit's result (None when read from a file) and its gate."""
-    from experiments.export_manifest import find_truth
+    from experiments.export.manifest import find_truth
     from experiments.studio.truth import prompt_family, studio_truth
     from reward.audit import audit_reward_model
 
@@ -418,8 +418,8 @@ def _json(ope_result) -> dict:
 
 
 def _manifest(run: PolicyRun, config: ExportConfig, evidence: GateEvidence, files: BundleFiles) -> dict:
-    """The bundle's manifest.json (``experiments/export_manifest.py`` has the identities and hashes)."""
-    from experiments.export_manifest import (
+    """The bundle's manifest.json (``experiments/export/manifest.py`` has the identities and hashes)."""
+    from experiments.export.manifest import (
         FORMAT,
         VERSION,
         base_identity,
@@ -553,7 +553,7 @@ def _default(value: Any) -> Any:
 
 
 def _reload(manifest: dict, files: BundleFiles, sampler, device, dtype) -> dict:
-    from experiments.export_reload import ReproducibilityError, verify_reload
+    from experiments.export.reload import ReproducibilityError, verify_reload
 
     candidate = manifest["candidate"]
     check_sha256(files.out / candidate["adapter"], candidate["adapter_sha256"], "manifest.json adapter_sha256")
