@@ -1,4 +1,4 @@
-"""``backdrop sweep``: an optuna study over config keys of a training command (see experiments/sweep.py)."""
+"""``backdrop sweep``: an optuna study over config keys of a training command (see experiments/sweep/study.py)."""
 
 from __future__ import annotations
 
@@ -62,10 +62,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     from experiments.commands.arguments import load_root_config
     from experiments.config import ConfigError
-    from experiments.sweep import SweepError, create_sweep, finished_summary_line, open_sweep, run_sweep
-    from experiments.sweep_space import load_space
-    from experiments.sweep_summary import format_summary, summarize_sweep
-    from experiments.sweep_targets import load_target
+    from experiments.sweep.space import load_space
+    from experiments.sweep.study import SweepError, create_sweep, finished_summary_line, open_sweep, run_sweep
+    from experiments.sweep.summary import format_summary, summarize_sweep
+    from experiments.sweep.targets import load_target
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.resume:

@@ -21,9 +21,9 @@ from typing import Any
 
 import optuna
 
-from experiments.sweep_objective import ObjectiveResult, ObjectiveTracker
-from experiments.sweep_space import ParamValue, SweepSpaceConfig, apply_params, suggest_params
-from experiments.sweep_targets import SweepTarget
+from experiments.sweep.objective import ObjectiveResult, ObjectiveTracker
+from experiments.sweep.space import ParamValue, SweepSpaceConfig, apply_params, suggest_params
+from experiments.sweep.targets import SweepTarget
 from experiments.tracking import Run, start_run
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class TrialRunner:
             "params": params,
             "retry_of": trial.user_attrs.get("retry_of"),
             "pid": os.getpid(),
-            # The GPU(s) this worker was given (experiments/sweep.py worker_devices); None: not set.
+            # The GPU(s) this worker was given (experiments/sweep/study.py worker_devices); None: not set.
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "started": dt.datetime.now().isoformat(timespec="seconds"),
         }

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.compare import format_table
-from experiments.sweep import STUDY_NAME, Sweep, open_storage
+from experiments.sweep.study import STUDY_NAME, Sweep, open_storage
 from experiments.tracking import Run
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from typing import Literal
 
-from experiments.sweep_space import ConstraintConfig
+from experiments.sweep.space import ConstraintConfig
 
 
 class ObjectiveMissingError(ValueError):

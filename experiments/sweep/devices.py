@@ -1,4 +1,4 @@
-"""Which GPU and how many threads each ``backdrop sweep`` worker process gets (experiments/sweep.py spawns them).
+"""Which GPU and how many threads each ``backdrop sweep`` worker process gets (experiments/sweep/study.py spawns them).
 
 On a GPU node, worker i is spawned with ``CUDA_VISIBLE_DEVICES`` set to the i-th device of the pool (round-robin;
 the pool is the parent's own ``CUDA_VISIBLE_DEVICES`` list, else 0..n-1), so a trial's run.device "auto"/"cuda"

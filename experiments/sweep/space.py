@@ -163,7 +163,7 @@ class SweepSpaceConfig:
     """A whole space file: target, objective, optional constraint, params, sampler, pruner and summary."""
 
     target: str = ""
-    """A registered target ("reward train", "policy train"; ``experiments.sweep_targets.register_target``)."""
+    """A registered target ("reward train", "policy train"; ``experiments.sweep.targets.register_target``)."""
     objective: str = ""
     """Metric name (as logged to metrics.jsonl) that the sweep optimises."""
     direction: Literal["maximize", "minimize"] = "maximize"

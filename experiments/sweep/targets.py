@@ -69,8 +69,8 @@ class TargetError(ConfigError):
 
 
 BUILTIN_TARGETS: dict[str, str] = {
-    "policy train": "experiments.sweep_targets:POLICY_TRAIN",
-    "reward train": "experiments.sweep_targets:REWARD_TRAIN",
+    "policy train": "experiments.sweep.targets:POLICY_TRAIN",
+    "reward train": "experiments.sweep.targets:REWARD_TRAIN",
 }
 """Built-in targets: command name -> "module:ATTRIBUTE" of its SweepTarget (see the module docstring)."""
 
@@ -113,7 +113,7 @@ def target_reference(name: str) -> str:
     if ":" in name:
         raise TargetError(
             f"sweep target '{name}': a space file names a registered target, never a module to import "
-            f"(registered: {registered}); register yours with experiments.sweep_targets.register_target(name, "
+            f"(registered: {registered}); register yours with experiments.sweep.targets.register_target(name, "
             "'package.module:ATTRIBUTE') before running the sweep"
         )
     close = difflib.get_close_matches(name, list(targets), n=1, cutoff=0.5)

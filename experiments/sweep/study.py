@@ -5,9 +5,9 @@ A sweep directory (``<run.output_dir>/<space name>/<timestamp>``) holds everythi
 - ``config.toml``: the base config of the target (defaults < --config < --set), what every trial starts from;
 - ``space.toml``: the resolved search space; ``sweep.json``: target, study name, sessions;
 - ``study.db``: the optuna study (SQLite, shared by the worker processes);
-- ``trials/<number>/``: one run directory per trial (see experiments/sweep_trial.py);
+- ``trials/<number>/``: one run directory per trial (see experiments/sweep/trial.py);
 - after each session: ``summary.json``, ``best_trials.csv``, ``metrics.jsonl`` (one line per trial) and
-  ``plots/*.png`` (see experiments/sweep_summary.py).
+  ``plots/*.png`` (see experiments/sweep/summary.py).
 
 Budget and resume: ``trials`` counts trials that *finished* (complete, pruned, or failed with an error from the
 target). Resuming (``--resume DIR``) reopens the same study; finished trials are never rerun. A trial that was
@@ -22,7 +22,7 @@ suggesting the same point.
 GPUs: when this process sees CUDA devices and the base config's run.device is "auto" or "cuda", worker i is
 spawned with ``CUDA_VISIBLE_DEVICES`` set to the i-th device of the pool (round-robin; the pool is this process's
 own ``CUDA_VISIBLE_DEVICES`` list, else 0..n-1), so its trials' "auto"/"cuda" resolve to its own GPU as cuda:0.
-More workers than GPUs share them (experiments/sweep_devices.py). ``sweep.json`` records each session's
+More workers than GPUs share them (experiments/sweep/devices.py). ``sweep.json`` records each session's
 assignment.
 """
 
@@ -45,7 +45,7 @@ from typing import Any
 
 from experiments import run_record
 from experiments.config import ConfigError, dump_toml, load_config
-from experiments.sweep_devices import (
+from experiments.sweep.devices import (
     describe_devices,
     spawn_environment,
     sweep_gpu_pool,
@@ -53,9 +53,9 @@ from experiments.sweep_devices import (
     worker_devices,
     worker_environment,
 )
-from experiments.sweep_space import SweepSpaceConfig, check_space, load_space
-from experiments.sweep_targets import import_target, target_reference
-from experiments.sweep_trial import TrialRunner, read_trial_record, trial_dir, write_trial_record
+from experiments.sweep.space import SweepSpaceConfig, check_space, load_space
+from experiments.sweep.targets import import_target, target_reference
+from experiments.sweep.trial import TrialRunner, read_trial_record, trial_dir, write_trial_record
 from experiments.tracking import git_state, new_run_dir, package_versions
 from offline_data.errors import BackdropError, InputUnreadableError
 
@@ -317,7 +317,7 @@ def _worker_main(directory: str, n_trials: int, timeout: float | None, threads: 
 def _quiet_optuna() -> None:
     import optuna
 
-    # One line per trial comes from sweep_trial's logger; optuna's own INFO lines would repeat it.
+    # One line per trial comes from experiments.sweep.trial's logger; optuna's own INFO lines would repeat it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
