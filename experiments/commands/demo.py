@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_arguments(
-        parser, config_class="experiments.demo_config:DemoConfig", example="trainer.epochs=2", default_config=None
+        parser, config_class="experiments.demo.config:DemoConfig", example="trainer.epochs=2", default_config=None
     )
     parser.set_defaults(handler=run_demo_command)
 
@@ -56,8 +56,8 @@ def config_path(args: argparse.Namespace) -> Path:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     from experiments.config import load_config
-    from experiments.demo import run_demo
-    from experiments.demo_config import DemoConfig
+    from experiments.demo.config import DemoConfig
+    from experiments.demo.run import run_demo
 
     config = load_config(DemoConfig, config_path(args), args.overrides)
     return run_demo(config, args.out, progress=not args.no_progress)

@@ -1,10 +1,10 @@
 """``backdrop demo``: the whole loop on a demo-sized studio world, in one process, in a few minutes on a CPU.
 
 simulate -> validate -> split -> reward -> audit -> ddpo -> compare -> export -> report, each stage through the
-functions its own command calls (``experiments/demo_stages.py``). Each stage opens with a banner and closes with
+functions its own command calls (``experiments/demo/stages.py``). Each stage opens with a banner and closes with
 its wall and CPU seconds; the timings go to ``metrics.jsonl`` (``demo/wall_s/<stage>``, ``demo/cpu_s/<stage>``)
 and ``demo.json``. The last lines printed are the report's path and the headline numbers
-(``experiments/demo_report.py``).
+(``experiments/demo/report.py``).
 
 Exit status: 0, or 4 when a gate refused the export and ``[demo] export_override`` is unset, or 5 when the
 exported bundle did not reproduce its reference images; the report is written in every case.
@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from experiments.demo_config import DemoConfig
-from experiments.demo_stages import DemoPaths
+from experiments.demo.config import DemoConfig
+from experiments.demo.stages import DemoPaths
 from offline_data.errors import OutputExistsError
 
 logger = logging.getLogger("backdrop")
@@ -92,8 +92,8 @@ def demo_directory(config: DemoConfig, out: Path | None) -> Path:
 
 def run_demo(config: DemoConfig, out: Path | None = None, *, progress: bool = True) -> int:
     """Run every stage (module docstring) into ``out`` and write report.html; returns the exit status."""
-    from experiments import demo_stages as stages
-    from experiments.demo_report import headline_lines, write_report
+    from experiments.demo import stages
+    from experiments.demo.report import headline_lines, write_report
     from experiments.runtime import setup_runtime
     from experiments.tracking import start_run
 

@@ -16,8 +16,8 @@ compare     ``compare_methods.compare_methods``          compare/compare.md, com
 export      ``export.export_candidate`` (export)         bundle/ (manifest.json, MODEL_CARD.md, adapter/)
 =========== =========================================== ==================================================
 
-Every stage returns a JSON-able dict of what the report and the headline need; :mod:`experiments.demo` runs them
-in order, and :mod:`experiments.demo_report` turns their dicts into report.html.
+Every stage returns a JSON-able dict of what the report and the headline need; :mod:`experiments.demo.run` runs them
+in order, and :mod:`experiments.demo.report` turns their dicts into report.html.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import dump_toml
-from experiments.demo_config import DemoConfig
+from experiments.demo.config import DemoConfig
 
 logger = logging.getLogger("backdrop")
 

@@ -3,7 +3,7 @@
 The report is one self-contained HTML file (figures embedded as PNG data URIs) next to the stage folders it links
 to: headline numbers, stage times, before/after contact sheet, the reward / gold / KL curves of the DDPO run, the
 best-of-n comparison, the export gates, the audit's flags, and links to the audit report, the bundle's model
-card and manifest. Everything in it is read from the stages' results (``experiments/demo_stages.py``) and the
+card and manifest. Everything in it is read from the stages' results (``experiments/demo/stages.py``) and the
 runs' own files; nothing is recomputed here.
 """
 
@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from experiments.demo_stages import DemoPaths
+from experiments.demo.stages import DemoPaths
 from policy.evaluation import KL_PER_SAMPLE, KL_PER_STEP
 
 Z_95 = 1.959964
