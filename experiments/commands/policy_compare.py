@@ -38,7 +38,7 @@ def add_parser(subparsers: Any) -> None:
 def run_policy_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from experiments.compare_methods import compare_methods
+    from experiments.compare.methods import compare_methods
     from experiments.output_folder import open_output_run
     from experiments.tracking import new_run_dir
 

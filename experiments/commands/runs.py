@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from experiments.compare import compare_runs, format_table, write_comparison
+    from experiments.compare.runs import compare_runs, format_table, write_comparison
     from experiments.output_folder import open_output_run
     from experiments.tracking import new_run_dir
 

@@ -258,7 +258,7 @@ def ddpo_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> dict[
 
 def compare_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
     """Best-of-n reranking of the base (and of the DDPO policy) vs DDPO on the same held-out requests."""
-    from experiments.compare_methods import compare_methods
+    from experiments.compare.methods import compare_methods
 
     payload = compare_methods(
         [paths.policy], best_of=config.demo.best_of, stack=config.demo.stack_best_of, out_dir=paths.compare

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from experiments.compare import format_table
+from experiments.compare.runs import format_table
 from experiments.sweep.study import STUDY_NAME, Sweep, open_storage
 from experiments.tracking import Run
 

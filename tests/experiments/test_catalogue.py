@@ -107,8 +107,8 @@ def test_offline_method_evaluates_on_the_catalogue(reward_model: Path, tmp_path:
 
 
 def test_compare_refuses_a_catalogue_run_by_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from experiments.compare import load_run
-    from experiments.compare_methods import ComparisonError, reranking_rows
+    from experiments.compare.methods import ComparisonError, reranking_rows
+    from experiments.compare.runs import load_run
 
     run = tmp_path / "run"
     run.mkdir()

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.compare import RunDirectoryError, load_run
+from experiments.compare.runs import RunDirectoryError, load_run
 from offline_data.errors import BackdropError
 
 logger = logging.getLogger("backdrop")
