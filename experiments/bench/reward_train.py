@@ -33,7 +33,7 @@ ENCODERS = {
 
 
 def _world(root: Path) -> Path:
-    from experiments.commands.reward import record_asset_root
+    from experiments.reward_fit import record_asset_root
     from offline_data.io import find_table
     from offline_data.simulator import AnnotatorsConfig, LoggingConfig, SimulatorConfig, WorldConfig, simulate
     from offline_data.splits import SplitConfig, split_logs

@@ -6,12 +6,12 @@ stage       calls (the command it stands for)            writes
 simulate    ``simulation.simulate`` (backdrop simulate)  world/ (logs, images, truth/, contact sheet)
 validate    ``validation.validate_logs`` (data validate) world/validated/
 split       ``splits.split_logs`` (data split)           splits/{train,validation,test}/
-reward      ``commands.reward.fit_from_logs`` +          reward/ (a ``backdrop reward train`` run; model/)
+reward      ``reward_fit.fit_from_logs`` +               reward/ (a ``backdrop reward train`` run; model/)
             ``save_reward_model`` (reward train)
 audit       ``reward.audit.audit_reward_model`` +        audit/audit.html, audit.json, plots/
             ``reward.report.write_audit`` (reward audit)
 ddpo        ``policy_train.train_policy`` (policy train) policy/ (a ``backdrop policy train`` run)
-compare     ``compare_methods.compare_methods``          compare/compare.md, compare.json
+compare     ``compare.methods.compare_methods``          compare/compare.md, compare.json
             (policy compare)
 export      ``export.export_candidate`` (export)         bundle/ (manifest.json, MODEL_CARD.md, adapter/)
 =========== =========================================== ==================================================
@@ -128,7 +128,7 @@ def validate_stage(paths: DemoPaths) -> dict[str, Any]:
 
 def split_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
     """Split the validated logs by product with the held-out split DDPO evaluates on (``[requests]``)."""
-    from experiments.commands.reward import record_asset_root
+    from experiments.reward_fit import record_asset_root
     from offline_data.splits import SplitConfig, split_logs
 
     split = SplitConfig(by="product", fractions=config.requests.split_fractions, seed=config.requests.split_seed)
@@ -144,7 +144,7 @@ def split_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
 
 def reward_command_config(config: DemoConfig, paths: DemoPaths) -> Any:
     """The ``backdrop reward train`` root config of the demo's reward stage."""
-    from experiments.commands.reward import command_config_class
+    from experiments.reward_fit import command_config_class
     from reward.config import RewardDataConfig
 
     root = command_config_class()
@@ -163,7 +163,7 @@ def reward_command_config(config: DemoConfig, paths: DemoPaths) -> Any:
 
 def reward_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> dict[str, Any]:
     """Train the reward ensemble on the train split (early-stopped on validation), test it, save it."""
-    from experiments.commands.reward import fit_from_logs, save_reward_model
+    from experiments.reward_fit import fit_from_logs, save_reward_model
     from experiments.tracking import start_run
 
     reward_config = reward_command_config(config, paths)

@@ -21,7 +21,7 @@ registry does not import torch:
 - ``"reward train"``: :data:`REWARD_TRAIN`, root config ``RewardSweepConfig`` (:func:`reward_sweep_config_class`:
   the ``backdrop reward train`` config, e.g. experiments/configs/reward.toml, whose ``[data]`` also takes ``logs``,
   the folder ``--data`` would name), run = the command's in-process training
-  (``experiments.commands.reward.fit_from_logs``); returns the test-split metrics (``test/pairwise_accuracy``,
+  (``experiments.reward_fit.fit_from_logs``); returns the test-split metrics (``test/pairwise_accuracy``,
   ``test/click_auc``, ...).
 
 Neither writes a model: a trial's run directory keeps its config.toml and metrics; retrain the best trial's
@@ -186,7 +186,7 @@ def run_reward_train(config: Any, log_metrics: LogMetrics) -> dict[str, float]:
     """
     import tempfile
 
-    from experiments.commands.reward import fit_from_logs
+    from experiments.reward_fit import fit_from_logs
 
     with tempfile.TemporaryDirectory(prefix="reward-trial-") as work:
         result = fit_from_logs(config, config.data.logs, Path(work), log_metrics=log_metrics, progress=False)
@@ -196,7 +196,7 @@ def run_reward_train(config: Any, log_metrics: LogMetrics) -> dict[str, float]:
 @functools.cache
 def reward_sweep_config_class() -> type:
     """The root config of the ``reward train`` target: the command's, with ``[data] logs`` (what --data names)."""
-    from experiments.commands.reward import command_config_class
+    from experiments.reward_fit import command_config_class
     from reward.config import RewardDataConfig
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
