@@ -30,12 +30,10 @@ Rows (one epoch = 16 samples; cumulative fast-path options):
 Old log-probs (``--old-log-probs``, default ``replay``): the recipe is one optimiser step per epoch, where the
 ratio against the training forward's own detached log-prob is the same objective as against the sampler's
 record, and is exactly 1 whatever bf16 rounding does (``policy/log_prob_gap`` in the diagnostics shows the
-gap; ``sampler`` reproduces the first measurement, where 10.6 % of rows were clipped before any update).
+gap; ``sampler`` gives the ratio against the sampler's record, as DDPO does).
 
-Compilation dominates a device session: on an H200 with a cold inductor cache the first compiled configuration took
-194-249 s and the 16-row training graph another 227 s; on the same machine with the cache warm (it lives in /tmp)
-47 s and 40 s. A 15-minute session fits the baseline and about two new compiled configurations; measured so far:
-``--compile --update-rows 16`` (stop 13); not yet: ``--channels-last``, ``--cuda-graphs``.
+Compilation dominates a short device session (the inductor cache lives in /tmp, so a fresh machine compiles cold);
+compile times and the configurations measured so far are recorded in docs/benchmarks.md.
 
 Each row times ``--epochs`` epochs after ``--warmup`` epochs (which include compilation) and reports the median.
 ``--timed-steps N`` (< ``--steps``) runs N-step chains and scales the time per sample by steps / N: every part of a
