@@ -18,15 +18,24 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from experiments.config import RunConfig
-from experiments.policy_requests import CatalogueSourceConfig
+from experiments.policy_requests import CatalogueSourceConfig, run_requests
 from experiments.policy_train import RewardSourceConfig, WorldSourceConfig, build_policy, load_reward_model, load_world
+from experiments.runtime import setup_runtime
 from experiments.studio.requests import StudioRequestsConfig
 from offline_data.errors import BackdropError
 from policy.config import InpaintModelConfig, PolicyConfig
-from policy.evaluation import EvaluationConfig
+from policy.dpo import DPOObjective, preference_pairs
+from policy.evaluation import EvaluationConfig, PolicyEvaluator
+from policy.offline import LoggedImages, OfflineTrainer, encode_logged_images
 from policy.offline_config import OfflineConfig
+from policy.reward_signal import ScoredOutput
+from policy.rwr import RWRObjective, combine_heads, rwr_weights
+from reward.data import load_reward_data
 from rollout.config import SamplerConfig
+from rollout.request import InpaintRequest
 
 logger = logging.getLogger("backdrop")
 
@@ -89,8 +98,6 @@ def logged_images(data: Any) -> Any:
     Raises:
         OfflineDataError: an image without a prompt or a mask.
     """
-    from policy.offline import LoggedImages
-
     table = data.images
     if table.masks is None:
         raise OfflineDataError(f"{data.source}: product masks were not loaded")
@@ -114,9 +121,6 @@ def logged_images(data: Any) -> Any:
 
 def dpo_objective(policy: Any, data: Any, images: Any, config: OfflineConfig, progress: bool = True) -> Any:
     """Diffusion-DPO on the logs' pairwise judgements."""
-    from policy.dpo import DPOObjective, preference_pairs
-    from policy.offline import encode_logged_images
-
     pairs = data.pairs
     if len(pairs) == 0:
         raise OfflineDataError(f"{data.source}: no pairwise judgements (preferences.parquet) for DPO")
@@ -136,12 +140,6 @@ def rwr_objective(
     policy: Any, data: Any, images: Any, config: OfflineConfig, reward_fn: Any, segments: tuple, progress: bool = True
 ) -> Any:
     """Reward-weighted regression on the images shown in the impression logs."""
-    import torch
-
-    from policy.offline import LoggedImages, encode_logged_images
-    from policy.reward_signal import ScoredOutput
-    from policy.rwr import RWRObjective, combine_heads, rwr_weights
-    from rollout.request import InpaintRequest
 
     if len(data.impressions) == 0:
         raise OfflineDataError(f"{data.source}: no impressions for reward-weighted regression")
@@ -196,12 +194,6 @@ def train_offline(
 
     ``progress`` shows the loading, encoding and training bars (``--no-progress`` turns them off).
     """
-    from experiments.policy_requests import run_requests
-    from experiments.runtime import setup_runtime
-    from policy.evaluation import PolicyEvaluator
-    from policy.offline import OfflineTrainer
-    from reward.data import load_reward_data
-
     runtime = setup_runtime(config.run)
     world = load_world(config.world) if config.catalogue.requests is None else None
     reward_fn = load_reward_model(reward_dir, head_weights=config.reward.head_weights, world=world)

@@ -16,12 +16,23 @@ A resumed run (its manifest already written) reads its requests back from the ma
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError
-from experiments.request_manifest import MANIFEST_DIR, manifest_requests, write_studio_manifest, write_table_manifest
+from experiments.request_manifest import (
+    MANIFEST_DIR,
+    guard_fn,
+    manifest_requests,
+    write_studio_manifest,
+    write_table_manifest,
+)
+from experiments.studio.requests import StudioGold, studio_requests
 from offline_data.errors import AssetError
+from offline_data.requests import RequestTableConfig, read_requests, require_requests
+from rollout.guards import GuardConfig, PromptGuard
+from rollout.photo import table_requests
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,8 +96,6 @@ def run_requests(
     elif catalogue is not None:
         train, evaluation = _catalogue(config.catalogue, folder, resolution)
     else:
-        from experiments.studio.requests import studio_requests
-
         try:
             studio = studio_requests(config.requests, world)
         except ValueError as exc:
@@ -123,13 +132,6 @@ def manifest_eval(run_dir: Path, resolution: int) -> list:
 
 
 def _catalogue(config: CatalogueSourceConfig, folder: Path | None, resolution: int) -> tuple[list, list]:
-    import logging
-
-    from experiments.request_manifest import guard_fn
-    from offline_data.requests import RequestTableConfig, read_requests, require_requests
-    from rollout.guards import GuardConfig, PromptGuard
-    from rollout.photo import table_requests
-
     table_config = RequestTableConfig(
         allow_outside=config.allow_outside, default_segment=config.default_segment,
         eval_fraction=config.eval_fraction, split_seed=config.split_seed,
@@ -147,6 +149,5 @@ def _catalogue(config: CatalogueSourceConfig, folder: Path | None, resolution: i
 def _gold(world: Any) -> Any:
     if world is None:
         return None
-    from experiments.studio.requests import StudioGold
 
     return StudioGold(world)

@@ -19,6 +19,7 @@ from the recorded one, and :func:`manifest_requests` rebuilds the model-resoluti
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,11 +28,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+from PIL import Image
 
 from offline_data.assets import file_sha256
 from offline_data.errors import AssetError
 from offline_data.photos import PhotoLimits
 from offline_data.requests import RequestTable, RequestTableConfig, read_requests, write_requests
+from rollout.photo import table_requests
 
 MANIFEST_DIR = "requests"
 CONFIDENCE_FILE = "confidence.npz"
@@ -68,8 +72,6 @@ def write_table_manifest(table: RequestTable, folder: Path) -> RequestTable:
 
 def write_studio_manifest(train: Sequence[Any], evaluation: Sequence[Any], folder: Path) -> RequestTable:
     """The studio world's requests (``rollout.request.InpaintRequest``, model resolution) as a manifest."""
-    from PIL import Image
-
     files = folder / "files"
     files.mkdir(parents=True, exist_ok=True)
     rows, confidence = [], {}
@@ -139,16 +141,12 @@ def _record(folder: Path, expected: dict[str, dict] | None) -> RequestTable:
 def manifest_requests(folder: Path, resolution: int, split: str | None = None) -> list[Any]:
     """The manifest's requests at the model's ``resolution`` (``rollout.photo.table_requests``), in table order,
     with the studio confidence maps when the manifest has them."""
-    import dataclasses
-
-    from rollout.photo import table_requests
 
     table = read_manifest(folder)
     requests = table_requests(table, resolution, split)
     confidence_path = Path(folder) / CONFIDENCE_FILE
     if not confidence_path.is_file():
         return requests
-    import torch
 
     with np.load(confidence_path) as stored:
         maps = {str(i): torch.from_numpy(m) for i, m in zip(stored["request_ids"], stored["confidence"])}

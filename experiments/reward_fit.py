@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pyarrow.parquet as pq
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 
 from experiments.config import RunConfig, dump_toml, environment_profile, load_config
 from experiments.policy_train import is_main_process, launched_processes
@@ -179,8 +181,6 @@ def fit_from_logs(
     runtime = setup_runtime(config.run)
     device = runtime.device
     if launched_processes() > 1 and device.type == "cuda":
-        from accelerate import PartialState
-
         device = PartialState().device  # this process's GPU (cuda:<local rank>), not cuda:0 for every process
     splits, simulated = _from_main_process(
         lambda: prepare_splits(data, work_dir, config, progress=progress) if work_dir is not None else None
@@ -204,7 +204,6 @@ def _from_main_process(make: Any) -> Any:
     """``make()`` on process 0, its result sent to the other processes of a launch (just ``make()`` without one)."""
     if launched_processes() == 1:
         return make()
-    from accelerate.utils import broadcast_object_list
 
     payload = [make() if is_main_process() else None]
     return broadcast_object_list(payload, from_process=0)[0]

@@ -30,8 +30,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from scipy import stats
+
 from experiments.compare.runs import RunDirectoryError, load_run
-from offline_data.errors import BackdropError
+from experiments.config import load_config
+from experiments.policy_requests import manifest_eval
+from experiments.policy_train import PolicyTrainCommandConfig, build_policy, load_reward_model, load_world
+from experiments.runtime import setup_runtime
+from experiments.studio.requests import StudioGold
+from experiments.tracking import new_run_dir
+from offline_data.errors import AssetError, BackdropError
+from policy.evaluation import best_of_n, best_of_n_kl_bound, within_request_sd
 
 logger = logging.getLogger("backdrop")
 
@@ -68,8 +78,6 @@ class MethodRow:
 
 def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
     """(mean, low, high) of a 95 % Student-t interval of the mean of ``values`` (n >= 2)."""
-    from scipy import stats
-
     count = len(values)
     mean = sum(values) / count
     if count < 2:
@@ -169,15 +177,6 @@ def reranking_rows(first_run: Any, n: int, *, stack_adapter: Path | None) -> tup
     Returns:
         rows, the within-request SD of the base's gold (the scale of every gain), and details for the JSON.
     """
-    import torch
-
-    from experiments.config import load_config
-    from experiments.policy_requests import manifest_eval
-    from experiments.policy_train import PolicyTrainCommandConfig, build_policy, load_reward_model, load_world
-    from experiments.runtime import setup_runtime
-    from experiments.studio.requests import StudioGold
-    from offline_data.errors import AssetError
-    from policy.evaluation import best_of_n, best_of_n_kl_bound, within_request_sd
 
     config = load_config(PolicyTrainCommandConfig, first_run.path / "config.toml")
     if config.catalogue.requests is not None:
@@ -314,8 +313,6 @@ def compare_methods(
         "matched KL": f"offline runs at the evaluation closest to DDPO's mean final KL ({ddpo_line.kl_nats:.2f} nats)",
     }
     if out_dir is None:
-        from experiments.tracking import new_run_dir
-
         out = new_run_dir("runs", "policy_compare")
     else:
         out = Path(out_dir)

@@ -304,6 +304,7 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, A
 
 def plot_metric(comparison: Comparison, metric: str, out_dir: Path) -> Path:
     """One figure: ``metric`` against step, one line per run, labelled by name and the differing config keys."""
+    # matplotlib loads only when a figure is drawn, and with the Agg backend selected before pyplot
     import matplotlib
 
     matplotlib.use("Agg")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.demo.stages import DemoPaths
+from experiments.tracking import read_metrics
 from policy.evaluation import KL_PER_SAMPLE, KL_PER_STEP
 
 Z_95 = 1.959964
@@ -118,6 +119,7 @@ def export_line(export: dict[str, Any]) -> str:
 
 def curves_figure(records: list[dict[str, float]]) -> bytes:
     """PNG: training reward per epoch, held-out gold and proxy gains (SD, with 95 % intervals), and KL."""
+    # matplotlib loads only when a figure is drawn, and with the Agg backend selected before pyplot
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,8 +221,6 @@ img { max-width: 100%; } code { background: #f4f4f4; padding: 1px 4px; }
 
 def write_report(paths: DemoPaths, results: dict[str, Any]) -> Path:
     """Write ``report.html`` into the demo folder and return its path."""
-    from experiments.tracking import read_metrics
-
     records = read_metrics(paths.policy)
     export = results["export"]
     headline = headline_lines(results, paths)

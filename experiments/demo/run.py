@@ -21,8 +21,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from experiments.demo import stages
 from experiments.demo.config import DemoConfig
+from experiments.demo.report import headline_lines, write_report
 from experiments.demo.stages import DemoPaths
+from experiments.runtime import setup_runtime
+from experiments.tracking import new_run_dir, start_run
 from offline_data.errors import OutputExistsError
 
 logger = logging.getLogger("backdrop")
@@ -80,8 +84,6 @@ def demo_directory(config: DemoConfig, out: Path | None) -> Path:
     Raises:
         DemoOutputError: ``out`` is a file or already holds files.
     """
-    from experiments.tracking import new_run_dir
-
     if out is None:
         return new_run_dir(config.run.output_dir, config.run.name)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -92,11 +94,6 @@ def demo_directory(config: DemoConfig, out: Path | None) -> Path:
 
 def run_demo(config: DemoConfig, out: Path | None = None, *, progress: bool = True) -> int:
     """Run every stage (module docstring) into ``out`` and write report.html; returns the exit status."""
-    from experiments.demo import stages
-    from experiments.demo.report import headline_lines, write_report
-    from experiments.runtime import setup_runtime
-    from experiments.tracking import start_run
-
     directory = demo_directory(config, out)
     directory.rmdir()  # empty: start_run creates exactly this folder and refuses an existing one
     paths = DemoPaths(directory)

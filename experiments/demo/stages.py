@@ -23,12 +23,47 @@ in order, and :mod:`experiments.demo.report` turns their dicts into report.html.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from experiments.compare.methods import compare_methods
 from experiments.config import dump_toml
 from experiments.demo.config import DemoConfig
+from experiments.export.bundle import export_candidate
+from experiments.export.gates import GateRefusedError
+from experiments.export.reload import ReproducibilityError
+from experiments.policy_train import (
+    PolicyTrainCommandConfig,
+    PolicyTrainRunConfig,
+    RewardSourceConfig,
+    WorldSourceConfig,
+    build_policy,
+    describe_evaluation,
+    load_reward_model,
+    load_world,
+    train_policy,
+)
+from experiments.reward_fit import command_config_class, fit_from_logs, record_asset_root, save_reward_model
+from experiments.runtime import setup_runtime
+from experiments.studio.requests import StudioGold, studio_requests
+from experiments.studio.truth import StudioTruth, prompt_family
+from experiments.tracking import start_run
+from offline_data.errors import InputUnreadableError
+from offline_data.io import find_table
+from offline_data.simulator.simulation import simulate
+from offline_data.splits import SplitConfig, split_logs
+from offline_data.validation import ValidationConfig, validate_logs
+from policy.contact_sheet import draw_contact_sheet
+from reward.audit import audit_reward_model, audit_summary
+from reward.config import RewardDataConfig
+from reward.report import write_audit
+from reward.scorer import RewardScorer
+from rollout.preservation import verify_preservation
+from rollout.sampler import sample_trajectories
 
 logger = logging.getLogger("backdrop")
 
@@ -96,8 +131,6 @@ class DemoPaths:
 
 def simulate_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> dict[str, Any]:
     """Simulate the demo world into ``world/`` and write its resolved config next to it."""
-    from offline_data.simulator.simulation import simulate
-
     summary = simulate(config.world, paths.world, progress=progress)
     paths.world_config.write_text(dump_toml(config.world), encoding="utf-8")
     print(summary.format_table())
@@ -111,10 +144,6 @@ def simulate_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> d
 
 def validate_stage(paths: DemoPaths) -> dict[str, Any]:
     """Validate the four tables at the boundary; rejected rows go to rejects files (none expected here)."""
-    from offline_data.errors import InputUnreadableError
-    from offline_data.io import find_table
-    from offline_data.validation import ValidationConfig, validate_logs
-
     sources = {}
     for table in TABLES:
         source = find_table(paths.world, table)
@@ -128,9 +157,6 @@ def validate_stage(paths: DemoPaths) -> dict[str, Any]:
 
 def split_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
     """Split the validated logs by product with the held-out split DDPO evaluates on (``[requests]``)."""
-    from experiments.reward_fit import record_asset_root
-    from offline_data.splits import SplitConfig, split_logs
-
     split = SplitConfig(by="product", fractions=config.requests.split_fractions, seed=config.requests.split_seed)
     report = split_logs(paths.validated, paths.splits, split)
     record_asset_root(paths.validated, paths.splits)
@@ -144,9 +170,6 @@ def split_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
 
 def reward_command_config(config: DemoConfig, paths: DemoPaths) -> Any:
     """The ``backdrop reward train`` root config of the demo's reward stage."""
-    from experiments.reward_fit import command_config_class
-    from reward.config import RewardDataConfig
-
     root = command_config_class()
     run_type = {f.name: f.type for f in dataclasses.fields(root)}["run"]
     run = run_type(
@@ -163,9 +186,6 @@ def reward_command_config(config: DemoConfig, paths: DemoPaths) -> Any:
 
 def reward_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> dict[str, Any]:
     """Train the reward ensemble on the train split (early-stopped on validation), test it, save it."""
-    from experiments.reward_fit import fit_from_logs, save_reward_model
-    from experiments.tracking import start_run
-
     reward_config = reward_command_config(config, paths)
     with start_run(reward_config.run, reward_config, command="reward train (demo)", directory=paths.reward) as run:
         fit = fit_from_logs(reward_config, paths.splits, run.dir, log_metrics=run.log_metrics, progress=progress)
@@ -181,11 +201,6 @@ def reward_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> dic
 
 def audit_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
     """Audit the reward model on the test split with the world's truth (ceilings, probes, tamper)."""
-    from experiments.studio.truth import StudioTruth, prompt_family
-    from reward.audit import audit_reward_model, audit_summary
-    from reward.report import write_audit
-    from reward.scorer import RewardScorer
-
     scorer = RewardScorer.load(paths.reward_model)
     result = audit_reward_model(
         scorer,
@@ -211,13 +226,6 @@ def audit_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
 
 def policy_command_config(config: DemoConfig, paths: DemoPaths) -> Any:
     """The ``backdrop policy train`` root config of the demo's DDPO stage."""
-    from experiments.policy_train import (
-        PolicyTrainCommandConfig,
-        PolicyTrainRunConfig,
-        RewardSourceConfig,
-        WorldSourceConfig,
-    )
-
     run = PolicyTrainRunConfig(
         **{f.name: getattr(config.run, f.name) for f in dataclasses.fields(config.run)} | {"name": "policy"}
     )
@@ -234,9 +242,6 @@ def policy_command_config(config: DemoConfig, paths: DemoPaths) -> Any:
 
 def ddpo_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> dict[str, Any]:
     """DDPO with KL to the base from the shipped tiny base, against the demo's reward model."""
-    from experiments.policy_train import describe_evaluation, train_policy
-    from experiments.tracking import start_run
-
     policy_config = policy_command_config(config, paths)
     extra = {"reward_model": str(paths.reward_model)}
     with start_run(policy_config.run, policy_config, command="policy train (demo)", extra=extra,
@@ -258,8 +263,6 @@ def ddpo_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> dict[
 
 def compare_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
     """Best-of-n reranking of the base (and of the DDPO policy) vs DDPO on the same held-out requests."""
-    from experiments.compare.methods import compare_methods
-
     payload = compare_methods(
         [paths.policy], best_of=config.demo.best_of, stack=config.demo.stack_best_of, out_dir=paths.compare
     )
@@ -279,10 +282,6 @@ def export_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> dic
         applied), "refused" (gates failed, no override: nothing written) or "reload_failed" (the bundle was
         written but did not reproduce its reference images), with the gates and the bundle's paths.
     """
-    from experiments.export.bundle import export_candidate
-    from experiments.export.gates import GateRefusedError
-    from experiments.export.reload import ReproducibilityError
-
     export = config.export
     if export.audit_report is None and (paths.audit / "audit.json").is_file():
         export = dataclasses.replace(export, audit_report=paths.audit / "audit.json")  # audited once, above
@@ -319,8 +318,6 @@ def export_stage(config: DemoConfig, paths: DemoPaths, *, progress: bool) -> dic
 
 
 def _gates_from_manifest(path: Path) -> list[dict[str, Any]]:
-    import json
-
     if not path.is_file():
         return []
     gates = json.loads(path.read_text(encoding="utf-8")).get("gates", [])
@@ -336,14 +333,6 @@ def before_after_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
 
     Also checks every shown image's product pixels against the request (``verify_preservation``).
     """
-    import torch
-
-    from experiments.policy_train import build_policy, load_reward_model, load_world
-    from experiments.runtime import setup_runtime
-    from experiments.studio.requests import StudioGold, studio_requests
-    from policy.contact_sheet import draw_contact_sheet
-    from rollout.preservation import verify_preservation
-    from rollout.sampler import sample_trajectories
 
     policy_config = policy_command_config(config, paths)
     runtime = setup_runtime(policy_config.run)

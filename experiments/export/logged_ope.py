@@ -71,14 +71,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
 from experiments.export.config import CandidateOPEConfig
 from experiments.ope.evaluate import CandidatePolicy, OPEReport, build_candidate, evaluate
+from experiments.ope.inputs import load_impressions
 from offline_data.errors import BackdropError
+from offline_data.outputs import accepted_path
 from policy.model import InpaintPolicy
 from policy.replay import StepRows, replay_rows
+from reward.data import load_reward_data
+from reward.scorer import ScoringRequest
 from rollout.config import SamplerConfig
 from rollout.ddim_logprob import ddim_step_std, step_alphas
 from rollout.masks import latent_product_mask
@@ -392,12 +397,6 @@ def load_ope_logs(logs_dir: Path, scorer) -> OPELogs:
     Raises:
         OPEUnavailableError: the logs lack propensities, or use a slot the reward model does not know.
     """
-    import pyarrow.parquet as pq
-
-    from experiments.ope.inputs import load_impressions
-    from offline_data.outputs import accepted_path
-    from reward.data import load_reward_data
-    from reward.scorer import ScoringRequest
 
     with tempfile.TemporaryDirectory(prefix="backdrop-export-ope-") as workdir:
         inputs = load_impressions(logs_dir, Path(workdir) / "validated")

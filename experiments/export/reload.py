@@ -22,10 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
 
 from offline_data.errors import BackdropError
 from offline_data.integrity import verify_weights, write_checksums
 from policy.model import MASK_DECODER, InpaintPolicy
+from policy.vae import MaskAwareDecoder
 from rollout.config import SamplerConfig
 from rollout.request import InpaintRequest
 from rollout.sampler import sample_trajectories
@@ -58,9 +60,6 @@ def pipeline_policy(
 ) -> InpaintPolicy:
     """A plain diffusers ``StableDiffusionInpaintPipeline`` of the base, with the bundle's LoRA loaded by
     ``load_lora_weights``, as an :class:`InpaintPolicy` (the base's mask-aware decoder attached when it has one)."""
-    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
-
-    from policy.vae import MaskAwareDecoder
 
     pipe = StableDiffusionInpaintPipeline.from_pretrained(
         base_folder, safety_checker=None, requires_safety_checker=False, use_safetensors=True
@@ -118,8 +117,6 @@ def verify_reload(
             )
         logger.info("reload via %s reproduced %d reference image(s) bit-identically", name, len(hashes))
     if merged_unet is not None:
-        from diffusers import UNet2DConditionModel
-
         base = InpaintPolicy.from_pretrained(base_folder, device=device, dtype=dtype)
         verify_weights(merged_unet, required=True, what="merged UNet")
         merged = InpaintPolicy(
@@ -142,8 +139,6 @@ def verify_reload(
 def merge_adapter(base_folder: Path, adapter_folder: Path, out: Path) -> Path:
     """The base UNet with the adapter fused into its weights (diffusers' ``fuse_lora``), saved to ``out`` in
     diffusers' layout (config.json + diffusion_pytorch_model.safetensors)."""
-    from diffusers import StableDiffusionInpaintPipeline
-
     pipe = StableDiffusionInpaintPipeline.from_pretrained(
         base_folder, safety_checker=None, requires_safety_checker=False, use_safetensors=True
     )

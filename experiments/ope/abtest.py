@@ -133,6 +133,7 @@ def proportion_sample_size(
     p1 = _check_rate("baseline", baseline)
     p2 = _treatment_value(p1, lift, relative)
     _check_rate("treatment rate (baseline + lift)", p2)
+    # heavy (statsmodels imports pandas, ~1 s): loaded when a sample size or power is computed
     from statsmodels.stats.proportion import samplesize_proportions_2indep_onetail
 
     # statsmodels' sample 1 is our control arm (n1, p1) and its reference sample 2 the treatment (κ n1, p2).
@@ -163,6 +164,7 @@ def mean_sample_size(
     """
     sigma1, sigma2 = _check_stds(std, std_treatment)
     mu2 = _treatment_value(baseline, lift, relative)
+    # heavy (statsmodels imports pandas, ~1 s): loaded when a sample size or power is computed
     from statsmodels.stats.power import normal_sample_size_one_tail
 
     one_tail_alpha = design.alpha / 2 if design.sided == "two" else design.alpha
@@ -176,6 +178,7 @@ def proportion_power(
 ) -> float:
     """Power of the pooled two-proportion z-test with the given arm sizes (module docstring; statsmodels'
     ``power_proportions_2indep``)."""
+    # heavy (statsmodels imports pandas, ~1 s): loaded when a sample size or power is computed
     from statsmodels.stats.proportion import power_proportions_2indep
 
     p1, p2 = _check_rate("baseline", baseline), _check_rate("treatment", treatment)
@@ -200,6 +203,7 @@ def mean_power(
 ) -> float:
     """Power of the two-sample z-test on a mean, Φ(|δ| / sqrt(σ1²/n1 + σ2²/n2) - z_α) (statsmodels'
     ``NormalIndPower``; unequal σ enter through the standardised effect of :func:`_standardised`)."""
+    # heavy (statsmodels imports pandas, ~1 s): loaded when a sample size or power is computed
     from statsmodels.stats.power import NormalIndPower
 
     sigma1, sigma2 = _check_stds(std, std_treatment)
@@ -259,6 +263,7 @@ def mean_mde(
 ) -> DetectableEffect:
     """Smallest change of the mean ``n_total`` units detect: (z_α + z_{1-β}) sqrt(σ1²/n1 + σ2²/n2) (solved by
     statsmodels' ``NormalIndPower``)."""
+    # heavy (statsmodels imports pandas, ~1 s): loaded when a sample size or power is computed
     from statsmodels.stats.power import NormalIndPower
 
     sigma1, sigma2 = _check_stds(std, std_treatment)

@@ -26,6 +26,9 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
 
 from experiments.ope.data import (
     MAX_REPORTED_PROBLEMS,
@@ -36,6 +39,9 @@ from experiments.ope.data import (
 )
 from offline_data.conversion import ColumnTypeError, convert
 from offline_data.errors import InputUnreadableError, LogValidationError
+from offline_data.io import find_table, resolve_source
+from offline_data.outputs import accepted_path
+from offline_data.validation import ValidationConfig, validate_logs
 
 SCORE_COLUMNS = ("event_id", "candidate_propensity")
 OPTIONAL_SCORE_COLUMNS = ("dm_prediction", "dm_logged", "unsupported_mass")
@@ -65,18 +71,12 @@ def read_table(path: str | Path) -> pa.Table:
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
             return pq.read_table(path)
         if suffix == ".csv":
-            import pyarrow.csv as pa_csv
-
             # Ids stay strings even when they look like numbers ("0001" must not become 1).
             options = pa_csv.ConvertOptions(column_types={"event_id": pa.string(), "request_id": pa.string()})
             return pa_csv.read_csv(path, convert_options=options)
         if suffix == ".jsonl":
-            import pyarrow.json as pa_json
-
             return pa_json.read_json(path)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise InputUnreadableError(f"{path}: cannot read as {suffix[1:]}: {exc}") from None
@@ -94,10 +94,6 @@ def load_impressions(logs: str | Path, validated_dir: str | Path) -> OPEInputs:
         InputUnreadableError: no impressions table, an unreadable file or a missing required column.
         LogValidationError: any row rejected by the validator, or a (request_id, position) shown twice.
     """
-    from offline_data.io import find_table, resolve_source
-    from offline_data.outputs import accepted_path
-    from offline_data.validation import ValidationConfig, validate_logs
-
     logs = Path(logs)
     if not logs.exists():
         raise InputUnreadableError(f"{logs}: no such folder or file")
