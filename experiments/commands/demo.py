@@ -10,6 +10,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from experiments.commands.arguments import add_config_arguments
+from experiments.config import load_config
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "experiments/configs/demo.toml"
 QUICK_CONFIG = "experiments/configs/demo_quick.toml"
@@ -25,8 +28,6 @@ DESCRIPTION = (
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
-
     parser = subparsers.add_parser(
         "demo", help="run the whole loop on the studio world (~5 min)", description=DESCRIPTION
     )
@@ -55,7 +56,7 @@ def config_path(args: argparse.Namespace) -> Path:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from experiments.config import load_config
+    # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
     from experiments.demo.config import DemoConfig
     from experiments.demo.run import run_demo
 

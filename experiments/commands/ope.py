@@ -8,7 +8,12 @@ A/B sample size for the estimated lift, and writes ``ope.json`` into a fresh run
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
+
+from experiments.commands.arguments import add_config_arguments, load_root_config
+from experiments.tracking import start_run
 
 DESCRIPTION = (
     "Off-policy evaluation: estimate a candidate policy's engagement (clicks per request and per impression) "
@@ -19,8 +24,6 @@ DESCRIPTION = (
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
-
     parser = subparsers.add_parser("ope", help="estimate a candidate's engagement off-policy", description=DESCRIPTION)
     parser.add_argument(
         "--logs",
@@ -52,14 +55,10 @@ def register(subparsers: Any) -> None:
 
 
 def run_ope(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from experiments.commands.arguments import load_root_config
+    # heavy (pyarrow): imported when the command runs, so `backdrop --help` stays fast
     from experiments.ope.evaluate import MissingPropensityError, OPECommandConfig, evaluate, to_json_safe
     from experiments.ope.inputs import load_candidate_scores, load_impressions
     from experiments.ope.summary import format_report, plan_ab_test
-    from experiments.tracking import start_run
 
     config = load_root_config(OPECommandConfig, args)
     with start_run(config.run, config, command="ope") as run:

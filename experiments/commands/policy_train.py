@@ -11,7 +11,15 @@ request manifest requests/ (``experiments.request_manifest``).
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 from typing import Any
+
+from experiments import run_record
+from experiments.commands.arguments import add_config_arguments, load_root_config
+from experiments.config import ConfigError, load_config
+from experiments.run_record import recorded_flags
+from experiments.tracking import Run, setup_logging, start_run
 
 DESCRIPTION = (
     "DDPO fine-tuning of the inpainting policy's LoRA adapter against a learned reward model (reward/), with "
@@ -23,8 +31,6 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
-
     parser = subparsers.add_parser(
         "train", help="DDPO fine-tuning against a learned reward model", description=DESCRIPTION
     )
@@ -56,12 +62,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_policy_train(args: argparse.Namespace) -> int:
-    import logging
-    from pathlib import Path
-
-    from experiments import run_record
-    from experiments.commands.arguments import load_root_config
-    from experiments.config import ConfigError, load_config
+    # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
     from experiments.policy_requests import with_requests
     from experiments.policy_train import (
         DEFAULT_CONFIG,
@@ -73,8 +74,6 @@ def run_policy_train(args: argparse.Namespace) -> int:
         train_policy,
         truncate_metrics,
     )
-    from experiments.run_record import recorded_flags
-    from experiments.tracking import Run, setup_logging, start_run
     from policy.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint_state
 
     if args.resume:

@@ -16,16 +16,24 @@ Further subcommands live in ``experiments/commands/reward_<name>.py`` (``backdro
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 from pathlib import Path
 from typing import Any
+
+from experiments.commands.arguments import (
+    add_config_arguments,
+    add_discovered_subcommands,
+    group_parser,
+    load_root_config,
+)
+from experiments.output_folder import add_overwrite_argument, open_output_run
+from experiments.tracking import start_run
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "reward.toml"
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments, add_discovered_subcommands, group_parser
-    from experiments.output_folder import add_overwrite_argument
-
     commands = group_parser(subparsers, "reward", "train and evaluate reward models from engagement logs")
     train = commands.add_parser(
         "train",
@@ -71,12 +79,12 @@ def register(subparsers: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    # heavy (torch via reward/): imported when the command runs, so --help stays fast
-    from experiments.commands.arguments import load_root_config
+    # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
+    from accelerate import PartialState
+
     from experiments.policy_train import ProcessRun, is_main_process, launched_processes
     from experiments.reward_fit import command_config_class, fit_from_logs, save_reward_model
     from experiments.runtime import resolve_device
-    from experiments.tracking import start_run
 
     if args.config == "experiments/configs/reward.toml" and not Path(args.config).is_file():
         args.config = str(DEFAULT_CONFIG)  # run from outside the repository: the copy installed with the package
@@ -84,8 +92,6 @@ def run_train(args: argparse.Namespace) -> int:
     progress = not args.no_progress and is_main_process()
     if launched_processes() > 1:
         # `accelerate launch --num_processes N`: join the process group before process 0 prepares the data.
-        from accelerate import PartialState
-
         PartialState(cpu=resolve_device(config.run.device).type == "cpu")
     run = start_run(config.run, config, command="reward train") if is_main_process() else ProcessRun()
     with run:
@@ -104,8 +110,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _forward_package_logs() -> None:
     """Send the reward and offline_data loggers to the run's handlers (console and log.txt)."""
-    import logging
-
     handlers = logging.getLogger("backdrop").handlers
     for name in ("reward", "offline_data"):
         package = logging.getLogger(name)
@@ -131,10 +135,7 @@ def _summary(metrics: dict, test: dict) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import json
-    import logging
-
-    from experiments.output_folder import open_output_run
+    # heavy (torch, pyarrow): imported when the command runs, so `backdrop --help` stays fast
     from experiments.runtime import resolve_device
     from experiments.studio.truth import prompt_family, studio_truth
     from reward.evaluation import evaluate
