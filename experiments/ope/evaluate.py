@@ -118,7 +118,8 @@ class OPEConfig:
     """Standard errors (clustered by request) the mean weight must be from 1 before it is flagged."""
     weight_mean_check: Literal["warn", "refuse"] = "warn"
     """What a flagged mean weight does: "warn" (listed in the report's warnings) or "refuse" (OverlapError).
-    Not a refusal by default: heavy-tailed weights also pull the sample mean below 1 (ope_weights.check_overlap)."""
+    Not a refusal by default: heavy-tailed weights also pull the sample mean below 1
+    (experiments.ope.weights.check_overlap)."""
     tiny_propensity: float = 0.01
     """π0 below this, with π_e > 0, counts toward the ``weights/tiny_propensity_share`` diagnostic."""
 
