@@ -37,8 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from experiments.config import ConfigError, load_config
 from experiments.export.logged_ope import LoggedImpressions, candidate_propensities
+from experiments.tracking import read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -206,10 +209,9 @@ class Candidate:
 
 def read_candidate(run_dir: Path) -> tuple[Candidate, Any, Any, Path]:
     """(candidate, policy config, sampler, reward dir) of a ``policy train`` or ``policy offline`` run."""
-    from experiments.config import ConfigError, load_config
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     from experiments.policy_offline import PolicyOfflineCommandConfig
     from experiments.policy_train import PolicyTrainCommandConfig
-    from experiments.tracking import read_metrics
 
     run_dir = Path(run_dir)
     try:
@@ -233,6 +235,7 @@ def log_ratio_draws(
     candidate: Candidate, policy_config: Any, sampler: Any, logs: Any, draws: int, seed: int, cache: Path | None
 ) -> np.ndarray:
     """[N, draws] per-draw ELBO log-ratios of the logged images (cached as safetensors by label, draws, seed)."""
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     import torch
     from safetensors.numpy import load_file, save_file
 
@@ -271,6 +274,7 @@ def log_ratio_draws(
 
 def truth_columns(truth_dir: Path, event_ids: np.ndarray) -> dict[str, np.ndarray]:
     """True click probability and gold of each logged impression, from the truth sidecar's impressions table."""
+    # heavy (pyarrow): imported when the benchmark runs, so importing the module stays light
     import pyarrow.parquet as pq
 
     table = pq.read_table(
@@ -296,6 +300,7 @@ def evaluate_setting(
     logs: Any, log_ratio: np.ndarray, config: Any, truth: dict[str, np.ndarray] | None
 ) -> dict[str, Any]:
     """The gate's lifts (with intervals), weight diagnostics and the oracle lift of one candidate at one setting."""
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     from experiments.export.logged_ope import estimate_candidate
 
     result = estimate_candidate(logs, log_ratio, config)
@@ -321,6 +326,7 @@ def evaluate_setting(
 
 
 def run_study(args: argparse.Namespace) -> dict[str, Any]:
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     import torch
 
     from experiments.export.config import CandidateOPEConfig
@@ -516,7 +522,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.noise_draws < 2 * min(args.draws):
         raise SystemExit(f"--noise-draws must be >= 2 x the smallest --draws ({2 * min(args.draws)})")
-    from threadpoolctl import threadpool_limits
 
     with threadpool_limits(args.threads):
         result = run_study(args)
