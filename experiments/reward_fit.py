@@ -21,7 +21,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
 from experiments.config import RunConfig, dump_toml, environment_profile, load_config
-from experiments.policy_train import is_main_process, launched_processes
+from experiments.policy_runs.train import is_main_process, launched_processes
 from experiments.runtime import setup_runtime
 from experiments.studio.truth import prompt_family
 from offline_data.assets import ASSET_ROOT_KEY

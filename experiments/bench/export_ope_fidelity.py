@@ -210,8 +210,8 @@ class Candidate:
 def read_candidate(run_dir: Path) -> tuple[Candidate, Any, Any, Path]:
     """(candidate, policy config, sampler, reward dir) of a ``policy train`` or ``policy offline`` run."""
     # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
-    from experiments.policy_offline import PolicyOfflineCommandConfig
-    from experiments.policy_train import PolicyTrainCommandConfig
+    from experiments.policy_runs.offline import PolicyOfflineCommandConfig
+    from experiments.policy_runs.train import PolicyTrainCommandConfig
 
     run_dir = Path(run_dir)
     try:

@@ -48,7 +48,7 @@ def add_parser(subparsers: Any) -> None:
     )
     add_config_arguments(
         parser,
-        config_class="experiments.policy_offline:PolicyOfflineCommandConfig",
+        config_class="experiments.policy_runs.offline:PolicyOfflineCommandConfig",
         example="offline.steps=200",
         default_config="experiments/configs/studio_<method>.toml",
     )
@@ -58,9 +58,9 @@ def add_parser(subparsers: Any) -> None:
 
 def run_policy_offline(args: argparse.Namespace) -> int:
     # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
-    from experiments.policy_offline import CONFIGS, PolicyOfflineCommandConfig, train_offline
-    from experiments.policy_requests import with_requests
-    from experiments.policy_train import describe_evaluation, resolve_reward_dir
+    from experiments.policy_runs.offline import CONFIGS, PolicyOfflineCommandConfig, train_offline
+    from experiments.policy_runs.requests import with_requests
+    from experiments.policy_runs.train import describe_evaluation, resolve_reward_dir
 
     if args.config == "experiments/configs/studio_<method>.toml":
         # The shipped config of the method (repository copy, else the one installed with the package).

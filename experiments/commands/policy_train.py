@@ -5,7 +5,7 @@ world's training products), scores them with the reward model, and updates the L
 gradient and a KL penalty to the base model; every ``eval_every`` epochs the held-out requests are sampled and scored
 with the proxy reward and, for the studio world only, the simulator's hidden gold engagement (which training never
 sees). The run directory holds metrics.jsonl, checkpoints/, adapter/, final_eval.json, overoptimisation.png and the
-request manifest requests/ (``experiments.request_manifest``).
+request manifest requests/ (``experiments.policy_runs.request_manifest``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
     )
     add_config_arguments(
         parser,
-        config_class="experiments.policy_train:PolicyTrainCommandConfig",
+        config_class="experiments.policy_runs.train:PolicyTrainCommandConfig",
         example="policy.lora.rank=16",
         default_config="experiments/configs/studio_ddpo.toml",
     )
@@ -63,8 +63,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run_policy_train(args: argparse.Namespace) -> int:
     # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
-    from experiments.policy_requests import with_requests
-    from experiments.policy_train import (
+    from experiments.policy_runs.requests import with_requests
+    from experiments.policy_runs.train import (
         DEFAULT_CONFIG,
         PolicyTrainCommandConfig,
         ProcessRun,

@@ -82,7 +82,7 @@ def run_train(args: argparse.Namespace) -> int:
     # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
     from accelerate import PartialState
 
-    from experiments.policy_train import ProcessRun, is_main_process, launched_processes
+    from experiments.policy_runs.train import ProcessRun, is_main_process, launched_processes
     from experiments.reward_fit import command_config_class, fit_from_logs, save_reward_model
     from experiments.runtime import resolve_device
 

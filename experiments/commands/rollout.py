@@ -222,7 +222,7 @@ def _check_sources(args: argparse.Namespace) -> None:
 def _table_photos(args: argparse.Namespace, guard: Any, out: Any) -> list:
     """The photos of a validated request table (rejects listed and written to OUT/requests/); refuses an empty one."""
     # heavy (torch, pyarrow): imported when the command runs, so `backdrop --help` stays fast
-    from experiments.request_manifest import guard_fn, write_table_manifest
+    from experiments.policy_runs.request_manifest import guard_fn, write_table_manifest
     from offline_data.requests import RequestTableConfig, read_requests, require_requests
     from rollout.photo import row_photo
 
@@ -305,7 +305,7 @@ def _load_reward(spec: str, model_path: str | None) -> Any:
         return _GoldReward(spec.partition(":")[2] or None)
     if (Path(spec) / "reward.json").is_file():
         # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
-        from experiments.policy_train import load_reward_model
+        from experiments.policy_runs.train import load_reward_model
 
         reward_model = load_reward_model(Path(spec))
         return lambda images, requests: reward_model(images, requests).reward

@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
         "examples in experiments/configs/*_space.toml; required unless --resume",
     )
     add_config_arguments(
-        parser, config_class="experiments.policy_train:PolicyTrainCommandConfig", example="run.threads=2"
+        parser, config_class="experiments.policy_runs.train:PolicyTrainCommandConfig", example="run.threads=2"
     )
     parser.add_argument(
         "--trials",

@@ -35,8 +35,8 @@ from scipy import stats
 
 from experiments.compare.runs import RunDirectoryError, load_run
 from experiments.config import load_config
-from experiments.policy_requests import manifest_eval
-from experiments.policy_train import PolicyTrainCommandConfig, build_policy, load_reward_model, load_world
+from experiments.policy_runs.requests import manifest_eval
+from experiments.policy_runs.train import PolicyTrainCommandConfig, build_policy, load_reward_model, load_world
 from experiments.runtime import setup_runtime
 from experiments.studio.requests import StudioGold
 from experiments.tracking import new_run_dir

@@ -36,7 +36,7 @@ from experiments.demo.config import DemoConfig
 from experiments.export.bundle import export_candidate
 from experiments.export.gates import GateRefusedError
 from experiments.export.reload import ReproducibilityError
-from experiments.policy_train import (
+from experiments.policy_runs.train import (
     PolicyTrainCommandConfig,
     PolicyTrainRunConfig,
     RewardSourceConfig,

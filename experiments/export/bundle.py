@@ -48,7 +48,7 @@ from experiments.export.gates import (
     preservation_gate,
     recorded_override,
 )
-from experiments.policy_train import DIVERGED_FILE, PolicyTrainCommandConfig
+from experiments.policy_runs.train import DIVERGED_FILE, PolicyTrainCommandConfig
 from offline_data.errors import AssetError, BackdropError, InputUnreadableError, OutputExistsError
 from offline_data.finite import dumps_strict
 from offline_data.integrity import check_sha256, write_checksums
@@ -146,8 +146,8 @@ def export_candidate(
         ReproducibilityError: the written bundle did not reproduce its reference images.
     """
     from experiments.export.model_card import write_model_card
-    from experiments.policy_requests import manifest_eval
-    from experiments.policy_train import load_world
+    from experiments.policy_runs.requests import manifest_eval
+    from experiments.policy_runs.train import load_world
     from experiments.runtime import resolve_device, resolve_dtype, seed_everything
     from experiments.studio.prompts import studio_vocabulary
     from policy.model import InpaintPolicy
@@ -363,7 +363,7 @@ def _write_pngs(images: torch.Tensor, folder: Path) -> list[Path]:
 
 def _contact_sheet(candidate, scorer, world, requests, sampler, config: ExportConfig, out: Path) -> Path:
     """product | base | candidate for a few evaluation requests, same seed, proxy reward in the captions."""
-    from experiments.policy_train import StudioRewardFn
+    from experiments.policy_runs.train import StudioRewardFn
     from policy.contact_sheet import draw_contact_sheet
     from rollout.sampler import sample_trajectories
 
@@ -513,7 +513,7 @@ def _manifest(run: PolicyRun, config: ExportConfig, evidence: GateEvidence, file
 
 def _requests_identity(run_dir: Path) -> dict:
     """The run's request manifest: where it is, its rows per split, and the SHA-256 of its table file."""
-    from experiments.request_manifest import MANIFEST_DIR
+    from experiments.policy_runs.request_manifest import MANIFEST_DIR
     from offline_data.assets import file_sha256
 
     table = run_dir / MANIFEST_DIR / "requests.parquet"

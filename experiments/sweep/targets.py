@@ -14,9 +14,9 @@ registered target only: a ``module:ATTRIBUTE`` there is refused (it would import
 Built-in targets (:data:`BUILTIN_TARGETS`), defined lazily by this module's ``__getattr__`` so that importing the
 registry does not import torch:
 
-- ``"policy train"``: :data:`POLICY_TRAIN`, root config ``experiments.policy_train.PolicyTrainCommandConfig`` (a
+- ``"policy train"``: :data:`POLICY_TRAIN`, root config ``experiments.policy_runs.train.PolicyTrainCommandConfig`` (a
   file like experiments/configs/studio_ddpo.toml with ``[reward] model_dir`` set), run =
-  ``experiments.policy_train.train_policy`` without checkpoints; returns the last held-out evaluation
+  ``experiments.policy_runs.train.train_policy`` without checkpoints; returns the last held-out evaluation
   (``gold/engagement``, ``eval/kl_nats``, ...).
 - ``"reward train"``: :data:`REWARD_TRAIN`, root config ``RewardSweepConfig`` (:func:`reward_sweep_config_class`:
   the ``backdrop reward train`` config, e.g. experiments/configs/reward.toml, whose ``[data]`` also takes ``logs``,
@@ -168,7 +168,7 @@ def run_policy_train(config: Any, log_metrics: LogMetrics) -> dict[str, float]:
     Raises:
         RewardModelMissingError: ``[reward] model_dir`` is unset or missing (every trial would fail the same way).
     """
-    from experiments.policy_train import resolve_reward_dir, train_policy
+    from experiments.policy_runs.train import resolve_reward_dir, train_policy
 
     history = train_policy(
         config, reward_dir=resolve_reward_dir(config, None), run=_MetricsOnlyRun(log_metrics), progress=False
@@ -222,7 +222,7 @@ def reward_sweep_config_class() -> type:
 def __getattr__(name: str) -> SweepTarget:
     """``POLICY_TRAIN`` and ``REWARD_TRAIN``, built on first access (module ``__getattr__``, PEP 562)."""
     if name == "POLICY_TRAIN":
-        from experiments.policy_train import PolicyTrainCommandConfig
+        from experiments.policy_runs.train import PolicyTrainCommandConfig
 
         return SweepTarget(
             name="policy train", config_class=PolicyTrainCommandConfig, run=run_policy_train, first_trained_step=1

@@ -63,8 +63,13 @@ FAST_SET = [
 def build_run(root: Path) -> Path:
     """A small world (logs + truth), a reward model trained on it, and a policy run whose adapter is a
     perturbed LoRA on the shipped tiny studio base (``backdrop policy train`` layout)."""
-    from experiments.policy_requests import run_requests
-    from experiments.policy_train import PolicyTrainCommandConfig, RewardSourceConfig, WorldSourceConfig, load_world
+    from experiments.policy_runs.requests import run_requests
+    from experiments.policy_runs.train import (
+        PolicyTrainCommandConfig,
+        RewardSourceConfig,
+        WorldSourceConfig,
+        load_world,
+    )
     from experiments.studio.requests import StudioRequestsConfig
     from policy.config import InpaintModelConfig, LoraConfig, PolicyConfig
     from policy.model import InpaintPolicy
@@ -205,7 +210,7 @@ def test_reload_reproduces_the_reference_images(bundle: Path, run_dir: Path) -> 
 
 def test_reload_failure_is_loud(bundle: Path, run_dir: Path) -> None:
     from experiments.config import load_config
-    from experiments.policy_train import PolicyTrainCommandConfig, load_world
+    from experiments.policy_runs.train import PolicyTrainCommandConfig, load_world
     from experiments.studio.requests import studio_requests
     from policy.model import STUDIO_TINY
 
@@ -242,7 +247,7 @@ def test_planted_product_pixel_change_is_refused(run_dir: Path, tmp_path: Path, 
     """One product pixel of the second evaluation output (request 0, second seed) is changed after compositing."""
     import rollout.sampler as sampler_module
     from experiments.config import load_config
-    from experiments.policy_train import PolicyTrainCommandConfig, load_world
+    from experiments.policy_runs.train import PolicyTrainCommandConfig, load_world
     from experiments.studio.requests import studio_requests
 
     original = sampler_module.composite_product

@@ -101,8 +101,8 @@ def test_tour_parses_into_commands_and_names_run_folders_the_runs_use() -> None:
     folders = {t.split(TIMESTAMP)[0] for c in commands for t in c if TIMESTAMP in t}
     assert folders == {"runs/reward/", "runs/policy_train/", "runs/policy_offline_dpo/"}
     from experiments.config import load_config
-    from experiments.policy_offline import PolicyOfflineCommandConfig
-    from experiments.policy_train import PolicyTrainCommandConfig
+    from experiments.policy_runs.offline import PolicyOfflineCommandConfig
+    from experiments.policy_runs.train import PolicyTrainCommandConfig
 
     # The folder names the README uses are the run names the shipped configs give those runs.
     configs = {
@@ -121,7 +121,7 @@ def test_tour_parses_into_commands_and_names_run_folders_the_runs_use() -> None:
 def test_bring_your_own_keys_exist() -> None:
     """The ``--set`` keys of the "Bringing your own" snippets are keys of the commands they are for."""
     from experiments.config import ConfigError, load_config
-    from experiments.policy_train import PolicyTrainCommandConfig
+    from experiments.policy_runs.train import PolicyTrainCommandConfig
     from experiments.reward_fit import command_config_class
 
     text = " ".join(readme_section("Bringing your own").split())

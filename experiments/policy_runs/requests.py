@@ -3,9 +3,9 @@
 :func:`run_requests` is shared by ``policy train`` and ``policy offline``:
 
 - with ``[catalogue] requests`` (``--requests FILE``) the table is validated (``offline_data.requests``; prompts
-  through the guards' blocklist), copied into the run's request manifest (``experiments.request_manifest``), and
-  its ``train`` / ``eval`` rows become model-resolution requests (``rollout.photo``). There is no gold: evaluation
-  reports the reward model's proxy and the KL.
+  through the guards' blocklist), copied into the run's request manifest
+  (``experiments.policy_runs.request_manifest``), and its ``train`` / ``eval`` rows become model-resolution
+  requests (``rollout.photo``). There is no gold: evaluation reports the reward model's proxy and the KL.
 - without it the studio world gives the requests and the hidden gold (evaluation only), and its requests are
   written to the manifest too.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError
-from experiments.request_manifest import (
+from experiments.policy_runs.request_manifest import (
     MANIFEST_DIR,
     guard_fn,
     manifest_requests,
@@ -77,7 +77,8 @@ def run_requests(
         run_dir: the run folder the manifest is written to (read from when it exists: a resumed run); None for a
             process of a multi-process launch other than the first, which writes nothing.
         resolution: the model's resolution (catalogue photos are letterboxed onto it).
-        world: the studio world of ``config.world`` (``experiments.policy_train.load_world``), None for a catalogue.
+        world: the studio world of ``config.world`` (``experiments.policy_runs.train.load_world``), None for a
+            catalogue.
         need_train: refuse a table without train rows (``policy offline`` trains on logs and needs eval rows only).
 
     Raises:

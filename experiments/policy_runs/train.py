@@ -1,7 +1,7 @@
 """``backdrop policy train``: DDPO fine-tuning of the inpainting policy against a learned reward model.
 
 Wires the pieces the policy package keeps apart: the requests (a team's request table with ``--requests``, else the
-studio world's products with its hidden gold for evaluation only; ``experiments.policy_requests``), the reward
+studio world's products with its hidden gold for evaluation only; ``experiments.policy_runs.requests``), the reward
 model (``reward``'s scorer, loaded from ``--reward`` or ``[reward] model_dir``), the run directory
 (``experiments.tracking``) and the trainer (``policy.trainer``). Resuming (``--resume RUN``) reopens the run
 directory, drops metrics logged after the last checkpoint, and continues from it (its requests from its manifest).
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError, RunConfig
-from experiments.policy_requests import CatalogueSourceConfig
+from experiments.policy_runs.requests import CatalogueSourceConfig
 from experiments.studio.requests import StudioRequestsConfig
 from offline_data.errors import BackdropError
 from offline_data.finite import NonFiniteError, dumps_strict
@@ -269,7 +269,7 @@ def train_policy(
 
         accelerator = Accelerator(cpu=runtime.device.type == "cpu")
         device = accelerator.device
-    from experiments.policy_requests import run_requests
+    from experiments.policy_runs.requests import run_requests
 
     world = load_world(config.world) if config.catalogue.requests is None else None
     reward_fn = load_reward_model(reward_dir, head_weights=config.reward.head_weights, world=world)

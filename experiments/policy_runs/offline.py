@@ -21,8 +21,14 @@ from typing import Any
 import torch
 
 from experiments.config import RunConfig
-from experiments.policy_requests import CatalogueSourceConfig, run_requests
-from experiments.policy_train import RewardSourceConfig, WorldSourceConfig, build_policy, load_reward_model, load_world
+from experiments.policy_runs.requests import CatalogueSourceConfig, run_requests
+from experiments.policy_runs.train import (
+    RewardSourceConfig,
+    WorldSourceConfig,
+    build_policy,
+    load_reward_model,
+    load_world,
+)
 from experiments.runtime import setup_runtime
 from experiments.studio.requests import StudioRequestsConfig
 from offline_data.errors import BackdropError
