@@ -96,7 +96,7 @@ def sweep_gpu_pool(device: str) -> list[str]:
         )
     if spec not in ("auto", "cuda"):
         return []
-    import torch
+    import torch  # heavy: only a sweep that spreads workers over GPUs asks torch how many there are
 
     return parse_device_pool(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
 

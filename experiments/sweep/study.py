@@ -43,6 +43,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
 from experiments import run_record
 from experiments.config import ConfigError, dump_toml, load_config
 from experiments.sweep.devices import (
@@ -120,8 +124,6 @@ class Sweep:
 
 def open_storage(paths: SweepPaths) -> Any:
     """optuna's RDB storage on the sweep's study.db (see :func:`connect_sqlite`)."""
-    import optuna
-
     creator = functools.partial(connect_sqlite, str(paths.db.resolve()))
     return optuna.storages.RDBStorage(paths.storage_url, engine_kwargs={"creator": creator})
 
@@ -147,8 +149,6 @@ def create_sweep(space: SweepSpaceConfig, base_config: Any, *, space_source: str
     Raises:
         SweepSpaceError / TargetError / ConfigError: before anything is written.
     """
-    import optuna
-
     reference = target_reference(space.target)
     check_space(space, base_config, source=space_source)
     _quiet_optuna()
@@ -202,8 +202,6 @@ def _write_meta(paths: SweepPaths, meta: dict[str, Any]) -> None:
 
 def make_sampler(space: SweepSpaceConfig, seed: int) -> Any:
     """The space's optuna sampler, seeded (TPE uses the constant liar so parallel workers spread out)."""
-    import optuna
-
     if space.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
@@ -211,8 +209,6 @@ def make_sampler(space: SweepSpaceConfig, seed: int) -> Any:
 
 def make_pruner(space: SweepSpaceConfig) -> Any:
     """The space's optuna pruner (median, hyperband or none) from its [pruner] section."""
-    import optuna
-
     cfg = space.pruner
     if cfg.type == "median":
         return optuna.pruners.MedianPruner(
@@ -228,8 +224,6 @@ def make_pruner(space: SweepSpaceConfig) -> Any:
 
 def counted_trials(trials: list[Any]) -> int:
     """Trials that count towards the budget: complete, pruned, or failed with an error from the target."""
-    from optuna.trial import TrialState
-
     return sum(
         t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and "error" in t.user_attrs)
         for t in trials
@@ -242,9 +236,6 @@ def requeue_interrupted(sweep: Sweep) -> list[int]:
     Only safe while no other process runs this sweep (:func:`run_sweep` holds the lock). Returns the numbers of
     the trials queued again.
     """
-    import optuna
-    from optuna.trial import TrialState
-
     storage = open_storage(sweep.paths)
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
     study_id = storage.get_study_id_from_name(STUDY_NAME)
@@ -275,8 +266,6 @@ def requeue_interrupted(sweep: Sweep) -> list[int]:
 
 def _stop_after_failures(study: Any, _trial: Any) -> None:
     """optuna callback: stop when the first FAILURES_BEFORE_STOP finished trials all failed with an error."""
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     if any(t.state != TrialState.FAIL for t in trials):
         return
@@ -286,8 +275,6 @@ def _stop_after_failures(study: Any, _trial: Any) -> None:
 
 def optimize(sweep: Sweep, *, n_trials: int, timeout: float | None, threads: int, seed: int, progress: Any) -> None:
     """Run ``n_trials`` trials of ``sweep`` in this process (one worker)."""
-    import optuna
-
     target = import_target(sweep.target_reference)
     study = optuna.load_study(
         study_name=STUDY_NAME,
@@ -315,8 +302,6 @@ def _worker_main(directory: str, n_trials: int, timeout: float | None, threads: 
 
 
 def _quiet_optuna() -> None:
-    import optuna
-
     # One line per trial comes from experiments.sweep.trial's logger; optuna's own INFO lines would repeat it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -343,9 +328,6 @@ def run_sweep(
     Returns the number of trials this session finished. Raises :class:`SweepError` when the sweep is being run
     by another live process, or when a worker process died.
     """
-    import optuna
-    from tqdm.auto import tqdm
-
     if workers < 1:
         raise SweepError(f"--workers must be >= 1, got {workers}")
     total = trials if trials is not None else sweep.space.trials
@@ -405,8 +387,6 @@ def _run_workers(
     done_before: int,
 ) -> None:
     """Spawn one process per entry of ``devices`` (its CUDA_VISIBLE_DEVICES, None: inherited) and wait for all."""
-    import optuna
-
     context = multiprocessing.get_context("spawn")
     workers = len(devices)
     shares = [remaining // workers + (i < remaining % workers) for i in range(workers)]

@@ -24,6 +24,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+from optuna.visualization import matplotlib as optuna_plots
+
 from experiments.compare.runs import format_table
 from experiments.sweep.study import STUDY_NAME, Sweep, open_storage
 from experiments.tracking import Run
@@ -62,8 +66,6 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
 
 def feasible_complete(study: Any) -> list[Any]:
     """Completed trials within the budget (all completed trials when there is no constraint)."""
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return [t for t in trials if all(v <= 0 for v in t.constraints.values())]
 
@@ -76,8 +78,6 @@ def best_rows(study: Any, space: Any) -> list[dict[str, Any]]:
 
 
 def make_evaluator(name: str, seed: int) -> Any:
-    import optuna
-
     if name == "fanova":
         return optuna.importance.FanovaImportanceEvaluator(seed=seed)
     if name == "mdi":
@@ -87,8 +87,6 @@ def make_evaluator(name: str, seed: int) -> Any:
 
 def summarize_sweep(sweep: Sweep) -> dict[str, Any]:
     """Compute and write the summary of ``sweep`` (see the module docstring); return summary.json's content."""
-    import optuna
-
     space = sweep.space
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(sweep.paths))
     feasible = study if space.budget is None else _feasible_study(study, space.direction)
@@ -137,8 +135,6 @@ def summarize_sweep(sweep: Sweep) -> dict[str, Any]:
 
 def _feasible_study(study: Any, direction: str) -> Any:
     """An in-memory study holding only the feasible completed trials (for importances and comparison plots)."""
-    import optuna
-
     copy = optuna.create_study(direction=direction)
     copy.add_trials(feasible_complete(study))
     return copy
@@ -150,13 +146,11 @@ def write_plots(out: Path, study: Any, feasible: Any, n_feasible: int, space: An
     ``feasible`` is the study the importance, parallel-coordinate and slice plots are drawn from (the study
     itself without a constraint), holding ``n_feasible`` completed trials within budget.
     """
+    # matplotlib loads only when plots are drawn, and with the Agg backend selected before pyplot
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
-    from optuna.trial import TrialState
-    from optuna.visualization import matplotlib as optuna_plots
 
     out.mkdir(parents=True, exist_ok=True)
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

@@ -34,11 +34,13 @@ import dataclasses
 import difflib
 import functools
 import importlib
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from experiments.config import ConfigError
+from reward.config import RewardDataConfig
 
 LogMetrics = Callable[[Mapping[str, float], int], None]
 """``log_metrics(metrics, step)``: what every trainer receives instead of importing tracking."""
@@ -168,6 +170,7 @@ def run_policy_train(config: Any, log_metrics: LogMetrics) -> dict[str, float]:
     Raises:
         RewardModelMissingError: ``[reward] model_dir`` is unset or missing (every trial would fail the same way).
     """
+    # heavy (torch, diffusers): the targets are built on first use, so importing the registry stays light
     from experiments.policy_runs.train import resolve_reward_dir, train_policy
 
     history = train_policy(
@@ -184,8 +187,7 @@ def run_reward_train(config: Any, log_metrics: LogMetrics) -> dict[str, float]:
     Raw or validated logs are split into a temporary folder per trial; give a folder that already holds
     train/validation/test (``backdrop data split``) to skip that work.
     """
-    import tempfile
-
+    # heavy (torch, diffusers): the targets are built on first use, so importing the registry stays light
     from experiments.reward_fit import fit_from_logs
 
     with tempfile.TemporaryDirectory(prefix="reward-trial-") as work:
@@ -196,8 +198,8 @@ def run_reward_train(config: Any, log_metrics: LogMetrics) -> dict[str, float]:
 @functools.cache
 def reward_sweep_config_class() -> type:
     """The root config of the ``reward train`` target: the command's, with ``[data] logs`` (what --data names)."""
+    # heavy (torch, diffusers): the targets are built on first use, so importing the registry stays light
     from experiments.reward_fit import command_config_class
-    from reward.config import RewardDataConfig
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class RewardSweepDataConfig(RewardDataConfig):
@@ -222,6 +224,7 @@ def reward_sweep_config_class() -> type:
 def __getattr__(name: str) -> SweepTarget:
     """``POLICY_TRAIN`` and ``REWARD_TRAIN``, built on first access (module ``__getattr__``, PEP 562)."""
     if name == "POLICY_TRAIN":
+        # heavy (torch, diffusers): the targets are built on first use, so importing the registry stays light
         from experiments.policy_runs.train import PolicyTrainCommandConfig
 
         return SweepTarget(
