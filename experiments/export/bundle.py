@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 
 from experiments.config import ConfigError, dump_toml, load_config, to_dict
 from experiments.export.config import ExportConfig
@@ -48,10 +49,46 @@ from experiments.export.gates import (
     preservation_gate,
     recorded_override,
 )
-from experiments.policy_runs.train import DIVERGED_FILE, PolicyTrainCommandConfig
+from experiments.export.logged_ope import evaluate_candidate
+from experiments.export.manifest import (
+    FORMAT,
+    VERSION,
+    base_identity,
+    find_truth,
+    reward_identity,
+    reward_test_split,
+    reward_training_data,
+    table_digests,
+)
+from experiments.export.model_card import write_model_card
+from experiments.export.reload import (
+    ReproducibilityError,
+    image_sha256,
+    merge_adapter,
+    sample_references,
+    verify_reload,
+)
+from experiments.ope.evaluate import to_json_safe
+from experiments.policy_runs.request_manifest import MANIFEST_DIR
+from experiments.policy_runs.requests import manifest_eval
+from experiments.policy_runs.train import DIVERGED_FILE, PolicyTrainCommandConfig, StudioRewardFn, load_world
+from experiments.runtime import resolve_device, resolve_dtype, seed_everything
+from experiments.studio.prompts import studio_vocabulary
+from experiments.studio.truth import prompt_family, studio_truth
+from experiments.tracking import git_state, package_versions, read_metrics
+from offline_data.assets import file_sha256
 from offline_data.errors import AssetError, BackdropError, InputUnreadableError, OutputExistsError
 from offline_data.finite import dumps_strict
 from offline_data.integrity import check_sha256, write_checksums
+from policy.checkpoint import CheckpointError, latest_checkpoint
+from policy.contact_sheet import draw_contact_sheet
+from policy.model import InpaintPolicy, resolve_model_folder
+from policy.replay import background_dims, stepwise_kl
+from reward.audit import audit_reward_model
+from reward.report import write_audit
+from reward.scorer import RewardScorer
+from rollout.request import expand_requests
+from rollout.sampler import sample_trajectories
 
 logger = logging.getLogger("backdrop")
 
@@ -82,8 +119,6 @@ def read_run(run_dir: Path, reward_dir: Path | None = None) -> PolicyRun:
     Raises:
         ExportInputError: not a run folder, no adapter, or no reward model found.
     """
-    from policy.checkpoint import CheckpointError, latest_checkpoint
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise ExportInputError(f"{run_dir}: not a 'backdrop policy train' run directory (no config.toml)")
@@ -100,8 +135,6 @@ def read_run(run_dir: Path, reward_dir: Path | None = None) -> PolicyRun:
     environment = json.loads(environment_path.read_text(encoding="utf-8")) if environment_path.is_file() else {}
     records = []
     if (run_dir / "metrics.jsonl").is_file():
-        from experiments.tracking import read_metrics
-
         records = read_metrics(run_dir)
     adapter, source = run_dir / "adapter", "final adapter"
     if not (adapter / "pytorch_lora_weights.safetensors").is_file():
@@ -145,14 +178,6 @@ def export_candidate(
         GateRefusedError: a gate failed and ``override`` is None (nothing is written).
         ReproducibilityError: the written bundle did not reproduce its reference images.
     """
-    from experiments.export.model_card import write_model_card
-    from experiments.policy_runs.requests import manifest_eval
-    from experiments.policy_runs.train import load_world
-    from experiments.runtime import resolve_device, resolve_dtype, seed_everything
-    from experiments.studio.prompts import studio_vocabulary
-    from policy.model import InpaintPolicy
-    from reward.scorer import RewardScorer
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise OutputExistsError(f"{out}: already holds files; export into a new folder")
@@ -234,8 +259,6 @@ def _write_bundle(
     evidence: GateEvidence, *, merge: bool,
 ) -> BundleFiles:  # fmt: skip
     """Adapter, base (when built from a config), merged UNet, reference images, contact sheet, audit, OPE."""
-    from experiments.export.reload import image_sha256, merge_adapter, sample_references
-
     out.mkdir(parents=True, exist_ok=True)
     candidate.save_adapter(out / "adapter")
     base_folder = _base_folder(candidate, run, out)
@@ -258,10 +281,6 @@ def _write_bundle(
 
 
 def _measure(candidate, requests, sampler, config: ExportConfig, run: PolicyRun, *, progress: bool) -> dict[str, Any]:
-    from policy.replay import background_dims, stepwise_kl
-    from rollout.request import expand_requests
-    from rollout.sampler import sample_trajectories
-
     expanded, seeds = expand_requests(requests, config.evaluation.seeds_per_request, config.evaluation.first_seed)
     rollout = sample_trajectories(candidate, expanded, seeds, sampler, progress=progress)
     originals = torch.stack([r.product_rgb for r in expanded])
@@ -281,14 +300,10 @@ def _measure(candidate, requests, sampler, config: ExportConfig, run: PolicyRun,
 
 
 def _default_logs(reward_dir: Path) -> Path | None:
-    from experiments.export.manifest import reward_test_split
-
     return reward_test_split(reward_dir)
 
 
 def _ope(candidate, scorer, logs_dir: Path | None, sampler, config: ExportConfig, progress: bool):
-    from experiments.export.logged_ope import evaluate_candidate
-
     estimator = config.ope.ope.primary
     threshold = config.gates.min_lift_lower_bound
     if logs_dir is None or not Path(logs_dir).is_dir():
@@ -305,10 +320,6 @@ def _ope(candidate, scorer, logs_dir: Path | None, sampler, config: ExportConfig
 
 def _audit(scorer, logs_dir: Path | None, run: PolicyRun, config: ExportConfig):
     """The audit's result (None when read from a file) and its gate."""
-    from experiments.export.manifest import find_truth
-    from experiments.studio.truth import prompt_family, studio_truth
-    from reward.audit import audit_reward_model
-
     tolerated = config.gates.tolerated_flags
     if config.audit_report is not None:
         try:
@@ -339,8 +350,6 @@ def _audit(scorer, logs_dir: Path | None, run: PolicyRun, config: ExportConfig):
 
 def _base_folder(candidate, run: PolicyRun, out: Path) -> Path:
     """The base model's folder; a base built from a config has none, so it is written into the bundle."""
-    from policy.model import resolve_model_folder
-
     pretrained = run.config.policy.model.pretrained
     if pretrained is not None:
         return resolve_model_folder(pretrained).resolve()
@@ -350,8 +359,6 @@ def _base_folder(candidate, run: PolicyRun, out: Path) -> Path:
 
 
 def _write_pngs(images: torch.Tensor, folder: Path) -> list[Path]:
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(images):
@@ -363,10 +370,6 @@ def _write_pngs(images: torch.Tensor, folder: Path) -> list[Path]:
 
 def _contact_sheet(candidate, scorer, world, requests, sampler, config: ExportConfig, out: Path) -> Path:
     """product | base | candidate for a few evaluation requests, same seed, proxy reward in the captions."""
-    from experiments.policy_runs.train import StudioRewardFn
-    from policy.contact_sheet import draw_contact_sheet
-    from rollout.sampler import sample_trajectories
-
     seeds = [config.evaluation.first_seed + i * config.evaluation.seeds_per_request for i in range(len(requests))]
     after = sample_trajectories(candidate, list(requests), seeds, sampler).images
     with candidate.reference():
@@ -396,8 +399,6 @@ def _write_audit(audit: dict | None, folder: Path) -> dict[str, str]:
     if audit is None:
         return {}
     if "result" in audit:
-        from reward.report import write_audit
-
         written = write_audit(audit["result"], folder)
         return {k: str(v.relative_to(folder.parent)) for k, v in written.items() if not k.startswith("plot:")}
     folder.mkdir(parents=True, exist_ok=True)
@@ -406,8 +407,6 @@ def _write_audit(audit: dict | None, folder: Path) -> dict[str, str]:
 
 
 def _json(ope_result) -> dict:
-    from experiments.ope.evaluate import to_json_safe
-
     return to_json_safe(
         {
             "report": ope_result.report.to_dict(),
@@ -419,17 +418,6 @@ def _json(ope_result) -> dict:
 
 def _manifest(run: PolicyRun, config: ExportConfig, evidence: GateEvidence, files: BundleFiles) -> dict:
     """The bundle's manifest.json (``experiments/export/manifest.py`` has the identities and hashes)."""
-    from experiments.export.manifest import (
-        FORMAT,
-        VERSION,
-        base_identity,
-        reward_identity,
-        reward_training_data,
-        table_digests,
-    )
-    from experiments.tracking import git_state, package_versions
-    from offline_data.assets import file_sha256
-
     audit, measured = evidence.audit, evidence.measured
     audit_metrics = None
     if audit is not None:
@@ -513,9 +501,6 @@ def _manifest(run: PolicyRun, config: ExportConfig, evidence: GateEvidence, file
 
 def _requests_identity(run_dir: Path) -> dict:
     """The run's request manifest: where it is, its rows per split, and the SHA-256 of its table file."""
-    from experiments.policy_runs.request_manifest import MANIFEST_DIR
-    from offline_data.assets import file_sha256
-
     table = run_dir / MANIFEST_DIR / "requests.parquet"
     splits = pq.read_table(table, columns=["split"]).column("split").to_pylist()
     # Named inside the run folder: the bundle and its card carry no path of the machine that wrote them.
@@ -553,8 +538,6 @@ def _default(value: Any) -> Any:
 
 
 def _reload(manifest: dict, files: BundleFiles, sampler, device, dtype) -> dict:
-    from experiments.export.reload import ReproducibilityError, verify_reload
-
     candidate = manifest["candidate"]
     check_sha256(files.out / candidate["adapter"], candidate["adapter_sha256"], "manifest.json adapter_sha256")
     try:

@@ -13,18 +13,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.config import ConfigError, RunConfig
-from experiments.policy_runs.requests import CatalogueSourceConfig
+from accelerate import Accelerator
+
+from experiments.config import ConfigError, RunConfig, load_config
+from experiments.policy_runs.requests import CatalogueSourceConfig, run_requests
+from experiments.runtime import setup_runtime
+from experiments.studio.prompts import studio_vocabulary
 from experiments.studio.requests import StudioRequestsConfig
+from experiments.tracking import read_metrics
 from offline_data.errors import BackdropError
 from offline_data.finite import NonFiniteError, dumps_strict
+from offline_data.simulator import SimulatorConfig, StudioWorld
 from policy.config import InpaintModelConfig, PolicyConfig
-from policy.evaluation import KL_PER_SAMPLE, KL_PER_STEP, EvaluationConfig
+from policy.evaluation import KL_PER_SAMPLE, KL_PER_STEP, EvaluationConfig, PolicyEvaluator
+from policy.model import InpaintPolicy
+from policy.trainer import DDPOTrainer
 from policy.trainer_config import DDPOConfig
+from reward.config import CombinationConfig
+from reward.scorer import RewardScorer, ScoringRequest
 
 logger = logging.getLogger("backdrop")
 
@@ -98,9 +109,6 @@ class PolicyTrainCommandConfig:
 
 def load_world(config: WorldSourceConfig) -> Any:
     """The studio world of ``config`` (the default world when no file is given)."""
-    from experiments.config import load_config
-    from offline_data.simulator import SimulatorConfig, StudioWorld
-
     simulator = SimulatorConfig() if config.config is None else load_config(SimulatorConfig, config.config)
     return StudioWorld(simulator)
 
@@ -120,8 +128,6 @@ class StudioRewardFn:
         self.kinds = {**scorer.product_kinds, **kinds}
 
     def __call__(self, images: Any, requests: Sequence[Any]) -> Any:
-        from reward.scorer import ScoringRequest
-
         scored = [
             ScoringRequest(
                 segment=r.segment,
@@ -145,9 +151,6 @@ def load_reward_model(model_dir: Path, *, head_weights: dict[str, float] | None 
     Raises:
         RewardModelMissingError: the folder does not exist.
     """
-    from reward.config import CombinationConfig
-    from reward.scorer import RewardScorer
-
     if not Path(model_dir).is_dir():
         raise RewardModelMissingError(f"reward model folder {model_dir} not found; {REWARD_TRAIN_HINT}")
     scorer = RewardScorer.load(model_dir)
@@ -183,9 +186,6 @@ def resolve_reward_dir(config: Any, override: str | None) -> Path:
 
 def build_policy(config: PolicyConfig, runtime: Any, device: Any = None) -> Any:
     """The base model with a fresh adapter, on the run's device (or ``device``) and dtype."""
-    from experiments.studio.prompts import studio_vocabulary
-    from policy.model import InpaintPolicy
-
     return InpaintPolicy.from_config(
         config.model,
         lora=config.lora,
@@ -197,15 +197,11 @@ def build_policy(config: PolicyConfig, runtime: Any, device: Any = None) -> Any:
 
 def launched_processes() -> int:
     """How many processes ``accelerate launch`` (or torchrun) started this command in (1 when run directly)."""
-    import os
-
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main_process() -> bool:
     """Whether this is process 0 of a launch (always true when run directly)."""
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -237,8 +233,6 @@ def truncate_metrics(run_dir: Path, last_step: int) -> int:
     Raises:
         InputUnreadableError: a record that is not JSON (other than a torn last line) or has no integer step.
     """
-    from experiments.tracking import read_metrics
-
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return 0
@@ -257,19 +251,12 @@ def train_policy(
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """Build everything from ``config`` and train; writes into ``run.dir``. Returns the trainer's history."""
-    from experiments.runtime import setup_runtime
-    from policy.evaluation import PolicyEvaluator
-    from policy.trainer import DDPOTrainer
-
     runtime = setup_runtime(config.run)
     accelerator, device = None, runtime.device
     if launched_processes() > 1:
         # `accelerate launch --num_processes N`: one process per device; gradients are averaged by the trainer.
-        from accelerate import Accelerator
-
         accelerator = Accelerator(cpu=runtime.device.type == "cpu")
         device = accelerator.device
-    from experiments.policy_runs.requests import run_requests
 
     world = load_world(config.world) if config.catalogue.requests is None else None
     reward_fn = load_reward_model(reward_dir, head_weights=config.reward.head_weights, world=world)
