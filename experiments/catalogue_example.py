@@ -20,7 +20,10 @@ import csv
 import shutil
 from pathlib import Path
 
+import matplotlib.cbook
 import numpy as np
+from PIL import Image
+from sklearn.datasets import load_sample_images
 
 PROMPTS = (
     "white marble tabletop, soft window light, minimal",
@@ -45,10 +48,6 @@ def ellipse_mask(height: int, width: int, share: float = 0.3) -> np.ndarray:
 
 def write_example(out: Path) -> Path:
     """Photos, masks and ``requests.csv`` into ``out`` (module docstring); returns the table's path."""
-    import matplotlib.cbook
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
     photos = out / "photos"
     photos.mkdir(parents=True, exist_ok=True)
     with matplotlib.cbook.get_sample_data("Minduka_Present_Blue_Pack.png") as handle:

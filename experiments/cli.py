@@ -1,9 +1,9 @@
 """The ``backdrop`` command line (also ``python -m experiments``).
 
 Subcommands live in ``experiments/commands/<name>.py``; each module exposes ``register(subparsers)``
-and is discovered here, so adding a command never edits this file. Command modules import only argparse
-at module level and do their heavy imports (torch, diffusers) inside the handler, so ``backdrop --help``
-stays fast.
+and is discovered here, so adding a command never edits this file. Command modules import only the standard
+library and light modules (no numpy, pyarrow or torch) at module level and do their heavy imports (torch,
+diffusers, pyarrow, optuna) inside the handler, so ``backdrop --help`` stays fast (a test checks it).
 
 Errors: a :class:`~offline_data.errors.BackdropError` (bad input the user can fix) prints its message and
 exits with its ``exit_code``; an ``OSError`` (permissions, a full disk, a path under a regular file) becomes

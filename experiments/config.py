@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import tomllib
 import types
@@ -101,8 +102,6 @@ def environment_profile(cls: type) -> dict[str, Any]:
     Raises:
         ConfigError: the file is missing or not TOML (named with the variable).
     """
-    import os
-
     name = os.environ.get(ENVIRONMENT_PROFILE, "").strip()
     if not name:
         return {}

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from experiments.run_record import command_name, resolved_flags
+from experiments.tracking import open_run
 from offline_data.errors import OutputExistsError, OutputPathError
 
 if TYPE_CHECKING:
@@ -98,9 +100,6 @@ def open_output_run(
     receives config.toml (``config``, or the resolved flags when the command has no config file),
     environment.json, command.json, log.txt and metrics.jsonl, and error.json if the command fails.
     """
-    from experiments.run_record import command_name, resolved_flags
-    from experiments.tracking import open_run
-
     folder = prepare_output_folder(out, overwrite=getattr(args, "overwrite", False), inputs=inputs)
     config = config if config is not None else {"flags": resolved_flags(args)}
     return open_run(folder, config, command=command_name(args), announce=False)

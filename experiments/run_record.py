@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from offline_data.errors import BackdropError, NumericRangeError, environment_error
+from offline_data.errors import BackdropError, InputUnreadableError, NumericRangeError, environment_error
 
 INTERNAL_ERROR_EXIT = 70
 """Exit code of a bug in backdrop (and only of a bug)."""
@@ -167,7 +167,6 @@ def recorded_flags(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / COMMAND_FILE
     if not path.is_file():
         return {}
-    from offline_data.errors import InputUnreadableError
 
     try:
         record = json.loads(path.read_text(encoding="utf-8"))

@@ -20,6 +20,7 @@ Components never import this module: trainers take a ``log_metrics(metrics, step
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import importlib.metadata
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import run_record
-from experiments.config import RunConfig, dump_toml
+from experiments.config import ConfigError, RunConfig, dump_toml
 from offline_data.errors import InputUnreadableError
 from offline_data.finite import dumps_strict, strict_json
 
@@ -134,6 +135,7 @@ class Run:
         self._file_handler: logging.Handler | None = None
         self._tb = None
         if tensorboard:
+            # heavy (torch): this module is imported by every command's parser (run folders); TensorBoard only here
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(directory / "tb"))
@@ -158,7 +160,7 @@ class Run:
     def log_image(self, tag: str, image: Any, step: int) -> None:
         """Log an ``[H, W, 3]`` uint8 image (e.g. a contact sheet) to TensorBoard (``add_image``) and MLflow
         (``log_image`` with key and step) when enabled; no-op otherwise (the run's PNGs are the record)."""
-        import numpy as np
+        import numpy as np  # kept out of `backdrop --help`, which imports this module
 
         array = np.asarray(image)
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
@@ -229,8 +231,6 @@ class Run:
 def flatten_hparams(config: Any, prefix: str = "") -> dict[str, bool | int | float | str]:
     """A config dataclass (or mapping) as ``{"trainer.optim.lr": 0.003, ...}``: scalars kept, paths and
     sequences as strings, None as "none" (TensorBoard and MLflow take scalars only)."""
-    import dataclasses
-
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         items = [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)]
     elif isinstance(config, Mapping):
@@ -261,10 +261,8 @@ def _to_float(value: Any) -> float | None:
 
 def _start_mlflow(store: Path, run_dir: Path):
     try:
-        import mlflow
+        import mlflow  # optional (the mlflow extra)
     except ImportError:
-        from experiments.config import ConfigError
-
         raise ConfigError("run.mlflow = true needs MLflow: pip install 'backdrop[mlflow]'") from None
     # MLflow >= 3.7 refuses a file store unless opted in; the local file store is what run.mlflow promises.
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")

@@ -69,7 +69,7 @@ class RewardOutput:
         heads: {"click", "dwell", "preference"} -> [B] float32 ensemble-mean head scores.
         uncertainty: [B] float32 standard deviation of the combined reward across members (0 for one member).
         members: [K, B] float32 each member's combined reward (before pessimism), for estimators that resample
-            the members (``experiments/export_direct.py``); None when not computed by :meth:`RewardScorer.combine`.
+            the members (``experiments/export/direct.py``); None when not computed by :meth:`RewardScorer.combine`.
     """
 
     reward: Tensor

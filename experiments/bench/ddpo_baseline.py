@@ -26,6 +26,7 @@ def baseline_epoch(
     peft's adapters disabled; training: per timestep a forward with grad, log-prob, clipped surrogate + KL,
     backward (gradients accumulate over the T steps); one AdamW step.
     """
+    # heavy (torch, diffusers): imported when the benchmark runs, so importing the module stays light
     import torch
 
     from policy.losses import clipped_policy_loss, gaussian_kl

@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from policy.config import InpaintModelConfig, LoraConfig
+from policy.trainer_config import DDPOConfig, OptimConfig
+from rollout.config import SamplerConfig
+
 TARGET_S = 1.5
 PARTS = ("time/sample_score_s", "time/reference_s", "time/update_s", "time/epoch_s")
 
@@ -40,6 +44,7 @@ def pixel_reward(images: Any, requests: Any) -> Any:
 
 def build_requests(count: int, resolution: int) -> list:
     """``count`` studio-world requests (catalogue shot, noisy mask, prompt) at ``resolution`` px."""
+    # heavy (torch, pyarrow): imported when the benchmark runs, so importing the module stays light
     from experiments.studio.requests import product_request
     from offline_data.simulator import SimulatorConfig, StudioWorld, WorldConfig
 
@@ -49,14 +54,12 @@ def build_requests(count: int, resolution: int) -> list:
 
 def measure(args: argparse.Namespace, rows_per_forward: int, reward_fn: Any) -> dict[str, Any]:
     """Time ``args.epochs`` epochs after one warm-up with ``rows_per_forward`` rows per UNet call."""
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     import torch
 
     from experiments.studio.prompts import studio_vocabulary
-    from policy.config import InpaintModelConfig, LoraConfig
     from policy.model import STUDIO_TINY, InpaintPolicy
     from policy.trainer import DDPOTrainer
-    from policy.trainer_config import DDPOConfig, OptimConfig
-    from rollout.config import SamplerConfig
 
     torch.manual_seed(0)
     if STUDIO_TINY.is_dir():
@@ -95,6 +98,7 @@ def measure(args: argparse.Namespace, rows_per_forward: int, reward_fn: Any) -> 
 
 def machine() -> dict[str, Any]:
     """The CPU, its core count and torch's version, for a result file."""
+    # heavy (torch): imported when the benchmark runs, so importing the module stays light
     import torch
 
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
@@ -110,6 +114,7 @@ def write_result(path: str, payload: dict[str, Any]) -> None:
 
 def scorer_cost(reward_fn: Any, repeats: int) -> float:
     """Median seconds to score 8 images with ``reward_fn``."""
+    # heavy (torch): imported when the benchmark runs, so importing the module stays light
     import torch
 
     requests = build_requests(8, 64)
@@ -137,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/bench/ddpo_cpu.json", help="JSON output path")
     args = parser.parse_args(argv)
 
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     import torch
 
     torch.set_num_threads(args.threads)
     reward_fn, reward_name = pixel_reward, "pixel statistic (no model)"
     if args.reward:
-        from experiments.policy_train import load_reward_model
+        from experiments.policy_runs.train import load_reward_model
 
         reward_fn, reward_name = load_reward_model(Path(args.reward)), f"RewardScorer({args.reward})"
     load_before = os.getloadavg()

@@ -34,12 +34,10 @@ Rows (one epoch = 16 samples; cumulative fast-path options):
 Old log-probs (``--old-log-probs``, default ``replay``): the recipe is one optimiser step per epoch, where the
 ratio against the training forward's own detached log-prob is the same objective as against the sampler's
 record, and is exactly 1 whatever bf16 rounding does (``policy/log_prob_gap`` in the diagnostics shows the
-gap; ``sampler`` reproduces the first measurement, where 10.6 % of rows were clipped before any update).
+gap; ``sampler`` gives the ratio against the sampler's record, as DDPO does).
 
-Compilation dominates a device session: on an H200 with a cold inductor cache the first compiled configuration took
-194-249 s and the 16-row training graph another 227 s; on the same machine with the cache warm (it lives in /tmp)
-47 s and 40 s. A 15-minute session fits the baseline and about two new compiled configurations; measured so far:
-``--compile --update-rows 16`` (stop 13); not yet: ``--channels-last``, ``--cuda-graphs``.
+Compilation dominates a short device session (the inductor cache lives in /tmp, so a fresh machine compiles cold);
+compile times and the configurations measured so far are recorded in docs/benchmarks.md.
 
 Each row times ``--epochs`` epochs after ``--warmup`` epochs (which include compilation) and reports the median.
 ``--timed-steps N`` (< ``--steps``) runs N-step chains and scales the time per sample by steps / N: every part of a
@@ -72,6 +70,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from experiments.bench.ddpo_baseline import baseline_epoch
+from experiments.bench.kernel_profile import format_families, profile_families
+from experiments.bench.rollout import build_requests, sd15_inpainting_config
+from policy.acceleration_config import AccelerationConfig
+from policy.config import InpaintModelConfig, LoraConfig, TextEncoderConfig, UNetConfig, VAEConfig
+from policy.trainer_config import DDPOConfig, KLConfig, OptimConfig
+from rollout.config import SamplerConfig
+
 LIMIT_SAMPLES_PER_HOUR = 7150.0
 """Issue 9's physical limit: 400 TFLOP per sample at the 798 TFLOP/s bf16 matmul ceiling of one H100."""
 TARGET_SAMPLES_PER_HOUR = 5000.0
@@ -92,8 +98,6 @@ def pixel_reward(images: Any, requests: Any) -> Any:
 
 def tiny_config() -> Any:
     """A 32 px model (0.36 M UNet params) for the CPU dry run: same code, seconds instead of minutes."""
-    from policy.config import InpaintModelConfig, TextEncoderConfig, UNetConfig, VAEConfig
-
     return InpaintModelConfig(
         resolution=32,
         unet=UNetConfig(block_out_channels=(16, 32, 32)),
@@ -108,6 +112,7 @@ def sample_flops(model_config: Any, *, steps: int, trained_steps: int, batch: in
     The VAE encode runs once per distinct request (``REQUESTS`` of them per ``batch`` samples), the decode per
     sample; ``vae=False`` leaves both out (the baseline does neither).
     """
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     from experiments.bench.unet_cost import recipe_flops
 
     cost, per_image = count_model(model_config)
@@ -118,8 +123,8 @@ def sample_flops(model_config: Any, *, steps: int, trained_steps: int, batch: in
 @functools.cache
 def count_model(model_config: Any) -> tuple[Any, dict[str, float]]:
     """The UNet's per-image cost (with the bench's LoRA) and the VAE's encode/decode FLOPs, counted once."""
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     from experiments.bench.unet_cost import measure_unet_cost, vae_flops
-    from policy.config import LoraConfig
     from policy.lora import add_lora
     from policy.model import build_unet, build_vae
 
@@ -141,8 +146,6 @@ def count_model(model_config: Any) -> tuple[Any, dict[str, float]]:
 
 def bench_requests(resolution: int) -> list:
     """``REQUESTS`` random product photos with rectangular products (``experiments.bench.rollout``)."""
-    from experiments.bench.rollout import build_requests
-
     return build_requests(REQUESTS, resolution)
 
 
@@ -166,9 +169,9 @@ class BenchRow(NamedTuple):
 
 def run_baseline(policy: Any, requests: list, args: argparse.Namespace, sync: Callable[[], None]) -> dict[str, Any]:
     """Time :func:`baseline_epoch` (``--warmup`` untimed epochs, then ``--epochs`` timed ones)."""
+    # heavy (torch, diffusers): imported when the benchmark runs, so importing the module stays light
     import torch
 
-    from experiments.bench.ddpo_baseline import baseline_epoch
     from rollout.denoise import prepare_conditioning
     from rollout.masks import latent_product_mask
 
@@ -216,10 +219,8 @@ def run_project(
     """Time the project's ``DDPOTrainer.run_epoch`` with ``acceleration`` applied to ``policy`` (training calls
     of ``rows_per_forward`` rows, default ``--rows-per-forward``; ``gradient`` is ``optim.gradient``)."""
 
-    from experiments.bench.kernel_profile import format_families, profile_families
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     from policy.trainer import DDPOTrainer
-    from policy.trainer_config import DDPOConfig, KLConfig, OptimConfig
-    from rollout.config import SamplerConfig
 
     trainers: dict[int, DDPOTrainer] = {}
 
@@ -282,6 +283,7 @@ def run_project(
 
 def on_cuda(args: argparse.Namespace) -> bool:
     """Whether the bench runs on a CUDA device (``--device cuda...`` and one is there)."""
+    # heavy (torch): imported when the benchmark runs, so importing the module stays light
     import torch
 
     return torch.cuda.is_available() and args.device.startswith("cuda")
@@ -290,6 +292,7 @@ def on_cuda(args: argparse.Namespace) -> bool:
 def time_epochs(run: Callable[[int, int], None], args: argparse.Namespace, sync: Callable[[], None]) -> dict[str, Any]:
     """Wall seconds of ``--warmup`` calls of ``run(epoch, warmup_steps)`` then ``--epochs`` calls of
     ``run(epoch, timed_steps)`` (synchronised), and the peak memory of the timed ones."""
+    # heavy (torch): imported when the benchmark runs, so importing the module stays light
     import torch
 
     cuda = on_cuda(args)
@@ -455,12 +458,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     import torch
 
-    from experiments.bench.rollout import sd15_inpainting_config
     from experiments.studio.prompts import studio_vocabulary
-    from policy.acceleration_config import AccelerationConfig
-    from policy.config import LoraConfig
     from policy.model import InpaintPolicy, describe
 
     device = torch.device(args.device)

@@ -1,20 +1,22 @@
 """How much does the export's OPE gate know? Monte Carlo noise of its log-ratio, and whether its lift ranks candidates.
 
-``backdrop export`` gates a candidate on an off-policy lift (``experiments/export_ope.py``): the logged variants are
-re-weighted by ρ^(1/τ), ρ = exp(ELBO_candidate − ELBO_base) estimated with ``elbo_draws`` forward chains per image.
-This study, on policy runs whose held-out gold gain is known (their final evaluation's ``gold/gain``):
+``backdrop export`` gates a candidate on an off-policy lift (``experiments/export/logged_ope.py``): the logged
+variants are re-weighted by ρ^(1/τ), ρ = exp(ELBO_candidate − ELBO_base) estimated with ``elbo_draws`` forward
+chains per image. This study, on policy runs whose held-out gold gain is known (their final evaluation's
+``gold/gain``):
 
 1. noise: each forward-noising draw's log-ratio of every logged image is kept ([N, D]); independent groups of n
    draws give the repeat correlation of the n-draw estimate, overall and within product (the cell normalisation
    only sees within-product differences), the per-image Monte Carlo sd (single-draw sd / √n) and the between-image
    sd. Draw d of this study is draw d of the export (same seed), so the first n columns are the export's value.
 2. fidelity: for every candidate (and the base model, a fresh zero adapter: its lift must be ~0), every draws
-   setting and every τ, the DM/IPS/SNIPS/DR lift with its interval (``experiments.export_ope.estimate_candidate``,
-   the gate's own code), the weights' ESS fraction, and an oracle lift: the same weights applied to the simulator's
-   true click probabilities (truth sidecar), i.e. the re-weighted policy's exact value on the logged support, free
-   of click noise. Spearman's ρ of each lift with the gold gains over the candidates says whether the gate ranks
-   them. Besides the given τ's: τ_noise = the median per-image MC sd at the smallest draws (the log-weight noise is
-   then ~1 nat) and τ_ess = the τ at which the first candidate's weights have the target ESS fraction.
+   setting and every τ, the DM/IPS/SNIPS/DR lift with its interval
+   (``experiments.export.logged_ope.estimate_candidate``, the gate's own code), the weights' ESS fraction, and an
+   oracle lift: the same weights applied to the simulator's true click probabilities (truth sidecar), i.e. the
+   re-weighted policy's exact value on the logged support, free of click noise. Spearman's ρ of each lift with the
+   gold gains over the candidates says whether the gate ranks them. Besides the given τ's: τ_noise = the median
+   per-image MC sd at the smallest draws (the log-weight noise is then ~1 nat) and τ_ess = the τ at which the first
+   candidate's weights have the target ESS fraction.
 
     .venv/bin/python -m experiments.bench.export_ope_fidelity --runs runs/final2/ddpo_seed0/* \\
         runs/final2/ddpo_seed1/* runs/final2/ddpo_seed2/* runs/final2/policy_offline_dpo/* \\
@@ -35,8 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from experiments.export_ope import LoggedImpressions, candidate_propensities
+from experiments.config import ConfigError, load_config
+from experiments.export.logged_ope import LoggedImpressions, candidate_propensities
+from experiments.tracking import read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -204,10 +209,9 @@ class Candidate:
 
 def read_candidate(run_dir: Path) -> tuple[Candidate, Any, Any, Path]:
     """(candidate, policy config, sampler, reward dir) of a ``policy train`` or ``policy offline`` run."""
-    from experiments.config import ConfigError, load_config
-    from experiments.policy_offline import PolicyOfflineCommandConfig
-    from experiments.policy_train import PolicyTrainCommandConfig
-    from experiments.tracking import read_metrics
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
+    from experiments.policy_runs.offline import PolicyOfflineCommandConfig
+    from experiments.policy_runs.train import PolicyTrainCommandConfig
 
     run_dir = Path(run_dir)
     try:
@@ -231,10 +235,11 @@ def log_ratio_draws(
     candidate: Candidate, policy_config: Any, sampler: Any, logs: Any, draws: int, seed: int, cache: Path | None
 ) -> np.ndarray:
     """[N, draws] per-draw ELBO log-ratios of the logged images (cached as safetensors by label, draws, seed)."""
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     import torch
     from safetensors.numpy import load_file, save_file
 
-    from experiments.export_ope import elbo_log_ratio_draws
+    from experiments.export.logged_ope import elbo_log_ratio_draws
     from experiments.studio.prompts import studio_vocabulary
     from policy.model import InpaintPolicy
 
@@ -269,6 +274,7 @@ def log_ratio_draws(
 
 def truth_columns(truth_dir: Path, event_ids: np.ndarray) -> dict[str, np.ndarray]:
     """True click probability and gold of each logged impression, from the truth sidecar's impressions table."""
+    # heavy (pyarrow): imported when the benchmark runs, so importing the module stays light
     import pyarrow.parquet as pq
 
     table = pq.read_table(
@@ -294,7 +300,8 @@ def evaluate_setting(
     logs: Any, log_ratio: np.ndarray, config: Any, truth: dict[str, np.ndarray] | None
 ) -> dict[str, Any]:
     """The gate's lifts (with intervals), weight diagnostics and the oracle lift of one candidate at one setting."""
-    from experiments.export_ope import estimate_candidate
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
+    from experiments.export.logged_ope import estimate_candidate
 
     result = estimate_candidate(logs, log_ratio, config)
     row: dict[str, Any] = {
@@ -319,12 +326,13 @@ def evaluate_setting(
 
 
 def run_study(args: argparse.Namespace) -> dict[str, Any]:
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     import torch
 
-    from experiments.export_config import CandidateOPEConfig
-    from experiments.export_manifest import find_truth, reward_test_split
-    from experiments.export_ope import load_ope_logs
-    from experiments.ope import OPEConfig
+    from experiments.export.config import CandidateOPEConfig
+    from experiments.export.logged_ope import load_ope_logs
+    from experiments.export.manifest import find_truth, reward_test_split
+    from experiments.ope.evaluate import OPEConfig
     from reward.scorer import RewardScorer
 
     torch.set_num_threads(args.threads)
@@ -514,7 +522,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.noise_draws < 2 * min(args.draws):
         raise SystemExit(f"--noise-draws must be >= 2 x the smallest --draws ({2 * min(args.draws)})")
-    from threadpoolctl import threadpool_limits
 
     with threadpool_limits(args.threads):
         result = run_study(args)

@@ -1,6 +1,6 @@
 """Validation of the export's lift gate against the studio world's hidden gold (a benchmark, not a test).
 
-For every candidate, the gate's direct lift (``experiments/export_direct.py``: fresh samples of the candidate and
+For every candidate, the gate's direct lift (``experiments/export/direct.py``: fresh samples of the candidate and
 of the base on the run's held-out requests, same seeds, scored by the reward ensemble, the export's default
 ``[export.lift]`` and ``[export.gates] min_direct_lift_sd``) beside its gold gain (``StudioGold`` of the same
 samples, in within-request SDs of the base's gold, ``gold/gain_sd``). Candidates:
@@ -80,9 +80,9 @@ class Judge:
 
     def __init__(self, first_run: Path, requests: int, seeds: int, first_seed: int, threads: int) -> None:
         from experiments.config import load_config
-        from experiments.export import read_run
-        from experiments.policy_requests import manifest_eval
-        from experiments.policy_train import StudioRewardFn, load_world
+        from experiments.export.bundle import read_run
+        from experiments.policy_runs.requests import manifest_eval
+        from experiments.policy_runs.train import StudioRewardFn, load_world
         from experiments.studio.prompts import studio_vocabulary
         from experiments.studio.requests import StudioGold
         from policy.model import InpaintPolicy
@@ -109,7 +109,7 @@ class Judge:
 
     def score(self, images: torch.Tensor, expanded: list, per_request: int) -> tuple[np.ndarray, np.ndarray]:
         """Member rewards [M, R, k] and gold [R, k] of request-major images."""
-        from experiments.export_lift import member_rewards
+        from experiments.export.lift import member_rewards
 
         rewards = member_rewards(self.reward, images, expanded, per_request, self.sampler.batch_size)
         gold = self.gold(images, expanded).numpy().reshape(-1, per_request)
@@ -160,8 +160,8 @@ class Judge:
 
 def judge_row(candidate: Candidate, rewards, gold, base_rewards, base_gold, settings: dict) -> dict[str, Any]:
     """The gate's verdict and the gold gain of one candidate."""
-    from experiments.export_direct import direct_lift
-    from experiments.gates import lift_gate
+    from experiments.export.direct import direct_lift
+    from experiments.export.gates import lift_gate
     from policy.evaluation import paired_gain, within_request_sd
 
     lift = direct_lift(rewards, base_rewards, **settings["lift"])
@@ -207,7 +207,7 @@ def summarise(rows: list[dict], controls: dict) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from experiments.export_config import ExportConfig
+    from experiments.export.config import ExportConfig
 
     defaults = ExportConfig()
     settings = {

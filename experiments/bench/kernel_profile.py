@@ -69,6 +69,7 @@ def family_table(kernels: Iterable[KernelTime], *, top: int = 12) -> dict[str, A
 def profile_families(run: Callable[[], None], *, cuda: bool, top: int = 12) -> dict[str, Any]:
     """Run ``run()`` under ``torch.profiler`` and tabulate device time (CUDA kernels; a CPU's aten ops' self
     time) by family with :func:`family_table`. The profiled call is not a timing: the profiler slows the host."""
+    # heavy (torch): imported when the benchmark runs, so importing the module stays light
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile

@@ -23,13 +23,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from experiments.bench.ddpo_gpu import count_model, sample_flops, tiny_config
+from experiments.bench.rollout import sd15_inpainting_config
+
 MATRIX_FAMILIES = ("convolution", "matmul")
 """Kernel families whose time the non-attention FLOPs are divided by (a 1x1 convolution may run as a GEMM)."""
 
 
 def family_flops(model_config: Any, *, steps: int, trained_steps: int, batch: int) -> dict[str, float]:
     """Counted FLOPs per sample of a DDPO epoch split into ``attention`` and ``matrix`` (everything else)."""
-    from experiments.bench.ddpo_gpu import count_model, sample_flops
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     from experiments.bench.unet_cost import recipe_attention_flops
 
     cost, _ = count_model(model_config)
@@ -72,9 +75,6 @@ def matrix_bound(
 
 def bounds(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """:func:`matrix_bound` for every profiled row of a ``ddpo_gpu`` payload (name, measured samples/h, bound)."""
-    from experiments.bench.ddpo_gpu import tiny_config
-    from experiments.bench.rollout import sd15_inpainting_config
-
     settings = payload["settings"]
     model_config = tiny_config() if settings["tiny"] else sd15_inpainting_config()
     batch, steps = int(settings["batch"]), int(settings["steps"])

@@ -1,9 +1,9 @@
 """Benchmark the OPE estimators against exact truth, and time the bootstrap.
 
-Part 1 (accuracy): for each setting of the synthetic slate world (experiments/ope_synthetic.py), draw many
+Part 1 (accuracy): for each setting of the synthetic slate world (experiments/ope/synthetic.py), draw many
 independent logs, evaluate the candidate on each, and report per estimator the bias in standard errors of the
 mean, the RMSE, and the coverage and mean width of the nominal-90 % percentile and BCa intervals.
-Part 2 (speed): median wall time of one full :func:`experiments.ope.evaluate` (all estimators, request /
+Part 2 (speed): median wall time of one full :func:`experiments.ope.evaluate.evaluate` (all estimators, request /
 impression / per-slot levels, lifts) on large logs, one BLAS thread.
 
     .venv/bin/python -m experiments.bench.ope_coverage                # ~2 minutes on one core
@@ -24,8 +24,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from experiments import ope_synthetic as syn
-from experiments.ope import OPEConfig, evaluate
+from experiments.ope import synthetic as syn
+from experiments.ope.evaluate import OPEConfig, evaluate
 
 ESTIMATORS = ("dm", "ips", "snips", "dr")
 

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from reward.config import RewardConfig
+
 ENCODERS = {
     "cnn": {"kind": "cnn", "channels": 0},
     "cnn+learned(8)": {"kind": "cnn", "channels": 8},
@@ -33,7 +35,8 @@ ENCODERS = {
 
 
 def _world(root: Path) -> Path:
-    from experiments.commands.reward import record_asset_root
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
+    from experiments.reward_fit import record_asset_root
     from offline_data.io import find_table
     from offline_data.simulator import AnnotatorsConfig, LoggingConfig, SimulatorConfig, WorldConfig, simulate
     from offline_data.splits import SplitConfig, split_logs
@@ -54,8 +57,6 @@ def _world(root: Path) -> Path:
 
 
 def _config(encoder: dict, embeddings: Path, **train):
-    from reward.config import RewardConfig
-
     base = RewardConfig()
     if encoder["kind"] == "precomputed":
         encoder = {**encoder, "embeddings": str(embeddings)}
@@ -79,6 +80,7 @@ def _median_seconds(call, repeats: int) -> float:
 
 def bench_click_training(splits: Path, embeddings: Path, *, steps: int, repeats: int) -> dict:
     """Impression rows per second of click-only training from precomputed embeddings."""
+    # heavy (torch, pyarrow): imported when the benchmark runs, so importing the module stays light
     import torch
 
     from reward.data import load_reward_data
@@ -105,6 +107,7 @@ def bench_click_training(splits: Path, embeddings: Path, *, steps: int, repeats:
 
 def bench_scoring(splits: Path, embeddings: Path, name: str, *, repeats: int) -> dict:
     """Images per second at batch 64 and ms per batch of 8 for one encoder."""
+    # heavy (torch, pyarrow): imported when the benchmark runs, so importing the module stays light
     import torch
 
     from reward.data import load_reward_data
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench_reward_train.json"), help="JSON output")
     args = parser.parse_args(argv)
 
+    # heavy (torch, pyarrow): imported when the benchmark runs, so importing the module stays light
     import numpy as np
     import torch
 

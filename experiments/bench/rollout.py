@@ -37,6 +37,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from policy.config import InpaintModelConfig, LoraConfig, TextEncoderConfig, UNetConfig, VAEConfig
+from rollout.config import SamplerConfig
+
 DDPO_EPOCH_TARGET_S = 1.5
 SD15_INPAINTING_UNET_PARAMS = 859_535_364  # SD-1.5 (859,520,964) + 5 extra conv_in input channels
 
@@ -56,6 +59,7 @@ def timed(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> list
 
 def build_requests(batch: int, resolution: int) -> list:
     """``batch`` requests at ``resolution`` px: random pixels with a rectangular product of varying size."""
+    # heavy (torch): imported when the benchmark runs, so importing the module stays light
     import torch
 
     from rollout.request import InpaintRequest
@@ -83,9 +87,9 @@ def build_requests(batch: int, resolution: int) -> list:
 
 def measure(policy: Any, *, batch: int, steps: int, guidance: float, repeats: int, sync: Callable[[], None]) -> dict:
     """Time sampling and the three per-step UNet passes of DDPO on ``policy``; seconds (medians and all runs)."""
+    # heavy (torch, diffusers): imported when the benchmark runs, so importing the module stays light
     import torch
 
-    from rollout.config import SamplerConfig
     from rollout.denoise import conditioning_from_trajectory, denoise_step
     from rollout.sampler import sample_trajectories
 
@@ -139,6 +143,7 @@ def measure(policy: Any, *, batch: int, steps: int, guidance: float, repeats: in
 
 
 def describe_model(policy: Any) -> dict:
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     from policy.model import describe
 
     return describe(policy)
@@ -161,10 +166,10 @@ def print_table(title: str, result: dict, steps: int, batch: int) -> None:
 
 
 def run_cpu(args: argparse.Namespace) -> dict:
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     import torch
 
     from experiments.studio.prompts import studio_vocabulary
-    from policy.config import InpaintModelConfig, LoraConfig, UNetConfig
     from policy.model import InpaintPolicy
 
     torch.set_num_threads(args.threads)
@@ -195,13 +200,13 @@ def run_cpu(args: argparse.Namespace) -> dict:
 
 
 def run_gpu(args: argparse.Namespace) -> dict | None:
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     import torch
 
     if not torch.cuda.is_available():
         print("--gpu: CUDA is not available on this machine; nothing measured (run it on a GPU host).")
         return None
     from experiments.studio.prompts import studio_vocabulary
-    from policy.config import LoraConfig
     from policy.model import InpaintPolicy
 
     device = torch.device("cuda:0")
@@ -248,8 +253,6 @@ def run_gpu(args: argparse.Namespace) -> dict | None:
 
 def sd15_inpainting_config() -> Any:
     """Stable Diffusion 1.5 inpainting's architecture (random init): 860 M UNet, 84 M VAE, CLIP-L text encoder."""
-    from policy.config import InpaintModelConfig, TextEncoderConfig, UNetConfig, VAEConfig
-
     return InpaintModelConfig(
         resolution=512,
         channels_last=True,
@@ -282,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = 50 if args.gpu else 20
+    # heavy (torch): imported when the benchmark runs, so importing the module stays light
     import torch
 
     load_before = os.getloadavg()[0]

@@ -24,6 +24,9 @@ import time
 from typing import Any
 
 from experiments.bench.ddpo_cpu import build_requests, machine, pixel_reward, write_result
+from policy.config import InpaintModelConfig, LoraConfig
+from policy.trainer_config import DDPOConfig, KLConfig, OptimConfig
+from rollout.config import SamplerConfig
 
 MODES = ("re_forward", "during_sampling")
 KL_COEFS = (0.01, 0.0)
@@ -36,13 +39,11 @@ def _rss_mib() -> float:
 
 def time_configuration(args: dict[str, Any], mode: str, kl_coef: float) -> dict[str, Any]:
     """Run one warm-up and ``args['epochs']`` timed epochs of one configuration in this process."""
+    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
     import torch
 
-    from policy.config import InpaintModelConfig, LoraConfig
     from policy.model import STUDIO_TINY, InpaintPolicy
     from policy.trainer import DDPOTrainer
-    from policy.trainer_config import DDPOConfig, KLConfig, OptimConfig
-    from rollout.config import SamplerConfig
 
     torch.set_num_threads(args["threads"])
     torch.manual_seed(0)

@@ -51,6 +51,7 @@ def generate(
     Returns:
         The number of injected bad rows per reason code.
     """
+    # heavy (pyarrow): imported when the benchmark runs, so importing the module stays light
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -141,6 +142,7 @@ def generate(
 
 def run_once(data_dir: Path, out_dir: Path, batch_rows: int) -> dict:
     """Validate in this process and report seconds, peak RSS and the summary counts (the child's job)."""
+    # heavy (pyarrow): imported when the benchmark runs, so importing the module stays light
     from offline_data.io import find_table
     from offline_data.validation import ValidationConfig, validate_logs
 

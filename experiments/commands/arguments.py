@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 from typing import Any, TypeVar
+
+import experiments.commands
+from experiments.config import environment_profile, load_config
 
 T = TypeVar("T")
 
@@ -44,8 +49,6 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
 def load_root_config(cls: type[T], args: argparse.Namespace) -> T:
     """Load the command's root config from ``args.config``, the ``BACKDROP_CONFIG_OVERRIDES`` profile and
     ``args.overrides`` (``experiments.config.environment_profile``)."""
-    from experiments.config import environment_profile, load_config
-
     return load_config(
         cls, getattr(args, "config", None), getattr(args, "overrides", ()), profile=environment_profile(cls)
     )
@@ -64,10 +67,6 @@ def add_discovered_subcommands(subparsers: Any, group: str) -> None:
     Each such module exposes ``add_parser(subparsers)``; several engineers can then own the subcommands of one
     group (``policy pretrain``, ``policy train``, ...) without sharing a file. Discovery order is alphabetical.
     """
-    import importlib
-    import pkgutil
-
-    import experiments.commands
 
     prefix = f"{group}_"
     names = sorted(m.name for m in pkgutil.iter_modules(experiments.commands.__path__) if m.name.startswith(prefix))

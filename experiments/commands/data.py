@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import zoneinfo
 from pathlib import Path
 from typing import Any
+
+from experiments.commands.arguments import add_progress_argument, group_parser
+from experiments.output_folder import add_overwrite_argument, open_output_run
+from offline_data.errors import InputUnreadableError
 
 TABLES = ("impressions", "dwell", "preferences", "assets")
 
@@ -33,8 +38,6 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def _timezone(text: str) -> str:
-    import zoneinfo
-
     try:
         zoneinfo.ZoneInfo(text)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -45,9 +48,6 @@ def _timezone(text: str) -> str:
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_progress_argument, group_parser
-    from experiments.output_folder import add_overwrite_argument
-
     commands = group_parser(subparsers, "data", "validate offline logs and make leak-free splits")
 
     validate = commands.add_parser(
@@ -130,8 +130,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from experiments.output_folder import open_output_run
-    from offline_data.errors import InputUnreadableError
+    # heavy (pyarrow): imported when the command runs, so `backdrop --help` stays fast
     from offline_data.io import SUFFIXES, find_table, resolve_source
     from offline_data.validation import ValidationConfig, validate_logs
 
@@ -185,7 +184,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from experiments.output_folder import open_output_run
+    # heavy (pyarrow): imported when the command runs, so `backdrop --help` stays fast
     from offline_data.splits import SplitConfig, split_logs
 
     directory = args.dir

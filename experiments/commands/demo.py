@@ -10,6 +10,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from experiments.commands.arguments import add_config_arguments
+from experiments.config import load_config
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "experiments/configs/demo.toml"
 QUICK_CONFIG = "experiments/configs/demo_quick.toml"
@@ -25,8 +28,6 @@ DESCRIPTION = (
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
-
     parser = subparsers.add_parser(
         "demo", help="run the whole loop on the studio world (~5 min)", description=DESCRIPTION
     )
@@ -40,7 +41,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_arguments(
-        parser, config_class="experiments.demo_config:DemoConfig", example="trainer.epochs=2", default_config=None
+        parser, config_class="experiments.demo.config:DemoConfig", example="trainer.epochs=2", default_config=None
     )
     parser.set_defaults(handler=run_demo_command)
 
@@ -55,9 +56,9 @@ def config_path(args: argparse.Namespace) -> Path:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from experiments.config import load_config
-    from experiments.demo import run_demo
-    from experiments.demo_config import DemoConfig
+    # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
+    from experiments.demo.config import DemoConfig
+    from experiments.demo.run import run_demo
 
     config = load_config(DemoConfig, config_path(args), args.overrides)
     return run_demo(config, args.out, progress=not args.no_progress)

@@ -10,7 +10,11 @@ the model card. After writing, the bundle is reloaded and must reproduce its ref
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from experiments.commands.arguments import add_config_arguments, load_root_config
+from experiments.tracking import setup_logging
 
 DESCRIPTION = (
     "Export a policy run's LoRA candidate for an A/B test, behind gates: product preservation (every evaluation "
@@ -22,8 +26,6 @@ DESCRIPTION = (
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
-
     parser = subparsers.add_parser("export", help="gate and export an A/B candidate bundle", description=DESCRIPTION)
     parser.add_argument("run", metavar="RUN_DIR", help="a 'backdrop policy train' run directory")
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="new folder the bundle is written to")
@@ -39,7 +41,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_arguments(
         parser,
-        config_class="experiments.export_config:ExportCommandConfig",
+        config_class="experiments.export.config:ExportCommandConfig",
         example="export.threads=4",
         default_config="experiments/configs/export.toml",
     )
@@ -47,12 +49,9 @@ def register(subparsers: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from experiments.commands.arguments import load_root_config
-    from experiments.export import export_candidate
-    from experiments.export_config import ExportCommandConfig
-    from experiments.tracking import setup_logging
+    # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
+    from experiments.export.bundle import export_candidate
+    from experiments.export.config import ExportCommandConfig
 
     default = Path(__file__).resolve().parent.parent / "configs" / "export.toml"
     if args.config == "experiments/configs/export.toml" and not Path(args.config).is_file():

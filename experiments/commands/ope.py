@@ -1,14 +1,19 @@
 """``backdrop ope``: estimate a candidate's engagement from logged impressions before spending A/B traffic.
 
-Reads the impressions log and a candidate's per-impression scores (experiments/ope_inputs.py), runs the
-configured estimators with bootstrap intervals and overlap checks (experiments/ope.py), prints a table and the
+Reads the impressions log and a candidate's per-impression scores (experiments/ope/inputs.py), runs the
+configured estimators with bootstrap intervals and overlap checks (experiments/ope/evaluate.py), prints a table and the
 A/B sample size for the estimated lift, and writes ``ope.json`` into a fresh run directory (and ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
+
+from experiments.commands.arguments import add_config_arguments, load_root_config
+from experiments.tracking import start_run
 
 DESCRIPTION = (
     "Off-policy evaluation: estimate a candidate policy's engagement (clicks per request and per impression) "
@@ -19,8 +24,6 @@ DESCRIPTION = (
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
-
     parser = subparsers.add_parser("ope", help="estimate a candidate's engagement off-policy", description=DESCRIPTION)
     parser.add_argument(
         "--logs",
@@ -47,19 +50,15 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")
     parser.add_argument("--per-slot", action="store_true", help="also print the per-slot estimates")
-    add_config_arguments(parser, config_class="experiments.ope:OPECommandConfig", example="run.seed=1")
+    add_config_arguments(parser, config_class="experiments.ope.evaluate:OPECommandConfig", example="run.seed=1")
     parser.set_defaults(handler=run_ope)
 
 
 def run_ope(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from experiments.commands.arguments import load_root_config
-    from experiments.ope import MissingPropensityError, OPECommandConfig, evaluate, to_json_safe
-    from experiments.ope_inputs import load_candidate_scores, load_impressions
-    from experiments.ope_summary import format_report, plan_ab_test
-    from experiments.tracking import start_run
+    # heavy (pyarrow): imported when the command runs, so `backdrop --help` stays fast
+    from experiments.ope.evaluate import MissingPropensityError, OPECommandConfig, evaluate, to_json_safe
+    from experiments.ope.inputs import load_candidate_scores, load_impressions
+    from experiments.ope.summary import format_report, plan_ab_test
 
     config = load_root_config(OPECommandConfig, args)
     with start_run(config.run, config, command="ope") as run:

@@ -7,7 +7,11 @@ Writes compare.md (the table) and compare.json into a fresh run directory (``run
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from experiments.output_folder import add_overwrite_argument, open_output_run
+from experiments.tracking import new_run_dir
 
 DESCRIPTION = (
     "Compare finished 'backdrop policy train' runs (one per seed) with best-of-n reranking of the base model "
@@ -20,8 +24,6 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers: Any) -> None:
-    from experiments.output_folder import add_overwrite_argument
-
     parser = subparsers.add_parser(
         "compare", help="DDPO vs best-of-n vs offline methods at matched KL", description=DESCRIPTION
     )
@@ -43,11 +45,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_policy_compare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from experiments.compare_methods import compare_methods
-    from experiments.output_folder import open_output_run
-    from experiments.tracking import new_run_dir
+    # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
+    from experiments.compare.methods import compare_methods
 
     out = Path(args.out) if args.out else new_run_dir("runs", "policy_compare")
     inputs = [*args.ddpo, *args.dpo, *args.rwr, *([args.requests] if args.requests else [])]

@@ -10,7 +10,12 @@ an adapter per evaluation under adapters/ for matched-KL comparisons.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from experiments.commands.arguments import add_config_arguments, add_progress_argument, load_root_config
+from experiments.config import ConfigError
+from experiments.tracking import start_run
 
 DESCRIPTION = (
     "Offline fine-tuning of the inpainting policy's LoRA adapter from logs: Diffusion-DPO on pairwise "
@@ -21,8 +26,6 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments, add_progress_argument
-
     parser = subparsers.add_parser(
         "offline", help="fine-tune from logs only (Diffusion-DPO or RWR)", description=DESCRIPTION
     )
@@ -45,7 +48,7 @@ def add_parser(subparsers: Any) -> None:
     )
     add_config_arguments(
         parser,
-        config_class="experiments.policy_offline:PolicyOfflineCommandConfig",
+        config_class="experiments.policy_runs.offline:PolicyOfflineCommandConfig",
         example="offline.steps=200",
         default_config="experiments/configs/studio_<method>.toml",
     )
@@ -54,14 +57,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_policy_offline(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from experiments.commands.arguments import load_root_config
-    from experiments.config import ConfigError
-    from experiments.policy_offline import CONFIGS, PolicyOfflineCommandConfig, train_offline
-    from experiments.policy_requests import with_requests
-    from experiments.policy_train import describe_evaluation, resolve_reward_dir
-    from experiments.tracking import start_run
+    # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
+    from experiments.policy_runs.offline import CONFIGS, PolicyOfflineCommandConfig, train_offline
+    from experiments.policy_runs.requests import with_requests
+    from experiments.policy_runs.train import describe_evaluation, resolve_reward_dir
 
     if args.config == "experiments/configs/studio_<method>.toml":
         # The shipped config of the method (repository copy, else the one installed with the package).

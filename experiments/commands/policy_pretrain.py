@@ -13,11 +13,15 @@ exists for the strict loader; ``backdrop --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from experiments.config import RunConfig
+from experiments.commands.arguments import add_config_arguments
+from experiments.config import ConfigError, RunConfig, dump_toml, load_config
 from experiments.studio.pretrain.config import PretrainConfig
+from experiments.tracking import start_run
 from policy.config import InpaintModelConfig
 
 DEFAULT_CONFIG = "experiments/configs/pretrain_studio.toml"
@@ -47,8 +51,6 @@ class PretrainCommandConfig:
 
 
 def add_parser(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
-
     parser = subparsers.add_parser(
         "pretrain",
         help="pretrain the tiny base model on the studio world (VAE, mask-aware decoder, inpainting, style)",
@@ -79,16 +81,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    import shlex
-    from pathlib import Path
-
-    from experiments.config import ConfigError, dump_toml, load_config
+    # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
     from experiments.runtime import setup_runtime
     from experiments.studio.pretrain.checkpoint import LATEST
     from experiments.studio.pretrain.manifest import evaluate_and_write_manifest, export_model, halve_weights
     from experiments.studio.pretrain.train import pretrain
     from experiments.studio.prompts import studio_training_prompts
-    from experiments.tracking import start_run
     from offline_data.integrity import rewrite_checksums
     from rollout.guards import write_training_prompts
 

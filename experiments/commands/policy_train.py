@@ -5,13 +5,21 @@ world's training products), scores them with the reward model, and updates the L
 gradient and a KL penalty to the base model; every ``eval_every`` epochs the held-out requests are sampled and scored
 with the proxy reward and, for the studio world only, the simulator's hidden gold engagement (which training never
 sees). The run directory holds metrics.jsonl, checkpoints/, adapter/, final_eval.json, overoptimisation.png and the
-request manifest requests/ (``experiments.request_manifest``).
+request manifest requests/ (``experiments.policy_runs.request_manifest``).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 from typing import Any
+
+from experiments import run_record
+from experiments.commands.arguments import add_config_arguments, load_root_config
+from experiments.config import ConfigError, load_config
+from experiments.run_record import recorded_flags
+from experiments.tracking import Run, setup_logging, start_run
 
 DESCRIPTION = (
     "DDPO fine-tuning of the inpainting policy's LoRA adapter against a learned reward model (reward/), with "
@@ -23,14 +31,12 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
-
     parser = subparsers.add_parser(
         "train", help="DDPO fine-tuning against a learned reward model", description=DESCRIPTION
     )
     add_config_arguments(
         parser,
-        config_class="experiments.policy_train:PolicyTrainCommandConfig",
+        config_class="experiments.policy_runs.train:PolicyTrainCommandConfig",
         example="policy.lora.rank=16",
         default_config="experiments/configs/studio_ddpo.toml",
     )
@@ -56,14 +62,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_policy_train(args: argparse.Namespace) -> int:
-    import logging
-    from pathlib import Path
-
-    from experiments import run_record
-    from experiments.commands.arguments import load_root_config
-    from experiments.config import ConfigError, load_config
-    from experiments.policy_requests import with_requests
-    from experiments.policy_train import (
+    # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
+    from experiments.policy_runs.requests import with_requests
+    from experiments.policy_runs.train import (
         DEFAULT_CONFIG,
         PolicyTrainCommandConfig,
         ProcessRun,
@@ -73,8 +74,6 @@ def run_policy_train(args: argparse.Namespace) -> int:
         train_policy,
         truncate_metrics,
     )
-    from experiments.run_record import recorded_flags
-    from experiments.tracking import Run, setup_logging, start_run
     from policy.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint_state
 
     if args.resume:

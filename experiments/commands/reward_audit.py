@@ -8,7 +8,13 @@ raised (the export gate reads them); bad input exits non-zero with a message.
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 from typing import Any
+
+from experiments.commands.arguments import add_config_arguments, load_root_config
+from experiments.output_folder import add_overwrite_argument, open_output_run
+from reward.audit_config import AuditCommandConfig
 
 DESCRIPTION = (
     "Audit a reward model on held-out logs before optimising against it: calibration per head (ECE, reliability, "
@@ -21,9 +27,6 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
-    from experiments.output_folder import add_overwrite_argument
-
     parser = subparsers.add_parser("audit", help="audit a reward model (HTML + JSON report)", description=DESCRIPTION)
     parser.add_argument("model", metavar="MODEL", help="reward model folder (or the run folder holding model/)")
     parser.add_argument(
@@ -53,15 +56,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    import logging
-    from pathlib import Path
-
-    from experiments.commands.arguments import load_root_config
-    from experiments.output_folder import open_output_run
+    # heavy (torch, pyarrow): imported when the command runs, so `backdrop --help` stays fast
     from experiments.runtime import resolve_device
     from experiments.studio.truth import prompt_family, studio_truth
     from reward.audit import audit_reward_model, audit_summary
-    from reward.audit_config import AuditCommandConfig
     from reward.report import write_audit
     from reward.scorer import RewardScorer
 

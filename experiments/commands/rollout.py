@@ -20,7 +20,17 @@ report.
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import re
+from pathlib import Path
 from typing import Any
+
+from experiments.commands.arguments import group_parser
+from experiments.output_folder import add_overwrite_argument, open_output_run
+from experiments.tracking import new_run_dir
+from offline_data.errors import AssetError, BackdropError
+from rollout.config import SamplerConfig
 
 DESCRIPTION = (
     "Paint backgrounds behind product photos with the inpainting model (default: the shipped tiny studio base), "
@@ -30,9 +40,6 @@ DESCRIPTION = (
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import group_parser
-    from experiments.output_folder import add_overwrite_argument
-
     group = group_parser(subparsers, "rollout", "sample backgrounds with the inpainting model")
     parser = group.add_parser("sample", help="paint backgrounds behind product photos", description=DESCRIPTION)
     parser.add_argument("--requests", metavar="FILE",
@@ -110,18 +117,13 @@ def register(subparsers: Any) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from experiments.output_folder import open_output_run
+    # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
     from experiments.runtime import resolve_device, set_threads
-    from experiments.tracking import new_run_dir
-    from offline_data.errors import BackdropError
     from policy.model import InpaintPolicy, resolve_model_folder
-    from rollout.config import SamplerConfig
     from rollout.guards import GuardConfig, PromptGuard, read_training_prompts
     from rollout.photo import fit_canvas, merge_checks, native_canvas
     from rollout.request import expand_requests
+    from rollout.rerank import rerank
     from rollout.sampler import sample_trajectories
 
     _check_sources(args)
@@ -183,8 +185,6 @@ def run_sample(args: argparse.Namespace) -> int:
         reports.append(rollout.preservation)
         chosen, scores = list(range(len(batch))), [None] * len(batch)
         if reward_fn is not None:
-            from rollout.rerank import rerank
-
             ranked = rerank(rollout.images, batch, reward_fn, keep=n, max_hamming=args.max_hamming)
             chosen, scores = list(ranked.indices), ranked.scores.tolist()
             filtered_total += ranked.filtered
@@ -216,8 +216,6 @@ def run_sample(args: argparse.Namespace) -> int:
 
 def _check_sources(args: argparse.Namespace) -> None:
     """--requests, or --products with --prompts (and optional --masks), never both."""
-    from offline_data.errors import BackdropError
-
     if args.requests and (args.products or args.masks or args.prompts):
         raise BackdropError("--requests replaces --products, --masks and --prompts; give one or the other")
     if not args.requests and not (args.products and args.prompts):
@@ -226,7 +224,8 @@ def _check_sources(args: argparse.Namespace) -> None:
 
 def _table_photos(args: argparse.Namespace, guard: Any, out: Any) -> list:
     """The photos of a validated request table (rejects listed and written to OUT/requests/); refuses an empty one."""
-    from experiments.request_manifest import guard_fn, write_table_manifest
+    # heavy (torch, pyarrow): imported when the command runs, so `backdrop --help` stays fast
+    from experiments.policy_runs.request_manifest import guard_fn, write_table_manifest
     from offline_data.requests import RequestTableConfig, read_requests, require_requests
     from rollout.photo import row_photo
 
@@ -240,11 +239,11 @@ def _table_photos(args: argparse.Namespace, guard: Any, out: Any) -> list:
 
 def _styled(policy: Any, folder: Any, paths: list[str]) -> Any:
     """The policy wrapped with the style tokens of a board of images."""
+    # heavy (torch, diffusers, pyarrow): imported when the command runs, so `backdrop --help` stays fast
     import numpy as np
     import torch
     from PIL import Image
 
-    from offline_data.errors import AssetError
     from policy.style import StyleConditioning, StyledModel
 
     if not (folder / "style").is_dir():
@@ -267,11 +266,9 @@ def _load_products(paths: list[str], masks: list[str] | None, size: int) -> list
     Photo files keep their own size and pixels (``offline_data.photos`` decodes them); studio products are
     rendered at the model's resolution with a 0/255 alpha.
     """
-    from pathlib import Path
-
+    # heavy (pyarrow): imported when the command runs, so `backdrop --help` stays fast
     import numpy as np
 
-    from offline_data.errors import AssetError
     from offline_data.photos import decode_mask, decode_photo, product_alpha
     from offline_data.simulator import PRODUCT_KINDS, render_product
 
@@ -297,6 +294,7 @@ def _load_products(paths: list[str], masks: list[str] | None, size: int) -> list
 
 
 def _photo(name: str, rgb: Any, alpha: Any, prompt: str, prompt_index: int, segment: str) -> Any:
+    # heavy (torch, pyarrow): imported when the command runs, so `backdrop --help` stays fast
     from rollout.photo import PhotoRequest
 
     return PhotoRequest(request_id=f"{name}-p{prompt_index}", product_id=name, segment=segment, prompt=prompt,
@@ -305,15 +303,12 @@ def _photo(name: str, rgb: Any, alpha: Any, prompt: str, prompt_index: int, segm
 
 def _load_reward(spec: str, model_path: str | None) -> Any:
     """A ``rollout.protocols.RewardFn`` from ``gold[:SEGMENT]`` or ``MODULE:FACTORY``."""
-    import importlib
-    from pathlib import Path
-
-    from offline_data.errors import BackdropError
 
     if spec == "gold" or spec.startswith("gold:"):
         return _GoldReward(spec.partition(":")[2] or None)
     if (Path(spec) / "reward.json").is_file():
-        from experiments.policy_train import load_reward_model
+        # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
+        from experiments.policy_runs.train import load_reward_model
 
         reward_model = load_reward_model(Path(spec))
         return lambda images, requests: reward_model(images, requests).reward
@@ -333,7 +328,7 @@ class _GoldReward:
     """The studio world's hidden gold engagement as a RewardFn (evaluation only: a model never trains on it)."""
 
     def __init__(self, segment: str | None) -> None:
-        from offline_data.errors import BackdropError
+        # heavy (pyarrow): imported when the command runs, so `backdrop --help` stays fast
         from offline_data.simulator import SEGMENTS
 
         if segment is not None and segment not in SEGMENTS:
@@ -341,6 +336,7 @@ class _GoldReward:
         self.segment = segment
 
     def __call__(self, images: Any, requests: Any) -> Any:
+        # heavy (torch, pyarrow): imported when the command runs, so `backdrop --help` stays fast
         import torch
 
         from offline_data.simulator import gold_engagement
@@ -358,6 +354,7 @@ def _write_outputs(out: Any, rollout: Any, batch: list, chosen: list[int], score
     Images are ``<request_id>.png`` when one is kept per request, else ``<request_id>_<k>.png`` (characters other
     than letters, digits, ``.``, ``_`` and ``-`` become ``_``). Returns the alpha-rule check of every image.
     """
+    # heavy (torch, pyarrow): imported when the command runs, so `backdrop --help` stays fast
     from PIL import Image
 
     from rollout.photo import paint_back
@@ -390,8 +387,6 @@ def _write_outputs(out: Any, rollout: Any, batch: list, chosen: list[int], score
 def _check_file_names(request_ids: list[str]) -> None:
     """Refuse requests whose image file names would collide (two products with one file name, or ids that differ
     only in characters a file name cannot hold)."""
-    from offline_data.errors import BackdropError
-
     seen: dict[str, str] = {}
     for request_id in request_ids:
         other = seen.setdefault(_file_stem(request_id), request_id)
@@ -403,13 +398,12 @@ def _check_file_names(request_ids: list[str]) -> None:
 
 
 def _file_stem(request_id: str) -> str:
-    import re
-
     return re.sub(r"[^A-Za-z0-9._-]", "_", request_id)
 
 
 def _contact_sheet(out: Any, rows: list) -> Any:
     """The sheet of every kept image; photos larger than 192 px are shown as thumbnails (the files keep full size)."""
+    # heavy (numpy, PIL): imported when the command runs, so `backdrop --help` stays fast
     import numpy as np
     from PIL import Image
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from experiments.commands.arguments import group_parser
+from experiments.compare.runs import compare_runs, format_table, write_comparison
+from experiments.output_folder import add_overwrite_argument, open_output_run
+from experiments.tracking import new_run_dir
 
 COMPARE_DESCRIPTION = (
     "Compare run directories (any folder with metrics.jsonl and config.toml: training runs, sweep trials, "
@@ -14,9 +20,6 @@ COMPARE_DESCRIPTION = (
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import group_parser
-    from experiments.output_folder import add_overwrite_argument
-
     runs = group_parser(subparsers, "runs", "inspect and compare run directories")
     parser = runs.add_parser("compare", help="compare run directories", description=COMPARE_DESCRIPTION)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each with metrics.jsonl)")
@@ -42,11 +45,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from experiments.compare import compare_runs, format_table, write_comparison
-    from experiments.output_folder import open_output_run
-    from experiments.tracking import new_run_dir
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     lower = [m.strip() for m in args.lower_is_better.split(",") if m.strip()]

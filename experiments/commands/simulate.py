@@ -9,8 +9,13 @@ sample product photo, ``--set users.target_censoring_rate=0.6`` for heavily cens
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
+
+from experiments.commands.arguments import add_config_arguments, load_root_config
+from experiments.config import dump_toml
+from experiments.output_folder import add_overwrite_argument, open_output_run
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "studio_world.toml"
 
@@ -24,9 +29,6 @@ DESCRIPTION = (
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
-    from experiments.output_folder import add_overwrite_argument
-
     parser = subparsers.add_parser(
         "simulate", help="write the studio world's logs and assets", description=DESCRIPTION
     )
@@ -43,11 +45,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    import logging
-
-    from experiments.commands.arguments import load_root_config
-    from experiments.config import dump_toml
-    from experiments.output_folder import open_output_run
+    # heavy (pyarrow): imported when the command runs, so `backdrop --help` stays fast
     from offline_data.simulator import SimulatorConfig
     from offline_data.simulator.simulation import simulate
 

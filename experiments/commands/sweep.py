@@ -1,9 +1,15 @@
-"""``backdrop sweep``: an optuna study over config keys of a training command (see experiments/sweep.py)."""
+"""``backdrop sweep``: an optuna study over config keys of a training command (see experiments/sweep/study.py)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
+
+from experiments.commands.arguments import add_config_arguments, load_root_config
+from experiments.config import ConfigError
+from experiments.sweep.space import load_space
+from experiments.sweep.targets import load_target
 
 DESCRIPTION = (
     "Hyperparameter sweep with optuna over any config keys of a training command (kl_coef, learning rate, LoRA "
@@ -16,8 +22,6 @@ DESCRIPTION = (
 
 
 def register(subparsers: Any) -> None:
-    from experiments.commands.arguments import add_config_arguments
-
     parser = subparsers.add_parser(
         "sweep", help="optuna hyperparameter sweep over a command's config", description=DESCRIPTION
     )
@@ -28,7 +32,7 @@ def register(subparsers: Any) -> None:
         "examples in experiments/configs/*_space.toml; required unless --resume",
     )
     add_config_arguments(
-        parser, config_class="experiments.policy_train:PolicyTrainCommandConfig", example="run.threads=2"
+        parser, config_class="experiments.policy_runs.train:PolicyTrainCommandConfig", example="run.threads=2"
     )
     parser.add_argument(
         "--trials",
@@ -58,14 +62,9 @@ def register(subparsers: Any) -> None:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    import logging
-
-    from experiments.commands.arguments import load_root_config
-    from experiments.config import ConfigError
-    from experiments.sweep import SweepError, create_sweep, finished_summary_line, open_sweep, run_sweep
-    from experiments.sweep_space import load_space
-    from experiments.sweep_summary import format_summary, summarize_sweep
-    from experiments.sweep_targets import load_target
+    # heavy (optuna): imported when the command runs, so `backdrop --help` stays fast
+    from experiments.sweep.study import SweepError, create_sweep, finished_summary_line, open_sweep, run_sweep
+    from experiments.sweep.summary import format_summary, summarize_sweep
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.resume:

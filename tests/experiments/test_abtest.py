@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from experiments.abtest import (
+from experiments.config import ConfigError, from_dict
+from experiments.ope.abtest import (
     ABTestConfig,
     mean_mde,
     mean_power,
@@ -17,7 +18,6 @@ from experiments.abtest import (
     proportion_power,
     proportion_sample_size,
 )
-from experiments.config import ConfigError, from_dict
 
 # Standard normal quantiles, from tables: z_0.975, z_0.95, z_0.8.
 Z975, Z95, Z80 = 1.959963984540054, 1.6448536269514722, 0.8416212335729143

@@ -13,14 +13,14 @@ import torch
 
 from experiments.catalogue_example import write_example
 from experiments.cli import main
-from experiments.compare import load_run
-from experiments.compare_methods import (
+from experiments.compare.methods import (
     RANKED_BY_PROXY,
     ComparisonError,
     check_same_evaluation,
     held_out_member_gain,
     pessimistic_gain,
 )
+from experiments.compare.runs import load_run
 from policy.evaluation import BestOfN
 from tests.experiments.test_catalogue import TINY, reward_model  # noqa: F401  (the fixture, reused)
 from tests.policy.test_offline_compare import evaluation, write_run

@@ -43,3 +43,16 @@ def test_every_option_has_help() -> None:
 def test_python_dash_m_experiments_runs() -> None:
     result = subprocess.run([sys.executable, "-m", "experiments", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: backdrop" in result.stdout
+
+
+def test_building_every_command_parser_imports_no_heavy_library() -> None:
+    """``backdrop --help`` stays fast: command modules import torch, pyarrow, numpy, optuna... inside handlers only."""
+    code = (
+        "import sys\n"
+        "from experiments.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = ('torch', 'diffusers', 'transformers', 'numpy', 'pyarrow', 'scipy', 'optuna', 'matplotlib')\n"
+        "print(' '.join(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", f"imported by the parsers: {done.stdout.strip()}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
-from experiments.compare import (
+from experiments.compare.runs import (
     RunDirectoryError,
     UnknownMetricError,
     compare_runs,

@@ -232,11 +232,11 @@ def test_environment_profile_sits_between_file_and_set_and_skips_foreign_keys(
 
 def test_shipped_smoke_profile_values_are_valid_for_every_command_it_serves(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each command's config accepts the smoke profile's keys it has (values checked by each config)."""
-    from experiments.commands.reward import command_config_class
     from experiments.config import ENVIRONMENT_PROFILE, environment_profile
-    from experiments.export_config import ExportCommandConfig
-    from experiments.policy_offline import PolicyOfflineCommandConfig
-    from experiments.policy_train import PolicyTrainCommandConfig
+    from experiments.export.config import ExportCommandConfig
+    from experiments.policy_runs.offline import PolicyOfflineCommandConfig
+    from experiments.policy_runs.train import PolicyTrainCommandConfig
+    from experiments.reward_fit import command_config_class
     from offline_data.simulator import SimulatorConfig
     from reward.audit_config import AuditCommandConfig
 

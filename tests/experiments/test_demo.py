@@ -11,10 +11,10 @@ import torch
 
 from experiments.cli import main
 from experiments.config import ConfigError, load_config
-from experiments.demo import STAGES, DemoOutputError, demo_directory
-from experiments.demo_config import DemoConfig
-from experiments.demo_report import changed_product_pixels, ddpo_gain, export_line, headline_lines
-from experiments.demo_stages import DemoPaths
+from experiments.demo.config import DemoConfig
+from experiments.demo.report import changed_product_pixels, ddpo_gain, export_line, headline_lines
+from experiments.demo.run import STAGES, DemoOutputError, demo_directory
+from experiments.demo.stages import DemoPaths
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments.policy_train import describe_evaluation
+from experiments.policy_runs.train import describe_evaluation
 
 WITHOUT_GOLD = {
     "epoch": 4, "eval/kl_nats": 1.234, "eval/proxy_gain": 0.05, "eval/proxy_gain_sd": 0.5, "eval/proxy_gain_se": 0.01,

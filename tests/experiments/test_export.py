@@ -13,17 +13,17 @@ import torch
 
 from experiments.cli import main
 from experiments.config import dump_toml
-from experiments.export import export_candidate
-from experiments.export_config import (
+from experiments.export.bundle import export_candidate
+from experiments.export.config import (
     CandidateOPEConfig,
     EvaluationSetConfig,
     ExportConfig,
     GateConfig,
     ReferenceConfig,
 )
-from experiments.export_reload import ReproducibilityError, verify_reload
-from experiments.gates import GateRefusedError
-from experiments.ope import OPEConfig
+from experiments.export.gates import GateRefusedError
+from experiments.export.reload import ReproducibilityError, verify_reload
+from experiments.ope.evaluate import OPEConfig
 from experiments.studio.prompts import studio_vocabulary
 from reward.audit_config import AuditConfig, ProbeConfig
 
@@ -63,8 +63,13 @@ FAST_SET = [
 def build_run(root: Path) -> Path:
     """A small world (logs + truth), a reward model trained on it, and a policy run whose adapter is a
     perturbed LoRA on the shipped tiny studio base (``backdrop policy train`` layout)."""
-    from experiments.policy_requests import run_requests
-    from experiments.policy_train import PolicyTrainCommandConfig, RewardSourceConfig, WorldSourceConfig, load_world
+    from experiments.policy_runs.requests import run_requests
+    from experiments.policy_runs.train import (
+        PolicyTrainCommandConfig,
+        RewardSourceConfig,
+        WorldSourceConfig,
+        load_world,
+    )
     from experiments.studio.requests import StudioRequestsConfig
     from policy.config import InpaintModelConfig, LoraConfig, PolicyConfig
     from policy.model import InpaintPolicy
@@ -216,7 +221,7 @@ def test_reload_reproduces_the_reference_images(bundle: Path, run_dir: Path) -> 
 
 def test_reload_failure_is_loud(bundle: Path, run_dir: Path) -> None:
     from experiments.config import load_config
-    from experiments.policy_train import PolicyTrainCommandConfig, load_world
+    from experiments.policy_runs.train import PolicyTrainCommandConfig, load_world
     from experiments.studio.requests import studio_requests
     from policy.model import STUDIO_TINY
 
@@ -253,7 +258,7 @@ def test_planted_product_pixel_change_is_refused(run_dir: Path, tmp_path: Path, 
     """One product pixel of the second evaluation output (request 0, second seed) is changed after compositing."""
     import rollout.sampler as sampler_module
     from experiments.config import load_config
-    from experiments.policy_train import PolicyTrainCommandConfig, load_world
+    from experiments.policy_runs.train import PolicyTrainCommandConfig, load_world
     from experiments.studio.requests import studio_requests
 
     original = sampler_module.composite_product
@@ -296,7 +301,7 @@ def test_existing_bundle_folder_and_missing_reward_are_input_errors(run_dir: Pat
 
 def test_shipped_export_config_is_the_default() -> None:
     from experiments.config import load_config
-    from experiments.export_config import ExportCommandConfig
+    from experiments.export.config import ExportCommandConfig
 
     shipped = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "export.toml"
     assert load_config(ExportCommandConfig, shipped) == ExportCommandConfig()
@@ -316,7 +321,7 @@ def test_shipped_export_config_is_the_default() -> None:
 )
 def test_bad_export_config_values_are_named(override: str, message: str) -> None:
     from experiments.config import ConfigError, load_config
-    from experiments.export_config import ExportCommandConfig
+    from experiments.export.config import ExportCommandConfig
 
     with pytest.raises(ConfigError, match=message):
         load_config(ExportCommandConfig, None, [override])

@@ -1,4 +1,4 @@
-"""The direct lift (experiments/export_direct.py): hand-checked on 3 x 2 tables, the ensemble's spread and the
+"""The direct lift (experiments/export/direct.py): hand-checked on 3 x 2 tables, the ensemble's spread and the
 calibration error widen its interval, and no-difference candidates do not come out as lifts."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments.export_direct import calibration_margin, direct_lift
+from experiments.export.direct import calibration_margin, direct_lift
 
 # Base [R=3 requests, K=2 seeds]: each request's two seeds differ by 1, so every within-request variance
 # (unbiased) is 0.5 and the pooled SD is sqrt(0.5).
@@ -117,7 +117,7 @@ def test_bad_calibration_inputs_are_named(args, message) -> None:
 def test_member_rewards_are_laid_out_member_request_seed() -> None:
     import torch
 
-    from experiments.export_lift import member_rewards
+    from experiments.export.lift import member_rewards
 
     class Output:
         def __init__(self, members: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.export_ope import (
+from experiments.export.logged_ope import (
     THIN_CELL_IMPRESSIONS,
     LoggedImpressions,
     candidate_propensities,
@@ -19,7 +19,7 @@ from experiments.export_ope import (
     elbo_log_ratios,
     forward_chain,
 )
-from experiments.ope import OPEConfig, build_candidate, build_impression_log, evaluate
+from experiments.ope.evaluate import OPEConfig, build_candidate, build_impression_log, evaluate
 from policy.config import LoraConfig, NoiseScheduleConfig
 from policy.model import build_scheduler
 from rollout.config import SamplerConfig
@@ -324,7 +324,7 @@ def test_ranked_placement_estimate_matches_the_exact_value_of_the_keep_the_slot_
     # estimator's other error, the O(1/n) bias of estimating Z_{p,k} by a cell mean, measured −0.0005 over 40 seeds
     # with the expected click as reward (no click noise), is far below it.
     assert abs(estimate - truth) < 4 * standard_error
-    # The same through experiments.ope (IPS at the request level equals the sum above; DR with the exact q̂).
+    # The same through experiments.ope.evaluate (IPS at the request level equals the sum above; DR with the exact q̂).
     impression_log = build_impression_log(log["request"], log["slot"] + 1, log["click"], log["propensity"])
     candidate = build_candidate(impression_log, **columns)
     report = evaluate(impression_log, candidate, OPEConfig(n_bootstrap=0))

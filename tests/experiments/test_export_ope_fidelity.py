@@ -13,7 +13,7 @@ from experiments.bench.export_ope_fidelity import (
     spearman,
     temperature_for_ess,
 )
-from experiments.export_ope import LoggedImpressions, candidate_propensities
+from experiments.export.logged_ope import LoggedImpressions, candidate_propensities
 
 
 def test_centre_within_subtracts_each_groups_mean() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiments.bench.gate_truth import main, summarise
-from experiments.export_manifest import gate_validation
+from experiments.export.manifest import gate_validation
 
 
 def row(name: str, kind: str, lift: float, lower: float, passed: bool, gold: float) -> dict:

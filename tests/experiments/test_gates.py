@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.gates import (
+from experiments.export.gates import (
     GateRefusedError,
     audit_gate,
     check_gates,
@@ -83,7 +83,7 @@ def test_ope_gate_messages() -> None:
 
 
 def test_lift_gate_names_the_value_the_threshold_and_the_members() -> None:
-    from experiments.export_direct import direct_lift
+    from experiments.export.direct import direct_lift
 
     base = np.array([[[0.0, 1.0], [1.0, 2.0], [3.0, 4.0]]] * 2)  # [M=2, R=3, K=2]
     up = direct_lift(base + np.array([1.0, 1.2])[:, None, None], base, n_bootstrap=200)
@@ -101,7 +101,7 @@ def test_lift_gate_names_the_value_the_threshold_and_the_members() -> None:
 
 
 def test_lift_gate_refuses_when_a_member_disagrees_even_with_a_positive_lower_bound() -> None:
-    from experiments.export_direct import direct_lift
+    from experiments.export.direct import direct_lift
 
     base = np.array([[[0.0, 1.0], [1.0, 2.0], [3.0, 4.0]]] * 3)
     shifts = np.array([3.0, 3.0, -0.2])[:, None, None]  # two members see +3 reward, the third -0.2

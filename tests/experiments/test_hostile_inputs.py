@@ -193,10 +193,10 @@ def _deep_toml(tmp: Path) -> str:
 
 
 def _lora_nope(tmp: Path, world: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    import experiments.policy_train
+    import experiments.policy_runs.train
 
     # The reward model is not what this case is about: a stand-in that scores every image 0.
-    monkeypatch.setattr(experiments.policy_train, "load_reward_model", lambda *a, **k: lambda images, requests: 0)
+    monkeypatch.setattr(experiments.policy_runs.train, "load_reward_model", lambda *a, **k: lambda images, requests: 0)
     (tmp / "reward").mkdir()
     return [
         "policy", "train", "--reward", str(tmp / "reward"), "--no-progress",

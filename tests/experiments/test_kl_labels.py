@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments.policy_train import describe_evaluation
+from experiments.policy_runs.train import describe_evaluation
 from policy.evaluation import KL_PER_SAMPLE, KL_PER_STEP
 
 

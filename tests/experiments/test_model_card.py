@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.model_card import render_model_card, short_name, without_machine_paths
+from experiments.export.model_card import render_model_card, short_name, without_machine_paths
 
 
 def manifest(root: Path, *, passed: bool = True) -> dict:

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments import ope_bootstrap
-from experiments import ope_synthetic as syn
-from experiments.ope import OPEConfig, evaluate
-from experiments.ope_bootstrap import (
+from experiments.ope import bootstrap as ope_bootstrap
+from experiments.ope import synthetic as syn
+from experiments.ope.bootstrap import (
     bca_interval,
     bootstrap_intervals,
     jackknife_means,
     percentile_interval,
     resample_means,
 )
+from experiments.ope.evaluate import OPEConfig, evaluate
 
 
 def test_resample_means_are_means_of_resampled_rows() -> None:

@@ -11,9 +11,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from experiments import ope_synthetic as syn
 from experiments.cli import main
-from experiments.ope import OPEConfig, build_candidate, build_impression_log, evaluate
+from experiments.ope import synthetic as syn
+from experiments.ope.evaluate import OPEConfig, build_candidate, build_impression_log, evaluate
 
 
 def write_world(folder: Path, *, n_requests: int = 600, seed: int = 0) -> dict:

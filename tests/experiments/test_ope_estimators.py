@@ -1,6 +1,6 @@
 """OPE estimators: hand-computed values on tiny logs, exact identities, and unbiasedness against exact truth.
 
-The known-truth world is experiments/ope_synthetic.py: a contextual slate bandit whose policy values are
+The known-truth world is experiments/ope/synthetic.py: a contextual slate bandit whose policy values are
 computed exactly. "Unbiased" is checked as: over 200 independent logs, the mean estimate is within 3 standard
 errors (of that mean) of the truth.
 """
@@ -12,8 +12,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from experiments import ope_synthetic as syn
-from experiments.ope import OPEConfig, build_candidate, build_impression_log, estimate, evaluate
+from experiments.ope import synthetic as syn
+from experiments.ope.evaluate import OPEConfig, build_candidate, build_impression_log, estimate, evaluate
 
 # Point estimates only, and no refusal thresholds: the hand examples are far too small for them.
 POINT = OPEConfig(n_bootstrap=0, min_ess=0, min_ess_fraction=0, weight_mean_tolerance=float("inf"))

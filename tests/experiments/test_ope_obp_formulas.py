@@ -12,7 +12,7 @@ reward r_t, w_t = π_e(a_t | x_t) / π_b(a_t | x_t) and a reward model q̂:
 The data follow obp's ``SyntheticBanditDataset`` (contexts x ~ N(0, I); expected reward q(x, a) = σ(x·θ_a + b_a),
 obp's logistic reward function; a softmax behaviour policy over a noisy copy of q's logits; Bernoulli rewards)
 and the evaluation policy is a sharper softmax, as in obp's quickstart. Our estimators run through
-``experiments.ope.evaluate`` on the same rounds as a one-slot impression log, each round its own request.
+``experiments.ope.evaluate.evaluate`` on the same rounds as a one-slot impression log, each round its own request.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.ope import OPEConfig, build_candidate, build_impression_log, evaluate
+from experiments.ope.evaluate import OPEConfig, build_candidate, build_impression_log, evaluate
 
 POINT = OPEConfig(n_bootstrap=0, min_ess=0, min_ess_fraction=0, weight_mean_tolerance=float("inf"))
 

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from experiments import ope_synthetic as syn
 from experiments.config import ConfigError, from_dict
-from experiments.ope import (
+from experiments.ope import synthetic as syn
+from experiments.ope.evaluate import (
     MissingPropensityError,
     OPEConfig,
     OverlapError,
@@ -19,7 +19,7 @@ from experiments.ope import (
     expected_reward,
     unsupported_mass,
 )
-from experiments.ope_weights import kish_ess
+from experiments.ope.weights import kish_ess
 from offline_data.errors import BackdropError, InputUnreadableError, LogValidationError
 
 # Weighting estimators only (these candidates have no reward model), no refusal thresholds unless a test sets one.

@@ -101,8 +101,8 @@ def test_tour_parses_into_commands_and_names_run_folders_the_runs_use() -> None:
     folders = {t.split(TIMESTAMP)[0] for c in commands for t in c if TIMESTAMP in t}
     assert folders == {"runs/reward/", "runs/policy_train/", "runs/policy_offline_dpo/"}
     from experiments.config import load_config
-    from experiments.policy_offline import PolicyOfflineCommandConfig
-    from experiments.policy_train import PolicyTrainCommandConfig
+    from experiments.policy_runs.offline import PolicyOfflineCommandConfig
+    from experiments.policy_runs.train import PolicyTrainCommandConfig
 
     # The folder names the README uses are the run names the shipped configs give those runs.
     configs = {
@@ -110,7 +110,7 @@ def test_tour_parses_into_commands_and_names_run_folders_the_runs_use() -> None:
         "runs/policy_train/": ROOT / "experiments/configs/studio_ddpo.toml",
         "runs/policy_offline_dpo/": ROOT / "experiments/configs/studio_dpo.toml",
     }
-    from experiments.commands.reward import command_config_class
+    from experiments.reward_fit import command_config_class
 
     classes = {"runs/reward/": command_config_class(), "runs/policy_train/": PolicyTrainCommandConfig,
                "runs/policy_offline_dpo/": PolicyOfflineCommandConfig}  # fmt: skip
@@ -120,9 +120,9 @@ def test_tour_parses_into_commands_and_names_run_folders_the_runs_use() -> None:
 
 def test_bring_your_own_keys_exist() -> None:
     """The ``--set`` keys of the "Bringing your own" snippets are keys of the commands they are for."""
-    from experiments.commands.reward import command_config_class
     from experiments.config import ConfigError, load_config
-    from experiments.policy_train import PolicyTrainCommandConfig
+    from experiments.policy_runs.train import PolicyTrainCommandConfig
+    from experiments.reward_fit import command_config_class
 
     text = " ".join(readme_section("Bringing your own").split())
     keys = re.findall(r"--set ([a-z_.]+)=", text) + re.findall(r"`(reward\.encoder\.kind)=", text)

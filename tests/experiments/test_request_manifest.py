@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.request_manifest import (
+from experiments.policy_runs.request_manifest import (
     manifest_requests,
     read_manifest,
     write_studio_manifest,

@@ -17,7 +17,7 @@ import pytest
 
 from experiments.cli import build_parser, main
 from experiments.config import load_config
-from experiments.policy_train import PolicyTrainCommandConfig
+from experiments.policy_runs.train import PolicyTrainCommandConfig
 
 LONG_COMMANDS = {
     "simulate", "data validate", "reward train", "rollout sample", "policy train", "policy offline",
@@ -111,10 +111,10 @@ def test_policy_resume_reads_reward_from_the_run(tmp_path: Path, capsys: pytest.
 
 
 def test_a_failed_training_run_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import experiments.policy_train
+    import experiments.policy_runs.train
 
     # The reward model is not what this test is about: a stand-in that scores every image 0.
-    monkeypatch.setattr(experiments.policy_train, "load_reward_model", lambda *a, **k: lambda images, requests: 0)
+    monkeypatch.setattr(experiments.policy_runs.train, "load_reward_model", lambda *a, **k: lambda images, requests: 0)
     (tmp_path / "reward").mkdir()
     argv = [
         "policy",

@@ -19,7 +19,8 @@ import torch
 
 from experiments.cli import main
 from experiments.config import RunConfig, load_config
-from experiments.sweep import (
+from experiments.sweep.space import ConstraintConfig, ParamConfig, PrunerConfig, SweepSpaceConfig
+from experiments.sweep.study import (
     FAILURES_BEFORE_STOP,
     STUDY_NAME,
     SweepError,
@@ -31,9 +32,8 @@ from experiments.sweep import (
     open_sweep,
     run_sweep,
 )
-from experiments.sweep_space import ConstraintConfig, ParamConfig, PrunerConfig, SweepSpaceConfig
-from experiments.sweep_summary import summarize_sweep
-from experiments.sweep_targets import register_target, unregister_target
+from experiments.sweep.summary import summarize_sweep
+from experiments.sweep.targets import register_target, unregister_target
 
 HERE = Path(__file__).resolve().parent
 XY = {"quad.x": ParamConfig(type="float", low=-2.0, high=2.0), "quad.y": ParamConfig(type="float", low=-2.0, high=2.0)}
@@ -222,7 +222,7 @@ def test_each_worker_is_spawned_with_its_own_gpu(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "6,3")
     sweep = create_sweep(make_space(trials=3, seed=5), base_config(quadratic, tmp_path))
-    with caplog.at_level(logging.INFO, logger="experiments.sweep"):
+    with caplog.at_level(logging.INFO, logger="experiments.sweep.study"):
         assert run_sweep(sweep, workers=3, progress=False) == 3
     trials = load(sweep).trials
     records = [json.loads((sweep.paths.dir / t.user_attrs["run_dir"] / "trial.json").read_text()) for t in trials]

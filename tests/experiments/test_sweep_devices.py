@@ -1,4 +1,4 @@
-"""GPU assignment of sweep workers (experiments/sweep_devices.py): device pool, round-robin, spawn environment."""
+"""GPU assignment of sweep workers (experiments/sweep/devices.py): device pool, round-robin, spawn environment."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from experiments.sweep_devices import (
+from experiments.sweep.devices import (
     DevicePoolError,
     describe_devices,
     parse_device_pool,
@@ -105,6 +105,6 @@ def test_no_gpu_means_no_assignment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_pinned_device_is_said_in_the_log(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with caplog.at_level(logging.INFO, logger="experiments.sweep_devices"):
+    with caplog.at_level(logging.INFO, logger="experiments.sweep.devices"):
         assert sweep_gpu_pool("cuda:1") == []
     assert "run.device = 'cuda:1': every worker trains on that device" in caplog.text

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import optuna
 
-from experiments.sweep import STUDY_NAME, create_sweep, open_storage, run_sweep
+from experiments.sweep.study import STUDY_NAME, create_sweep, open_storage, run_sweep
 from tests.experiments.test_sweep import base_config, make_space, quadratic  # noqa: F401 (the fixture)
 from tests.subprocess_kills import ROOT, child_env, kill_repeatedly
 
@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(sys.argv[1])))
-from experiments.sweep import create_sweep, open_sweep, run_sweep
-from experiments.sweep_targets import register_target
+from experiments.sweep.study import create_sweep, open_sweep, run_sweep
+from experiments.sweep.targets import register_target
 from tests.experiments.test_sweep import base_config, make_space
 import test_sweep_target
 

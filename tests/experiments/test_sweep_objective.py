@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from experiments.sweep_objective import ObjectiveMissingError, ObjectiveTracker
-from experiments.sweep_space import ConstraintConfig
+from experiments.sweep.objective import ObjectiveMissingError, ObjectiveTracker
+from experiments.sweep.space import ConstraintConfig
 
 KL_BUDGET = ConstraintConfig(metric="policy/kl", max=0.05)
 
@@ -145,7 +145,7 @@ def test_a_trial_that_logged_only_the_untrained_step_is_missing_its_objective() 
 
 
 def test_policy_train_target_declares_its_untrained_step() -> None:
-    from experiments.sweep_targets import load_target
+    from experiments.sweep.targets import load_target
 
     assert load_target("policy train").first_trained_step == 1
     assert load_target("reward train").first_trained_step == 0

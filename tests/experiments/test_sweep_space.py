@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from experiments.config import ConfigError, RunConfig
-from experiments.sweep_space import (
+from experiments.sweep.space import (
     SECTION,
     ParamConfig,
     SweepSpaceError,
@@ -254,7 +254,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*_space.toml")), ids=lambda p: p.name)
 def test_shipped_space_files_load_and_fit_their_target(path: Path) -> None:
-    from experiments.sweep_targets import available_targets, load_target
+    from experiments.sweep.targets import available_targets, load_target
 
     space = load_space(path)
     if space.target in available_targets():

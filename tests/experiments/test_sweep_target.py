@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from experiments.config import RunConfig
-from experiments.sweep_targets import LogMetrics, SweepTarget
+from experiments.sweep.targets import LogMetrics, SweepTarget
 
 OPTIMUM = (1.0, -0.5)
 

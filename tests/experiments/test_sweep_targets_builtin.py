@@ -15,10 +15,10 @@ from pathlib import Path
 import optuna
 
 from experiments.config import load_config
-from experiments.sweep import STUDY_NAME, create_sweep, open_storage, open_sweep, run_sweep
-from experiments.sweep_space import PrunerConfig, check_space, load_space
-from experiments.sweep_targets import BUILTIN_TARGETS, available_targets, load_target
-from experiments.sweep_trial import read_trial_record, trial_dir
+from experiments.sweep.space import PrunerConfig, check_space, load_space
+from experiments.sweep.study import STUDY_NAME, create_sweep, open_storage, open_sweep, run_sweep
+from experiments.sweep.targets import BUILTIN_TARGETS, available_targets, load_target
+from experiments.sweep.trial import read_trial_record, trial_dir
 
 # The end-to-end policy test's small world and reward model (module-scoped), and its torch-threads guard (trials
 # call setup_runtime, which sets the thread count for the rest of the session).

@@ -25,7 +25,7 @@ def test_metrics_and_summaries_are_strict_json(tmp_path: Path) -> None:
 def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path: Path, caplog) -> None:
     import pytest
 
-    from experiments.policy_train import truncate_metrics
+    from experiments.policy_runs.train import truncate_metrics
     from offline_data.errors import InputUnreadableError
 
     whole = '{"step": 1, "reward/mean": 0.1}\n{"step": 2, "reward/mean": 0.2}\n'

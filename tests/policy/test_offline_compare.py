@@ -1,4 +1,4 @@
-"""experiments.compare_methods: the rows of the comparison table from run records, checked by hand."""
+"""experiments.compare.methods: the rows of the comparison table from run records, checked by hand."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.compare import load_run
-from experiments.compare_methods import (
+from experiments.compare.methods import (
     ComparisonError,
     MethodRow,
     check_same_evaluation,
@@ -18,6 +17,7 @@ from experiments.compare_methods import (
     offline_rows,
     t_interval,
 )
+from experiments.compare.runs import load_run
 
 
 def write_run(folder: Path, records: list[dict], config: str = "[eval]\nseeds_per_request = 4\n") -> Path:

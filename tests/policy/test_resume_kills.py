@@ -20,7 +20,7 @@ SCRIPT = """
 import sys
 from pathlib import Path
 import torch
-from experiments.policy_train import truncate_metrics
+from experiments.policy_runs.train import truncate_metrics
 from experiments.tracking import Run
 from policy.checkpoint import CheckpointError, latest_checkpoint
 from policy.trainer import DDPOTrainer

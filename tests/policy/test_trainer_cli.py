@@ -8,8 +8,8 @@ import pytest
 
 from experiments.cli import main
 from experiments.config import load_config
-from experiments.policy_offline import PolicyOfflineCommandConfig
-from experiments.policy_train import PolicyTrainCommandConfig, truncate_metrics
+from experiments.policy_runs.offline import PolicyOfflineCommandConfig
+from experiments.policy_runs.train import PolicyTrainCommandConfig, truncate_metrics
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 

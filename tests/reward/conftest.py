@@ -33,7 +33,7 @@ def build_splits(root: Path, config: SimulatorConfig) -> Path:
     splits = root / "splits"
     split_logs(world / "validated", splits, SplitConfig(fractions=(0.6, 0.2, 0.2)))
     # split_logs drops the asset root; point the split assets tables at the world's files.
-    from experiments.commands.reward import record_asset_root
+    from experiments.reward_fit import record_asset_root
 
     record_asset_root(world / "validated", splits)
     return splits

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from experiments.cli import main
-from experiments.commands.reward import DEFAULT_CONFIG, command_config_class
+from experiments.commands.reward import DEFAULT_CONFIG
 from experiments.config import load_config
+from experiments.reward_fit import command_config_class
 
 FAST = [
     "--set", "reward.train.epochs=2", "--set", "reward.ensemble.members=2", "--set", "run.threads=1",
