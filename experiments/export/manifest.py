@@ -99,7 +99,7 @@ def find_truth(start: Path, levels: int = 5) -> Path | None:
     return None
 
 
-GATE_TRUTH = Path(__file__).resolve().parent / "bench" / "results" / "gate_truth.json"
+GATE_TRUTH = Path(__file__).resolve().parent.parent / "bench" / "results" / "gate_truth.json"
 """The lift gate's validation against the studio world's gold (``python -m experiments.bench.gate_truth``)."""
 
 

@@ -45,7 +45,7 @@ from rollout.request import InpaintRequest
 
 logger = logging.getLogger("backdrop")
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 """The shipped configs: studio_dpo.toml and studio_rwr.toml (the default of --method dpo / rwr)."""
 CHOICE_NAMES = {0: "a", 1: "b", 2: "tie"}
 """reward.data's choice codes (0 a, 1 b, 2 tie)."""

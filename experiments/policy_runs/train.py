@@ -39,7 +39,7 @@ from reward.scorer import RewardScorer, ScoringRequest
 
 logger = logging.getLogger("backdrop")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "studio_ddpo.toml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "studio_ddpo.toml"
 DIVERGED_FILE = "diverged.json"
 """Written into a run that stopped with ``NonFiniteError`` (the message); export refuses such a run, and a resume
 that finishes removes it."""

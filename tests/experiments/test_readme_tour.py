@@ -135,7 +135,7 @@ def test_bring_your_own_keys_exist() -> None:
             assert "unknown key" not in str(exc), f"README names {key}, which {cls.__name__} does not have: {exc}"
 
 
-@pytest.mark.slow
+# In the default suite (~20 s on one core under the smoke profile), so the README cannot drift from the code.
 def test_the_tour_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from experiments.cli import main
 

@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from experiments.cli import main
 from tests.subprocess_kills import ROOT, child_env, kill_repeatedly
 
@@ -31,7 +29,8 @@ def comparable(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "time" and not k.startswith("time/")} for r in records]
 
 
-@pytest.mark.slow  # ~40 s of CPU: three process start-ups and four trainings of a 3-member ensemble
+# ~25 s on one core (three process start-ups, four trainings of a 3-member ensemble); in the default suite, as
+# the kill tests of policy train and sweep are.
 def test_a_killed_reward_train_resumes_to_the_uninterrupted_model(small_splits: Path, tmp_path: Path) -> None:
     started = time.perf_counter()
     assert (
