@@ -46,20 +46,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from scipy import stats
 
+from experiments.compare.proxy import (
+    ddpo_proxy_row,
+    evaluate_again,
+    offline_proxy_rows,
+    proxy_reranking_rows,
+    trained_on,
+)
+from experiments.compare.rows import (
+    RANKED_BY_GOLD,
+    RANKED_BY_PROXY,
+    Z_95,
+    ComparisonError,
+    ComparisonSetup,
+    MethodRow,
+    ddpo_name,
+    evaluations,
+    final_records,
+    matched_records,
+    normal_interval,
+    t_interval,
+)
 from experiments.compare.runs import RunDirectoryError, load_run
 from experiments.config import load_config
 from experiments.policy_runs.requests import manifest_eval
 from experiments.policy_runs.train import PolicyTrainCommandConfig, build_policy, load_reward_model, load_world
 from experiments.runtime import setup_runtime
 from experiments.studio.requests import StudioGold
-from offline_data.errors import AssetError, BackdropError
+from offline_data.errors import AssetError
 from policy.evaluation import best_of_n, best_of_n_kl_bound, within_request_sd
 
 logger = logging.getLogger("backdrop")
 
-Z_95 = 1.959964
 MATCHED_KEYS = ("trainer.sampler", "eval", "requests", "world", "catalogue")
 """Config sections that must agree between runs for their evaluations to compare (offline runs name the sampler
 [sampler] instead of [trainer.sampler])."""
@@ -67,74 +86,6 @@ REQUEST_KEYS = ("requests", "world", "catalogue")
 """Of those, the ones ``--requests`` makes irrelevant (every run is evaluated again on the given table)."""
 BASE_KEYS = ("policy.model",)
 """Config sections that must agree for the runs to share a base model (the reference of every KL)."""
-RANKED_BY_GOLD = "gold"
-RANKED_BY_PROXY = "reward model estimate, no gold"
-
-
-class ComparisonError(BackdropError):
-    """The runs cannot be compared (missing evaluations, different evaluation settings)."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MethodRow:
-    """One line of the comparison table."""
-
-    method: str
-    kl_nats: float
-    """KL to the base, nats per sample (an upper bound for best-of-n)."""
-    gold_gain: float | None = None
-    """Mean gold gain over the base, raw gold units (None without gold)."""
-    gold_ci: tuple[float, float] | None = None
-    """95 % interval of the raw gain (over seeds for DDPO, over requests otherwise)."""
-    gold_gain_sd: float | None = None
-    """The gain in within-request SDs of the base."""
-    proxy_gain_sd: float | None
-    """Proxy (reward model) gain in within-request SDs of the base's proxy, where measured."""
-    improved: float | None = None
-    """Share of requests whose gold rose (gold only)."""
-    note: str
-    """Which runs / step, how the interval was made."""
-    proxy_gain: float | None = None
-    """Mean proxy gain over the base, raw reward units (no-gold table)."""
-    proxy_ci: tuple[float, float] | None = None
-    """95 % interval of the raw proxy gain, made like ``gold_ci`` (no-gold table)."""
-    pessimistic_gain_sd: float | None = None
-    """Gain of the pessimistic proxy (mean - k std) in within-request SDs of the base's proxy (no-gold table)."""
-    held_out_gain_sd: float | None = None
-    """Best-of-n rows: the pessimistic gain scored by a held-out ensemble member (:func:`held_out_member_gain`),
-    in the same SDs; None elsewhere, or without ensemble members."""
-
-    def rank_value(self, gold: bool) -> float | None:
-        """What ranks the row: its gold gain (SD); without gold its held-out-member gain when it has one, else its
-        pessimistic gain (SD)."""
-        if gold:
-            return self.gold_gain_sd
-        return self.held_out_gain_sd if self.held_out_gain_sd is not None else self.pessimistic_gain_sd
-
-
-def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high) of a 95 % Student-t interval of the mean of ``values`` (n >= 2)."""
-    count = len(values)
-    mean = sum(values) / count
-    if count < 2:
-        return mean, float("nan"), float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (count - 1))
-    half = float(stats.t.ppf(0.975, count - 1)) * sd / math.sqrt(count)
-    return mean, mean - half, mean + half
-
-
-def normal_interval(per_request: Any) -> tuple[float, tuple[float, float]]:
-    """Mean of per-request gains ``[R]`` (float64 tensor) and its 95 % normal interval over requests."""
-    gain = float(per_request.mean())
-    half = Z_95 * float(per_request.std() / math.sqrt(per_request.numel()))
-    return gain, (gain - half, gain + half)
-
-
-def evaluations(run: Any, key: str = "eval/kl_nats", *, gold: bool = True) -> list[dict[str, Any]]:
-    """The evaluation records of a run (those with KL and gold, or with KL and the proxy gain when ``gold`` is
-    false)."""
-    needed = "gold/gain" if gold else "eval/proxy_gain"
-    return [r for r in run.metrics if key in r and needed in r]
 
 
 def _settings(run: Any, sections: Sequence[str]) -> dict[str, Any]:
@@ -182,23 +133,6 @@ def check_same_evaluation(runs: Sequence[Any], *, requests_given: bool = False) 
         )
 
 
-def final_records(runs: Sequence[Any], *, gold: bool = True) -> list[dict[str, Any]]:
-    """Each DDPO run's final evaluation record, with the run's path under ``run``."""
-    finals = []
-    for run in runs:
-        records = evaluations(run, gold=gold)
-        if not records:
-            what = "with gold" if gold else "with the proxy gain"
-            raise ComparisonError(f"{run.path}: no evaluation {what} in metrics.jsonl (eval_every = 0?)")
-        finals.append({"run": str(run.path), "step": records[-1]["step"], **records[-1]})
-    return finals
-
-
-def ddpo_name(count: int) -> str:
-    """The DDPO row's label: how many seeds it averages."""
-    return f"DDPO ({count} seed{'s' if count > 1 else ''})"
-
-
 def ddpo_row(runs: Sequence[Any], scale: float) -> tuple[MethodRow, list[dict[str, Any]]]:
     """Mean over seeds of each DDPO run's final evaluation."""
     finals = final_records(runs)
@@ -215,60 +149,6 @@ def ddpo_row(runs: Sequence[Any], scale: float) -> tuple[MethodRow, list[dict[st
         note="final epoch of each seed; t-interval over seeds; per seed gain " + ", ".join(f"{g:+.3f}" for g in gains),
     )
     return row, finals
-
-
-def pessimistic_gain(record: Mapping[str, Any], pessimism: float, where: Any) -> float:
-    """The record's raw pessimistic gain at ``pessimism`` = k: ``eval/pessimistic_gain`` when it was evaluated with
-    that k, else converted (both gains are paired means, so the gain of the ensemble std is
-    (proxy gain - pessimistic gain) / k_logged, and the gain at k is proxy gain - k times it).
-
-    Raises:
-        ComparisonError: the record has no pessimistic gain, or was evaluated with k = 0 (nothing to convert).
-    """
-    if "eval/pessimistic_gain" not in record:
-        raise ComparisonError(f"{where}: step {record.get('step')} logged no eval/pessimistic_gain; train it again")
-    logged = float(record.get("eval/pessimism", pessimism))
-    if logged == pessimism:
-        return float(record["eval/pessimistic_gain"])
-    if logged <= 0:
-        raise ComparisonError(
-            f"{where}: evaluated with pessimism 0, the comparison uses {pessimism:g}; set the same [eval] pessimism"
-        )
-    spread_gain = (record["eval/proxy_gain"] - record["eval/pessimistic_gain"]) / logged
-    return float(record["eval/proxy_gain"] - pessimism * spread_gain)
-
-
-def ddpo_proxy_row(
-    finals: Sequence[Mapping[str, Any]], scale: float, pessimism: float, *, evaluated: str = "final epoch of each seed"
-) -> MethodRow:
-    """Without gold: the mean over seeds of each DDPO run's final proxy and pessimistic gains (in ``scale``, the
-    base's within-request proxy SD), with a t-interval of the raw proxy gain over seeds."""
-    gains = [f["eval/proxy_gain"] for f in finals]
-    mean, low, high = t_interval(gains)
-    pessimistic = [pessimistic_gain(f, pessimism, f["run"]) for f in finals]
-    return MethodRow(
-        method=ddpo_name(len(finals)),
-        kl_nats=sum(f["eval/kl_nats"] for f in finals) / len(finals),
-        proxy_gain=mean,
-        proxy_ci=(low, high),
-        proxy_gain_sd=mean / scale,
-        pessimistic_gain_sd=sum(pessimistic) / len(pessimistic) / scale,
-        note=f"{evaluated}; t-interval over seeds; per seed proxy gain " + ", ".join(f"{g:+.3f}" for g in gains),
-    )
-
-
-def matched_records(records: Sequence[dict[str, Any]], target_kl: float) -> list[tuple[str, dict[str, Any], str]]:
-    """(label, record, note) of the evaluation closest to ``target_kl`` and of the last one (when it differs)."""
-    matched = min(records, key=lambda r: abs(r["eval/kl_nats"] - target_kl))
-    picked = []
-    for label, record in (("matched KL", matched), ("final", records[-1])):
-        if label == "final" and record is matched:
-            continue
-        final_kl = (
-            "" if label == "final" or matched is records[-1] else f"; final KL {records[-1]['eval/kl_nats']:.1f}"
-        )
-        picked.append((label, record, final_kl))
-    return picked
 
 
 def offline_rows(name: str, run: Any, target_kl: float, scale: float) -> list[MethodRow]:
@@ -294,79 +174,10 @@ def offline_rows(name: str, run: Any, target_kl: float, scale: float) -> list[Me
     return rows
 
 
-def offline_proxy_rows(
-    name: str, where: Any, records: Sequence[dict[str, Any]], target_kl: float, scale: float, pessimism: float
-) -> list[MethodRow]:
-    """Without gold: an offline run's evaluations (logged, or evaluated again) at matched KL and final."""
-    if not records:
-        raise ComparisonError(f"{where}: no evaluation with the proxy gain in metrics.jsonl (eval_every = 0?)")
-    rows = []
-    for label, record, final_kl in matched_records(records, target_kl):
-        gain, half = record["eval/proxy_gain"], Z_95 * record["eval/proxy_gain_se"]
-        rows.append(
-            MethodRow(
-                method=f"{name} ({label}, step {int(record['step'])})",
-                kl_nats=record["eval/kl_nats"],
-                proxy_gain=gain,
-                proxy_ci=(gain - half, gain + half),
-                proxy_gain_sd=gain / scale,
-                pessimistic_gain_sd=pessimistic_gain(record, pessimism, where) / scale,
-                note=f"{where}; normal interval over requests{final_kl}",
-            )
-        )
-    return rows
-
-
-def held_out_member_gain(picks: Any, pessimism: float) -> float | None:
-    """Cross-fitted value of best-of-n, raw proxy units: for each ensemble member j, per request the candidate the
-    mean of the OTHER members scores highest, valued by member j - k std (k = ``pessimism``) minus the mean of
-    that value over the request's n candidates; the mean over requests, averaged over j.
-
-    Member j's own errors did not pick the candidate it scores, so the winner's curse of reranking and scoring with
-    the same model is gone (what the members share is not). When every member would pick the same candidate this is
-    the pessimistic gain of that pick.
-
-    Args:
-        picks: ``policy.evaluation.BestOfN`` with ``members [M, R, n]`` and ``uncertainty [R, n]``.
-
-    Returns:
-        The gain, or None without per-member scores or with fewer than two members.
-    """
-    if picks.members is None or picks.members.shape[0] < 2 or picks.uncertainty is None:
-        return None
-    members = picks.members.double()
-    spread = picks.uncertainty.double()
-    count = members.shape[0]
-    total = members.sum(dim=0)
-    gains = []
-    for j in range(count):
-        pick = ((total - members[j]) / (count - 1)).argmax(dim=1)  # ties: the first candidate, as the reranker
-        value = members[j] - pessimism * spread
-        gains.append(float((value.gather(1, pick[:, None])[:, 0] - value.mean(dim=1)).mean()))
-    return sum(gains) / count
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ComparisonSetup:
-    """What every row is scored with: the first DDPO run's config, base model, reward model and held-out requests."""
-
-    config: Any
-    policy: Any
-    reward_fn: Any
-    gold_fn: Any
-    """The studio world's gold, or None (catalogue runs, or ``--requests``)."""
-    requests: list
-    source: str
-    """Where the requests come from (for the output)."""
-    pessimism: float
-    """k of the pessimistic proxy (the first run's evaluation k)."""
-
-
 def load_setup(first_run: Any, requests_file: str | Path | None, manifest_dir: Path | None) -> ComparisonSetup:
     """The first DDPO run's settings, models and held-out requests (its manifest's eval rows, or the eval rows of
     ``requests_file``, validated and written to ``manifest_dir`` as the comparison's request manifest)."""
     from experiments.policy_runs.requests import catalogue_requests
-    from offline_data.errors import AssetError
 
     config = load_config(PolicyTrainCommandConfig, first_run.path / "config.toml")
     environment = json.loads((first_run.path / "environment.json").read_text(encoding="utf-8"))
@@ -407,8 +218,6 @@ def reranking_rows(
         rows, the within-request SD of the base's gold (of its proxy without gold: the scale of every gain), and
         details for the JSON.
     """
-
-    from policy.evaluation import best_of_n_kl_bound, within_request_sd
 
     policy, requests, config = setup.policy, setup.requests, setup.config
     common = {
@@ -474,126 +283,6 @@ def reranking_rows(
         details["stacked_policy_mean_gold"] = float(stacked.gold.mean())
     details["requests"] = len(requests)
     return rows, scale, details
-
-
-def proxy_reranking_rows(
-    base: Any, stacked: Any, n: int, pessimism: float, stack_label: tuple[str, str]
-) -> tuple[list[MethodRow], float, dict]:
-    """Without gold: the base and best-of-n rows scored by the reward model (module docstring), gains over the
-    base's mean proxy per request in within-request SDs of the base's proxy (the returned scale)."""
-
-    scale = within_request_sd(base.proxy)
-    base_mean = base.proxy.mean(dim=1).double()
-    base_lower = (base.proxy - pessimism * base.uncertainty).mean(dim=1).double()
-
-    def row(method: str, picks: Any, kl: float, note: str) -> MethodRow:
-        chosen = picks.chosen[:, None]
-        per_request = picks.proxy.gather(1, chosen)[:, 0].double() - base_mean
-        lower = (picks.proxy - pessimism * picks.uncertainty).gather(1, chosen)[:, 0].double() - base_lower
-        gain, interval = normal_interval(per_request)
-        held_out = held_out_member_gain(picks, pessimism)
-        if held_out is not None and picks is not base:  # valued against the base's candidates, like every gain
-            held_out += float((picks.members.double() - pessimism * picks.uncertainty.double()).mean()) - float(
-                base_lower.mean()
-            )
-        how = (
-            "ranked by a held-out ensemble member (picked by the others)"
-            if held_out is not None
-            else "NOT held out: the reward model reports no ensemble members, so its rank is optimistic"
-        )
-        return MethodRow(
-            method=method,
-            kl_nats=kl,
-            proxy_gain=gain,
-            proxy_ci=interval,
-            proxy_gain_sd=gain / scale,
-            pessimistic_gain_sd=float(lower.mean()) / scale,
-            held_out_gain_sd=None if held_out is None else held_out / scale,
-            note=f"{note}; picked and scored by the same reward model: optimistic by construction; {how}",
-        )
-
-    bound = best_of_n_kl_bound(n)
-    rows = [
-        MethodRow(
-            method="base (adapter off)", kl_nats=0.0, proxy_gain=0.0, proxy_ci=(0.0, 0.0), proxy_gain_sd=0.0,
-            pessimistic_gain_sd=0.0,
-            note=f"mean proxy {float(base_mean.mean()):+.3f}; within-request SD {scale:.3f} ({n} samples x "
-            f"{base.proxy.shape[0]} requests)",
-        ),
-        row(f"best-of-{n} (base)", base, bound, "KL: upper bound log n - (n-1)/n; normal interval over requests"),
-    ]  # fmt: skip
-    details: dict[str, Any] = {"base_mean_proxy": float(base_mean.mean()), "within_request_sd": scale}
-    if stacked is not None:
-        rows.append(row(stack_label[0], stacked, float("nan"), stack_label[1]))
-        details["stacked_policy_mean_proxy"] = float(stacked.proxy.mean())
-    details["requests"] = base.proxy.shape[0]
-    return rows, scale, details
-
-
-def evaluate_again(
-    setup: ComparisonSetup, ddpo_runs: Sequence[Any], offline: Sequence[tuple[str, Any]]
-) -> dict[Path, list[dict[str, Any]]]:
-    """``--requests``: every run's adapters evaluated on ``setup.requests`` (one evaluator: the same seeds and the
-    same base samples for all), as metric records with the step of the adapter: each DDPO run's final
-    ``adapter/`` (its last logged step) and each offline run's snapshots ``adapters/step-NNNNNN``.
-
-    Raises:
-        ComparisonError: a run without the adapters to evaluate.
-    """
-    import dataclasses as dc
-
-    from policy.evaluation import PolicyEvaluator
-
-    config = setup.config
-    evaluator = PolicyEvaluator(
-        setup.requests, reward_fn=setup.reward_fn, gold_fn=None, sampler=config.trainer.sampler,
-        config=dc.replace(config.eval, pessimism=setup.pessimism),
-    )  # fmt: skip
-
-    def evaluate(adapter: Path, step: int) -> dict[str, Any]:
-        setup.policy.load_adapter(adapter)
-        with torch.no_grad():
-            return {"step": step, "adapter": str(adapter), **evaluator.evaluate(setup.policy)}
-
-    records: dict[Path, list[dict[str, Any]]] = {}
-    for run in ddpo_runs:
-        if not (run.path / "adapter").is_dir():
-            raise ComparisonError(f"{run.path / 'adapter'}: the DDPO run has no final adapter to evaluate")
-        records[run.path] = [evaluate(run.path / "adapter", max((r["step"] for r in run.metrics), default=0))]
-    for _, run in offline:
-        snapshots = sorted((run.path / "adapters").glob("step-*"))
-        if not snapshots:
-            raise ComparisonError(
-                f"{run.path / 'adapters'}: the offline run saved no adapter snapshot (eval_every = 0?)"
-            )
-        records[run.path] = [evaluate(s, int(s.name.removeprefix("step-"))) for s in snapshots]
-    return records
-
-
-def trained_on(runs: Sequence[Any], manifest_dir: Path) -> dict[str, str]:
-    """``--requests``: per run, where its training requests came from and how many of the compared requests its own
-    request manifest holds (same photo, mask and prompt), so comparing on another catalogue is said, not hidden."""
-    from experiments.policy_runs.request_manifest import MANIFEST_DIR, read_manifest
-
-    def keys(rows: Sequence[dict]) -> set[tuple]:
-        return {(r["image_sha256"], r.get("mask_sha256"), r["prompt"]) for r in rows}
-
-    compared = keys(read_manifest(manifest_dir).rows("eval"))
-    lines = {}
-    for run in runs:
-        table = run.config.get("catalogue.requests")
-        source = f"catalogue {table}" if table else "the studio world"
-        try:
-            own = keys(read_manifest(run.path / MANIFEST_DIR).rows())
-        except AssetError:
-            lines[str(run.path)] = f"trained on {source} (no readable request manifest)"
-            continue
-        shared = len(compared & own)
-        other = " - other requests than the ones compared" if shared < len(compared) else ""
-        lines[str(run.path)] = (
-            f"trained on {source}; {shared} of the {len(compared)} compared requests are in its manifest{other}"
-        )
-    return lines
 
 
 def ranking(rows: Sequence[MethodRow], gold: bool) -> list[dict[str, Any]]:

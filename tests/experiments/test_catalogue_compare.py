@@ -13,13 +13,9 @@ import torch
 
 from experiments.catalogue_example import write_example
 from experiments.cli import main
-from experiments.compare.methods import (
-    RANKED_BY_PROXY,
-    ComparisonError,
-    check_same_evaluation,
-    held_out_member_gain,
-    pessimistic_gain,
-)
+from experiments.compare.methods import check_same_evaluation
+from experiments.compare.proxy import held_out_member_gain, pessimistic_gain
+from experiments.compare.rows import RANKED_BY_PROXY, ComparisonError
 from experiments.compare.runs import load_run
 from policy.evaluation import BestOfN
 from tests.experiments.test_catalogue import TINY, reward_model  # noqa: F401  (the fixture, reused)

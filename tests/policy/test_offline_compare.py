@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.compare.methods import (
-    ComparisonError,
-    MethodRow,
-    check_same_evaluation,
-    ddpo_row,
-    format_markdown,
-    offline_rows,
-    t_interval,
-)
+from experiments.compare.methods import check_same_evaluation, ddpo_row, format_markdown, offline_rows
+from experiments.compare.rows import ComparisonError, MethodRow, t_interval
 from experiments.compare.runs import load_run
 
 
