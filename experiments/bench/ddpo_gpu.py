@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import platform
 import statistics
@@ -73,6 +72,7 @@ from typing import Any, NamedTuple
 from experiments.bench.ddpo_baseline import baseline_epoch
 from experiments.bench.kernel_profile import format_families, profile_families
 from experiments.bench.rollout import build_requests, sd15_inpainting_config
+from experiments.bench.unet_cost import sample_flops
 from policy.acceleration_config import AccelerationConfig
 from policy.config import InpaintModelConfig, LoraConfig, TextEncoderConfig, UNetConfig, VAEConfig
 from policy.trainer_config import DDPOConfig, KLConfig, OptimConfig
@@ -104,44 +104,6 @@ def tiny_config() -> Any:
         vae=VAEConfig(block_out_channels=(8, 16, 16)),
         text=TextEncoderConfig(hidden_size=32, num_heads=2, intermediate_size=64, max_length=8),
     )
-
-
-def sample_flops(model_config: Any, *, steps: int, trained_steps: int, batch: int, vae: bool) -> dict[str, float]:
-    """FLOPs of one sample by phase (``unet_cost.recipe_flops``), counted on the meta device for this model.
-
-    The VAE encode runs once per distinct request (``REQUESTS`` of them per ``batch`` samples), the decode per
-    sample; ``vae=False`` leaves both out (the baseline does neither).
-    """
-    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
-    from experiments.bench.unet_cost import recipe_flops
-
-    cost, per_image = count_model(model_config)
-    per_sample = {"encode": per_image["encode"] * REQUESTS / batch, "decode": per_image["decode"]}
-    return recipe_flops(cost, steps=steps, guidance=True, trained_steps=trained_steps, vae=per_sample if vae else None)
-
-
-@functools.cache
-def count_model(model_config: Any) -> tuple[Any, dict[str, float]]:
-    """The UNet's per-image cost (with the bench's LoRA) and the VAE's encode/decode FLOPs, counted once."""
-    # heavy (torch, diffusers, transformers): imported when the benchmark runs, so importing the module stays light
-    from experiments.bench.unet_cost import measure_unet_cost, vae_flops
-    from policy.lora import add_lora
-    from policy.model import build_unet, build_vae
-
-    def build() -> Any:
-        unet = build_unet(
-            model_config.unet,
-            sample_size=model_config.resolution // model_config.vae.scale_factor,
-            latent_channels=model_config.vae.latent_channels,
-            cross_attention_dim=model_config.text.hidden_size,
-        )
-        add_lora(unet, LoraConfig())
-        return unet
-
-    text = model_config.text
-    cost = measure_unet_cost(build, text_tokens=text.max_length, text_width=text.hidden_size)
-    vae = vae_flops(lambda: build_vae(model_config.vae, model_config.resolution), resolution=model_config.resolution)
-    return cost, vae
 
 
 def bench_requests(resolution: int) -> list:
@@ -566,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 flops = sample_flops(
                     model_config,
+                    requests=REQUESTS,
                     steps=args.timed_steps,
                     trained_steps=trained,
                     batch=args.batch,

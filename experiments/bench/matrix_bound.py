@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.bench.ddpo_gpu import count_model, sample_flops, tiny_config
+from experiments.bench.ddpo_gpu import REQUESTS, tiny_config
 from experiments.bench.rollout import sd15_inpainting_config
+from experiments.bench.unet_cost import count_model, sample_flops
 
 MATRIX_FAMILIES = ("convolution", "matmul")
 """Kernel families whose time the non-attention FLOPs are divided by (a 1x1 convolution may run as a GEMM)."""
@@ -36,7 +37,9 @@ def family_flops(model_config: Any, *, steps: int, trained_steps: int, batch: in
     from experiments.bench.unet_cost import recipe_attention_flops
 
     cost, _ = count_model(model_config)
-    total = sample_flops(model_config, steps=steps, trained_steps=trained_steps, batch=batch, vae=True)["total"]
+    total = sample_flops(
+        model_config, steps=steps, trained_steps=trained_steps, batch=batch, requests=REQUESTS, vae=True
+    )["total"]
     attention = recipe_attention_flops(cost, steps=steps, guidance=True, trained_steps=trained_steps)
     return {"attention": attention, "matrix": total - attention}
 

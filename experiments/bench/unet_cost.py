@@ -21,6 +21,7 @@ backward into the LoRA weights), plus the VAE encode/decode of the sample.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -325,3 +326,41 @@ def recipe_attention_flops(cost: UNetCost, *, steps: int, guidance: bool, traine
     backward = sum(flops for op, flops in cost.by_op.items() if "attention" in op and "backward" in op)
     images = 2 if guidance else 1
     return images * ((steps + 2 * trained_steps) * forward + trained_steps * backward)
+
+
+def sample_flops(
+    model_config: Any, *, steps: int, trained_steps: int, batch: int, requests: int, vae: bool
+) -> dict[str, float]:
+    """FLOPs of one sample by phase (:func:`recipe_flops`), counted on the meta device for ``model_config`` (an
+    ``InpaintModelConfig``).
+
+    The VAE encode runs once per distinct request (``requests`` of them per ``batch`` samples), the decode per
+    sample; ``vae=False`` leaves both out (the baseline does neither).
+    """
+    cost, per_image = count_model(model_config)
+    per_sample = {"encode": per_image["encode"] * requests / batch, "decode": per_image["decode"]}
+    return recipe_flops(cost, steps=steps, guidance=True, trained_steps=trained_steps, vae=per_sample if vae else None)
+
+
+@functools.cache
+def count_model(model_config: Any) -> tuple[Any, dict[str, float]]:
+    """The UNet's per-image cost (with the bench's LoRA) and the VAE's encode/decode FLOPs, counted once."""
+    # policy.model pulls in diffusers and transformers: imported when a model is counted
+    from policy.config import LoraConfig
+    from policy.lora import add_lora
+    from policy.model import build_unet, build_vae
+
+    def build() -> Any:
+        unet = build_unet(
+            model_config.unet,
+            sample_size=model_config.resolution // model_config.vae.scale_factor,
+            latent_channels=model_config.vae.latent_channels,
+            cross_attention_dim=model_config.text.hidden_size,
+        )
+        add_lora(unet, LoraConfig())
+        return unet
+
+    text = model_config.text
+    cost = measure_unet_cost(build, text_tokens=text.max_length, text_width=text.hidden_size)
+    vae = vae_flops(lambda: build_vae(model_config.vae, model_config.resolution), resolution=model_config.resolution)
+    return cost, vae
