@@ -1,4 +1,5 @@
-"""Advantages: rewards normalised per request with a persistent stat tracker, clipped, optionally weighted.
+"""Advantages: rewards normalised per request with a persistent stat tracker (or each request's best-of-n),
+clipped, optionally weighted.
 
 The baseline belongs to the learning algorithm (DESIGN.md section 4): rollout returns raw rewards. DDPO
 normalises rewards per prompt string with a buffer of recent rewards of that prompt; backdrop keys the buffer by
@@ -141,6 +142,49 @@ class RequestStatTracker:
                 raise ValueError(f"stat tracker buffer {key!r}: expected a list of at most {self.buffer_size} floats")
             restored[str(key)] = deque((float(v) for v in values), maxlen=self.buffer_size)
         self._buffers = restored
+
+
+def best_of_n_advantages(keys: Sequence[str], rewards: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Best-of-n distillation on the policy's own samples: 1 for the ``top_k`` best samples of each key, else 0.
+
+    With the policy-gradient loss ``-A log pi`` this is maximum likelihood of each request's best trajectories
+    (RAFT, Dong et al. 2023, "RAFT: Reward rAnked FineTuning", run on-policy: every epoch distils the current
+    policy's best-of-n), so the policy moves towards its own best-of-n distribution, whose KL to the policy is at
+    most log n - (n - 1) / n per round. Samples with advantage 0 contribute nothing to the policy gradient, which
+    is what lets the trainer skip their training rows. Ties are broken by position (the first sample wins).
+
+    Args:
+        keys: B group keys (request ids), aligned with ``rewards``; a key's samples are its group.
+        rewards: ``[B]`` finite rewards.
+        top_k: winners per group (a group with fewer samples than ``top_k + 1`` is refused: every sample
+            would win and nothing would be learnt from the comparison).
+
+    Returns:
+        ``[B]`` float32 of 0 and 1.
+
+    Raises:
+        ValueError: misaligned inputs, non-finite rewards, ``top_k < 1`` or a group of at most ``top_k`` samples.
+    """
+    if rewards.ndim != 1 or len(keys) != rewards.shape[0]:
+        raise ValueError(f"got {len(keys)} keys for rewards of shape {list(rewards.shape)}; expected [B] and B keys")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    values = rewards.detach().double().cpu()
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("rewards must be finite")
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(str(key), []).append(i)
+    out = torch.zeros(len(keys), dtype=torch.float32)
+    for key, rows in groups.items():
+        if len(rows) <= top_k:
+            raise ValueError(
+                f"request {key!r} has {len(rows)} samples in the batch: best-of-n with top_k = {top_k} needs at "
+                "least top_k + 1 per request"
+            )
+        order = sorted(rows, key=lambda i: (-float(values[i]), i))
+        out[order[:top_k]] = 1.0
+    return out
 
 
 def clip_advantages(advantages: torch.Tensor, limit: float) -> torch.Tensor:

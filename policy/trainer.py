@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 from offline_data.errors import PreservationError
 from offline_data.finite import NonFiniteError, check_finite, check_finite_tensors
 from policy.acceleration import accelerate
-from policy.advantages import RequestStatTracker, clip_advantages
+from policy.advantages import RequestStatTracker, best_of_n_advantages, clip_advantages
 from policy.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -292,7 +292,12 @@ class DDPOTrainer(ResumableTrainer):
         everyone = reweight(self._gather_signal(signal), config.reward)
         normalised = self.tracker.update(keys, everyone.reward)
         share = slice(self.process_index * trajectory.batch_size, (self.process_index + 1) * trajectory.batch_size)
-        mine = normalised.advantages[share]
+        if config.advantages.kind == "best_of_n":  # winners 1, the rest 0; only the winners' rows are trained
+            winners = best_of_n_advantages(keys, everyone.reward, config.advantages.top_k)
+            plan = self._plan_rows(len(requests), config.sampler.num_steps, keep=winners > 0)
+            mine = winners[share]
+        else:
+            mine = normalised.advantages[share]
         advantages = clip_advantages(mine, config.optim.advantage_clip) * everyone.weights[share]
 
         if gradient is not None:  # 5-6. one step with the gradient accumulated while sampling
@@ -431,12 +436,14 @@ class DDPOTrainer(ResumableTrainer):
             combine = max if key.endswith("max_abs_diff") else (lambda a, b: a + b)
             self._preservation[key] = combine(self._preservation.get(key, 0.0), value)
 
-    def _plan_rows(self, batch: int, steps: int) -> list[list[tuple[StepRows, int]]]:
+    def _plan_rows(self, batch: int, steps: int, keep: torch.Tensor | None = None) -> list[list[tuple[StepRows, int]]]:
         """Per inner epoch, its minibatches: this process's rows of each and the rows of the global minibatch.
 
         The plan is drawn for the global batch (``batch`` x processes samples, minibatches of ``samples_per_step``
         x processes): samples shuffled, then J random steps per sample (DDPO's per-sample timestep permutation),
-        step-major within a minibatch; a process keeps the rows of its own samples (renumbered from 0).
+        step-major within a minibatch; a process keeps the rows of its own samples (renumbered from 0). ``keep``
+        (``[batch x processes]`` bool, global sample order) drops the other samples' rows after the same draws,
+        so a minibatch may be empty (row count 0: no optimiser step).
         """
         config = self.config
         seed = np.random.SeedSequence([*self._epoch_key(self.epoch), _STREAM_SHUFFLE]).generate_state(1)[0]
@@ -451,6 +458,8 @@ class DDPOTrainer(ResumableTrainer):
             minibatches = []
             for start in range(0, total, per_step):
                 samples = order[start : start + per_step]
+                if keep is not None:
+                    samples = samples[keep[samples]]
                 chosen = step_order[samples]  # [m, J]
                 rows = StepRows(sample=samples[None, :].expand(trained, -1).reshape(-1), step=chosen.T.reshape(-1))
                 own = (rows.sample >= first) & (rows.sample < first + batch)
@@ -537,6 +546,8 @@ class DDPOTrainer(ResumableTrainer):
 
         for minibatches in plan:
             for rows, global_rows in minibatches:
+                if global_rows == 0:  # every sample of this minibatch was dropped (best-of-n's losers)
+                    continue
                 self.optimizer.zero_grad(set_to_none=True)
                 for part in rows.chunks(config.rows_per_forward):
                     sample, step = part.sample.to(device), part.step.to(device)

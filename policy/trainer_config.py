@@ -148,7 +148,19 @@ class RewardSignalConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class AdvantageConfig:
-    """Per-request reward normalisation (DDPO's per-prompt stat tracker, keyed by request id)."""
+    """What a sample's reward becomes in the update: a per-request normalised advantage (DDPO's per-prompt stat
+    tracker, keyed by request id) or the mark of its request's best samples (on-policy best-of-n distillation)."""
+
+    kind: Literal["normalised", "best_of_n"] = "normalised"
+    """"normalised": (r - mean) / std over the request's recent rewards (the buffer below; DDPO). "best_of_n":
+    within each request's samples of the epoch (``samples_per_request`` of them, the n), the ``top_k`` highest
+    rewards get advantage 1 and the rest 0 (RAFT run on-policy: maximum likelihood of the policy's own best
+    trajectories, ``policy.advantages.best_of_n_advantages``). The objective is then the mean over the winners'
+    trained rows of the clipped surrogate + kl_coef x KL: only the winners' rows are replayed and referenced, so an
+    epoch costs its sampling plus top_k / samples_per_request of a DDPO update (``optim.gradient =
+    "re_forward"`` only)."""
+    top_k: int = 1
+    """Winners per request ("best_of_n" only); must be below ``samples_per_request``."""
 
     buffer_size: int = 32
     """Most recent rewards kept per request."""
@@ -158,6 +170,10 @@ class AdvantageConfig:
     def __post_init__(self) -> None:
         if self.buffer_size < 1 or not 1 <= self.min_count <= self.buffer_size:
             raise ValueError(f"need 1 <= min_count <= buffer_size, got {self.min_count}, {self.buffer_size}")
+        if self.kind not in ("normalised", "best_of_n"):
+            raise ValueError(f"kind must be 'normalised' or 'best_of_n', got {self.kind!r}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,6 +232,11 @@ class DDPOConfig:
             )
         if self.optim.gradient == "during_sampling":
             self._check_gradient_during_sampling(single_step)
+        if self.advantages.kind == "best_of_n" and not self.advantages.top_k < self.samples_per_request:
+            raise ValueError(
+                f"advantages.kind = 'best_of_n' needs advantages.top_k ({self.advantages.top_k}) < "
+                f"samples_per_request ({self.samples_per_request}): the winners are chosen among a request's samples"
+            )
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("eval_every and checkpoint_every must be >= 0")
 
@@ -227,6 +248,11 @@ class DDPOConfig:
                 f"samples_per_step = the samples per epoch, {self.samples_per_epoch}); got inner_epochs = "
                 f"{self.optim.inner_epochs}, samples_per_step = {self.optim.samples_per_step}: after the first step "
                 "the ratio is no longer 1 and gradients taken while sampling belong to a stale policy"
+            )
+        if self.advantages.kind == "best_of_n":
+            raise ValueError(
+                "optim.gradient = 'during_sampling' cannot train advantages.kind = 'best_of_n': its objective is a "
+                "mean over the winners' rows, which are known only after sampling; use optim.gradient = 're_forward'"
             )
         if self.acceleration.compile:
             raise ValueError(
