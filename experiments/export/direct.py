@@ -97,17 +97,26 @@ class DirectLift:
         return dataclasses.asdict(self)
 
 
-def calibration_margin(click_ece: float, click_weight: float, click_std: float) -> float:
-    """The click head's expected calibration error (probability) in combined-reward units.
+def click_to_reward(click_change: float, click_weight: float, click_std: float) -> float:
+    """A change of the click head's calibrated P(click | slot 1) (probability) in combined-reward units.
 
-    The combined reward adds ``click_weight * (p_click - mean) / click_std``, so an error of ``click_ece`` in the
-    calibrated probability moves it by ``click_weight * click_ece / click_std`` (reward units).
+    The combined reward adds ``click_weight * (p_click - mean) / click_std`` (``reward/scorer.py``), so a change of
+    ``click_change`` in the calibrated probability moves it by ``click_weight * click_change / click_std``; the
+    sign follows the change and the weight.
     """
-    if not (math.isfinite(click_ece) and click_ece >= 0):
-        raise ValueError(f"click_ece must be finite and >= 0, got {click_ece}")
+    if not math.isfinite(click_change):
+        raise ValueError(f"the click probability change must be finite, got {click_change}")
     if not click_std > 0:
         raise ValueError(f"click_std must be > 0, got {click_std}")
-    return abs(click_weight) * click_ece / click_std
+    return click_weight * click_change / click_std
+
+
+def calibration_margin(click_ece: float, click_weight: float, click_std: float) -> float:
+    """The click head's expected calibration error (probability) in combined-reward units: the size of
+    :func:`click_to_reward` of an error of ``click_ece``, ``|click_weight| * click_ece / click_std``."""
+    if not (math.isfinite(click_ece) and click_ece >= 0):
+        raise ValueError(f"click_ece must be finite and >= 0, got {click_ece}")
+    return abs(click_to_reward(click_ece, click_weight, click_std))
 
 
 def direct_lift(
