@@ -76,15 +76,17 @@ class LoggedCorrectionConfig:
     enabled: bool = True
     """Compute the correction when the logs are there (false = the plain direct method; recorded as disabled)."""
     clusters: int = 32
-    """k of the seeded k-means over the logged variants' embeddings; capped by the number of distinct logged
-    images. More clusters = a finer residual (less bias) from fewer impressions each (more variance)."""
+    """k of the seeded k-means over the logged variants' embeddings; capped at half the distinct logged images (a
+    cluster pools two or more on average). More clusters = a finer residual (less bias) from fewer impressions
+    each (more variance)."""
     min_impressions_per_cluster: int = 50
     """A cluster's residual is used only when it holds at least this many logged impressions (at a ~10 % click
     rate, 50 impressions give a residual with an SE of ~0.04 clicks); samples in thinner clusters get none."""
     min_coverage: float = 0.5
     """Abstain (the plain direct lift decides, and the result says so) when fewer than this share of the
     candidate's samples fall inside a cluster with ``min_impressions_per_cluster`` impressions (nearest centroid,
-    and no farther from it than the cluster's farthest logged variant)."""
+    no farther from it than the cluster's farthest logged variant plus the median distance between two logged
+    variants of one product)."""
     overlap_distance: float | None = None
     """A sample overlaps a logged variant when the nearest one is at most this far (Euclidean, in the reward
     model's standardised embedding); its residual is then that variant's own (the doubly robust term). Unset =

@@ -41,10 +41,14 @@ How much of the width is the reward model's: ``reward_model_share`` = 1 − (wid
 members fixed at the ensemble mean) / (full width, calibration included), clipped to [0, 1].
 
 The logs' correction (OffCEM, Saito et al. 2023, "Off-Policy Evaluation for Large Action Spaces via Conjunct
-Effect Modeling"; MIPS, Saito & Joachims 2022, "Off-Policy Evaluation for Large Action Spaces via Embeddings":
-a residual over embedding clusters of logged variants, or the doubly robust term where logged variants overlap
-the candidate's samples) is not applied: this is the plain direct method, whose bias is the reward model's error
-on the candidate's images, which (b) and (c) only partly measure.
+Effect Modeling"; MIPS, Saito & Joachims 2022, "Off-Policy Evaluation for Large Action Spaces via Embeddings") is
+applied after this, in ``experiments/export/logged_correction.py``, when the run's logs are there: the reward
+model's click residual on logged impressions per embedding cluster of the logged variants, weighted by the
+candidate's minus the base's share of fresh samples in each cluster, plus the overlapping logged variant's own
+residual where a sample nearly repeats one (the doubly robust term), converted to this unit by
+:func:`click_to_reward` and ``s``; its bootstrap widens the interval. When too few of the candidate's samples fall
+inside well-logged clusters it abstains, and the gate decides on this plain direct lift, whose bias is the reward
+model's error on the candidate's images, which (b) and (c) only partly measure; the gate's message says which.
 """
 
 from __future__ import annotations

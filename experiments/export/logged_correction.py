@@ -10,22 +10,27 @@ slot with θ_1 = 1, p̂ the calibrated P(click | slot 1), the probability the co
 is placed by the reward model's embedding e(·) (``reward.scorer.RewardScorer.embed``: the first member's
 standardised encoder features; Euclidean distances).
 
-1. **Clusters.** Seeded k-means on the U distinct logged images' embeddings, k = min(``clusters``, distinct
-   embeddings), centroids μ_c. The residual of cluster c, in slot-1 click probability (the position adjustment
-   of the click head: under the model E[y_i] = θ_{k_i} a(v_i), so the examination-weighted mean error is):
+1. **Clusters.** Seeded k-means on the U logged images' embeddings, k = min(``clusters``, ⌊distinct / 2⌋, at
+   least 1): a cluster pools two or more logged images on average (single images are the overlap term's). The
+   residual of cluster c, in slot-1 click probability (the position adjustment of the click head: under the
+   model E[y_i] = θ_{k_i} a(v_i), so the examination-weighted mean error is):
 
        δ_c = Σ_{i ∈ c} (y_i − θ_{k_i} p̂(v_i, s_i)) / Σ_{i ∈ c} θ_{k_i}           probability units (slot 1)
 
    used only when c holds n_c ≥ ``min_impressions_per_cluster`` impressions ("eligible").
 2. **Assignment.** A fresh sample x (the candidate's and the base's evaluation samples, same requests and seeds)
-   belongs to its nearest centroid c(x); it is *covered* when c(x) is eligible and ‖e(x) − μ_c‖ is at most the
-   cluster's extent (the distance of its farthest logged image), i.e. it falls inside what the logs saw. An
-   uncovered sample gets no correction (the direct method alone).
+   belongs to its nearest centroid c(x); it is *covered* when c(x) is eligible and ‖e(x) − μ_c‖ ≤ extent_c + h:
+   extent_c is the distance of the cluster's farthest logged image from μ_c, and h the median of the logged
+   images' distances to their nearest sibling (another logged image of the same product: the logging
+   generator's draw-to-draw spread for one product; 0 when no product is logged twice). So x falls inside what
+   the logs saw, give or take one more draw of the logger; a fresh draw of the base lands there about as often
+   as a logged variant has a sibling that close. An uncovered sample gets no correction (the direct method
+   alone).
 3. **Overlap (DR).** v(x) is x's nearest logged image; x *overlaps* it when ‖e(x) − e(v)‖ ≤ τ and v has at
    least ``min_impressions_per_variant`` impressions; then the image-level residual δ_v (the formula of 1. over
    v's impressions) replaces the cluster's. τ is ``overlap_distance``, or by default the ``overlap_quantile``
-   of the logged images' distances to their nearest sibling (another logged image of the same product: two
-   draws of the logging generator for one product); with no product logged twice τ = 0 (only exact copies).
+   of the nearest-sibling distances of 2. (0.1: as close as the closest tenth of two logger draws for one
+   product, nearly the same image); with no product logged twice τ = 0 (only exact copies).
 4. **Correction**, with π_c the share of a model's N samples covered by c and o(x) the overlap indicator:
 
        ρ(x)      = 1[covered] δ_{c(x)} + o(x) (δ_{v(x)} − 1[covered] δ_{c(x)})         x's residual
@@ -59,6 +64,7 @@ standardised encoder features; Euclidean distances).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,7 +73,7 @@ from sklearn.cluster import KMeans
 
 from experiments.export.config import LoggedCorrectionConfig
 from experiments.export.direct import DirectLift, click_to_reward
-from experiments.export.logged_ope import OPELogs
+from experiments.export.logged_ope import OPELogs, load_ope_logs
 from offline_data.errors import BackdropError
 from reward.scorer import RewardScorer
 
@@ -158,6 +164,8 @@ class LoggedCorrection:
     base_overlap_share: float | None = None
     overlap_distance: float | None = None
     overlap_distance_source: str | None = None
+    reach: float | None = None
+    """h: how far beyond its farthest logged image a cluster still covers a sample (median sibling distance)."""
     clusters: int | None = None
     """k of the k-means."""
     eligible_clusters: int | None = None
@@ -194,11 +202,10 @@ def sibling_distances(embeddings: np.ndarray, products: np.ndarray) -> np.ndarra
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def overlap_threshold(logged: LoggedClicks, config: LoggedCorrectionConfig) -> tuple[float, str]:
-    """τ and where it came from (module docstring, 3.)."""
+def overlap_threshold(siblings: np.ndarray, config: LoggedCorrectionConfig) -> tuple[float, str]:
+    """τ and where it came from (module docstring, 3.), from the nearest-sibling distances [m]."""
     if config.overlap_distance is not None:
         return float(config.overlap_distance), "[export.lift.logged_correction] overlap_distance"
-    siblings = sibling_distances(logged.embeddings, logged.products)
     if siblings.size == 0:
         return 0.0, "no product has two logged images: only exact copies overlap"
     tau = float(np.quantile(siblings, config.overlap_quantile))
@@ -259,7 +266,7 @@ def logged_correction(
     if seeds_per_request < 1 or samples == 0 or samples % seeds_per_request:
         raise ValueError(f"{samples} samples are not R x K with K = {seeds_per_request}")
     distinct = np.unique(logged.embeddings, axis=0).shape[0]
-    k = min(config.clusters, distinct)
+    k = max(1, min(config.clusters, distinct // 2))
     kmeans = KMeans(n_clusters=k, n_init=4, random_state=config.seed).fit(logged.embeddings)
     centres = kmeans.cluster_centers_.astype(np.float64)
     image_cluster = kmeans.labels_.astype(np.int64)  # [U]
@@ -271,13 +278,15 @@ def logged_correction(
     impressions_per_cluster = np.bincount(impression_cluster, minlength=k)
     eligible = impressions_per_cluster >= config.min_impressions_per_cluster
     impressions_per_image = np.bincount(logged.image_row, minlength=logged.embeddings.shape[0])
-    tau, tau_source = overlap_threshold(logged, config)
+    siblings = sibling_distances(logged.embeddings, logged.products)
+    reach = float(np.median(siblings)) if siblings.size else 0.0
+    tau, tau_source = overlap_threshold(siblings, config)
 
     def place(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         to_centre = _distances(points, centres)
         cluster = to_centre.argmin(axis=1)
         # A tolerance of rounding: a logged image itself must count as inside its own cluster's extent.
-        inside = to_centre[np.arange(len(points)), cluster] <= extent[cluster] * (1 + 1e-9) + 1e-12
+        inside = to_centre[np.arange(len(points)), cluster] <= (extent[cluster] + reach) * (1 + 1e-9) + 1e-12
         covered = eligible[cluster] & inside
         to_image = _distances(points, logged.embeddings)
         nearest = to_image.argmin(axis=1)
@@ -383,6 +392,7 @@ def logged_correction(
         base_overlap_share=float(placed["base"][3].mean()),
         overlap_distance=tau,
         overlap_distance_source=tau_source,
+        reach=reach,
         clusters=k,
         eligible_clusters=int(eligible.sum()),
         min_impressions_per_cluster=config.min_impressions_per_cluster,
@@ -396,7 +406,7 @@ def logged_correction(
 
 def measure_correction(
     scorer: RewardScorer,
-    logs: OPELogs,
+    logs_dir: Path | None,
     candidate_images: torch.Tensor,
     base_images: torch.Tensor,
     masks: torch.Tensor,
@@ -405,19 +415,32 @@ def measure_correction(
     lift: DirectLift,
     config: LoggedCorrectionConfig,
 ) -> LoggedCorrection:
-    """Embed the logged and the fresh images with the reward model and compute :func:`logged_correction`; a
-    reward model that cannot embed new pixels (precomputed embeddings) or gives the click head no weight gives a
+    """Read the logs, embed the logged and the fresh images with the reward model and compute
+    :func:`logged_correction`. Never raises for the logs' sake: disabled, no logs, unreadable logs, a reward model
+    that cannot embed new pixels (precomputed embeddings) or gives the click head no weight each give a
     correction that says why it was not applied.
 
     Args:
         scorer: the run's reward model.
-        logs: the logs (``load_ope_logs(..., require_propensity=False)``).
+        logs_dir: validated logs with impressions and the shown images (the reward model's test split by default,
+            as ``experiments/export/logged_ope.py`` reads them; propensities not needed).
         candidate_images, base_images: [R K, 3, H, W] uint8 request-major evaluation samples (same seeds).
         masks: [R K, H, W] bool their product masks.
+        seeds_per_request: K.
+        lift: the direct lift of these samples.
+        config: ``[export.lift.logged_correction]``.
     """
+    if not config.enabled:
+        return not_applied("disabled ([export.lift.logged_correction] enabled = false)")
+    if logs_dir is None or not Path(logs_dir).is_dir():
+        return not_applied(f"no logs ({logs_dir}); set [export.ope] logs to a folder of validated logs")
     weight = float(scorer.config.combination.weights.get("click", 0.0))
     if weight == 0.0:
         return not_applied("the combined reward gives the click head weight 0, so click residuals do not move it")
+    try:
+        logs = load_ope_logs(Path(logs_dir), scorer, require_propensity=False)
+    except (BackdropError, ValueError) as exc:
+        return not_applied(f"the logs cannot be used: {exc}")
     try:
         logged = scorer.embed(logs.pixels, masks=logs.masks, image_ids=logs.image_ids).double().numpy()
         fresh = [scorer.embed(images, masks=masks).double().numpy() for images in (candidate_images, base_images)]

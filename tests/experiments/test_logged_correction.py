@@ -105,6 +105,11 @@ def test_poor_coverage_abstains_and_names_the_numbers() -> None:
     assert ">= 2 impressions" in result.status
     assert result.lift_sd is None and result.lower_sd is None and result.member_lifts_sd is None
     assert result.correction_sd is not None  # what it would have been is still recorded
+    # Inside = within the cluster's extent (0.5) plus h, the median nearest-sibling distance (10 here).
+    assert result.reach == 10.0
+    near, beyond = CANDIDATE.copy(), CANDIDATE.copy()
+    near[1:], beyond[1:] = [0.0, -9.9], [0.0, -10.1]  # 10.4 and 10.6 from cluster 0's centre (0, 0.5)
+    assert correct(candidate=near).coverage == 1.0 and correct(candidate=beyond).coverage == 0.25
     # A cluster below min_impressions_per_cluster covers nothing: cluster 2 holds 2 impressions.
     thin = correct(config=dataclasses.replace(CONFIG, min_impressions_per_cluster=3, min_coverage=0.8))
     assert (
