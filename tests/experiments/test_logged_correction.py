@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from experiments.config import ConfigError, load_config
 from experiments.export.config import ExportCommandConfig, LoggedCorrectionConfig
 from experiments.export.direct import direct_lift
 from experiments.export.gates import lift_gate
-from experiments.export.logged_correction import LoggedClicks, logged_correction, not_applied, sibling_distances
+from experiments.export.logged_correction import (
+    LoggedClicks,
+    logged_correction,
+    measure_correction,
+    not_applied,
+    sibling_distances,
+)
 
 # Six logged images in three well-separated clusters (two products, A and B, each logged once per cluster).
 EMBEDDINGS = np.array([[0, 0], [0, 1], [10, 0], [10, 1], [0, 10], [1, 10]], dtype=np.float64)
@@ -166,6 +174,24 @@ def test_the_gate_decides_on_the_corrected_bound_or_says_it_abstained() -> None:
     assert "the plain direct lift decides" in abstained.message
     missing = lift_gate(LIFT, 0.0, correction=not_applied("no logs at /x"))
     assert "logged correction not applied: no logs at /x" in missing.message and missing.value == LIFT.lower_sd
+
+
+def test_without_logs_or_when_disabled_the_correction_says_why_it_was_not_applied(tmp_path) -> None:
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    scorer = SimpleNamespace(config=SimpleNamespace(combination=SimpleNamespace(weights={"click": 0.0})))
+
+    def measure(logs_dir, config=CONFIG):
+        return measure_correction(
+            scorer, logs_dir, images, images, masks, seeds_per_request=2, lift=LIFT, config=config
+        )
+
+    disabled = measure(tmp_path, dataclasses.replace(CONFIG, enabled=False))
+    assert disabled.status == "not applied: disabled ([export.lift.logged_correction] enabled = false)"
+    missing = measure(tmp_path / "nope")
+    assert not missing.applied and missing.status.startswith(f"not applied: no logs ({tmp_path / 'nope'})")
+    assert missing.correction_sd is None and missing.coverage is None
+    assert "click head weight 0" in measure(tmp_path).status
 
 
 @pytest.mark.parametrize(
