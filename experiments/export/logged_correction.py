@@ -77,8 +77,8 @@ from experiments.export.logged_ope import OPELogs, load_ope_logs
 from offline_data.errors import BackdropError
 from reward.scorer import RewardScorer
 
-BOOTSTRAP_CHUNK = 200
-"""Bootstrap replicates whose impression counts are held in memory at once ([chunk, n] int64)."""
+BOOTSTRAP_CELLS = 20_000_000
+"""At most this many impression counts ([replicates, n] float64, 160 MB) are held in memory at once."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -332,8 +332,9 @@ def logged_correction(
 
     rng = np.random.default_rng(config.seed)
     replicates = []
-    for start in range(0, config.n_bootstrap, BOOTSTRAP_CHUNK):
-        size = min(BOOTSTRAP_CHUNK, config.n_bootstrap - start)
+    chunk = max(1, BOOTSTRAP_CELLS // n)
+    for start in range(0, config.n_bootstrap, chunk):
+        size = min(chunk, config.n_bootstrap - start)
         impression_counts = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)
         request_counts = rng.multinomial(requests, np.full(requests, 1.0 / requests), size=size) / requests
         shares = request_counts @ (per_request["cluster"] + per_request["dr"])  # [b, G]
