@@ -103,6 +103,27 @@ class RewardEnsemble(nn.Module):
                 out[name].append(value)
         return {name: torch.stack(values) for name, values in out.items()}
 
+    @torch.no_grad()
+    def embed(self, pixels: Tensor | None, masks: Tensor | None, *, image_ids: Sequence[str] | None = None) -> Tensor:
+        """The reward model's embedding of images: the encoder's features as the first member's trunk sees them
+        (standardised by its batch-norm running statistics, so every feature has unit scale): [U, D] float32.
+
+        The shared frozen encoder's features when there is one, else the first member's own (trainable) encoder:
+        one fixed space in which image distances are comparable (``experiments/export/logged_correction.py``
+        clusters logged images and assigns fresh samples in it).
+
+        Args:
+            pixels: [U, 3, H, W] uint8.
+            masks: [U, H, W] bool for mask-aware encoders.
+            image_ids: U ids (precomputed embeddings, which cannot embed new pixels).
+        """
+        member = self.members[0]
+        if self.shared_encoder is not None:
+            raw = self.shared_encoder.encode(pixels, masks, image_ids)
+        else:
+            raw = member.encode(pixels, masks)
+        return member.normalised(raw.to(member.preference_segment.device)).float()
+
     def examination(self) -> Tensor:
         """θ per slot, averaged over members: [S]."""
         return torch.stack([m.click.examination().detach() for m in self.members]).mean(dim=0)

@@ -163,6 +163,22 @@ class RewardScorer:
         )
         return self.combine(scores)
 
+    def embed(self, images: Tensor, *, masks: Tensor | None = None, image_ids: Sequence[str] | None = None) -> Tensor:
+        """The reward model's image embedding (``RewardEnsemble.embed``): [B, 3, H, W] uint8 -> [B, D] float32 on
+        the CPU. ``masks`` [B, H, W] bool are needed by mask-aware encoders, ``image_ids`` by precomputed ones.
+
+        Raises:
+            ValueError: a mask-aware encoder without masks, or misaligned inputs.
+        """
+        check_images(images)
+        if masks is not None:
+            check_images(images, masks)
+        elif self.ensemble.needs_mask:
+            raise ValueError("the reward's encoder is mask-aware: pass masks= [B, H, W] bool")
+        device = self.device
+        masks = masks.to(device) if masks is not None else None
+        return self.ensemble.embed(images.to(device), masks, image_ids=image_ids).cpu()
+
     def combine(self, scores: Mapping[str, Tensor]) -> RewardOutput:
         """Calibrated heads and the combined reward from member head scores {head: [K, B]}."""
         click_logits = scores["click"].detach().cpu().double().numpy()

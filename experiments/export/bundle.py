@@ -7,8 +7,10 @@
 2. sample the run's held-out evaluation requests (``[export.evaluation]``) and measure what the gates need: the
    product pixels of every output (pixel verifier), the KL to the base recomputed on those samples, the direct
    lift over the base (the base sampled on the same requests and seeds, both scored by the reward ensemble:
-   ``experiments/export/direct.py``), the logged non-inferiority check (ELBO re-weighting of logged images,
-   ``experiments/export/logged_ope.py``), the reward model's audit (``reward/audit.py``);
+   ``experiments/export/direct.py``) and the logs' correction of it (click residuals over embedding clusters of
+   the logged variants, ``experiments/export/logged_correction.py``), the logged non-inferiority check (ELBO
+   re-weighting of logged images, ``experiments/export/logged_ope.py``), the reward model's audit
+   (``reward/audit.py``);
 3. :func:`experiments.export.gates.check_gates`: refuse with the reasons, or continue with ``override`` recorded;
 4. write the bundle::
 
@@ -209,7 +211,9 @@ def export_candidate(
     ope_result, ope_gate_result = _ope(candidate, scorer, logs_dir, sampler, config, progress)
     audit, audit_gate_result = _audit(scorer, logs_dir, run, config)
     samples = measured.pop("samples_for_lift")
-    measured["lift"], lift_gate_result = measure_lift(candidate, scorer, world, samples, sampler, config, audit)
+    measured["lift"], lift_gate_result = measure_lift(
+        candidate, scorer, world, samples, sampler, config, audit, logs_dir
+    )
     gates = [measured["preservation"], measured["kl"], lift_gate_result, ope_gate_result, audit_gate_result]
     for gate in gates:
         logger.info("gate %-12s %s: %s", gate.name, "passed" if gate.passed else "FAILED", gate.message)
@@ -238,7 +242,7 @@ class GateEvidence:
     override: str | None
     measured: dict
     """Evaluation samples: the preservation and KL gates, sample count, seeds, the run's last evaluation, the
-    direct lift (``experiments.export.direct.DirectLift`` or None)."""
+    direct lift with its calibration and the logs' correction (``experiments.export.lift.MeasuredLift`` or None)."""
     ope: Any
     """``experiments.export.logged_ope.CandidateOPE`` (logged non-inferiority), or None when OPE was impossible."""
     audit: dict | None

@@ -41,10 +41,14 @@ How much of the width is the reward model's: ``reward_model_share`` = 1 − (wid
 members fixed at the ensemble mean) / (full width, calibration included), clipped to [0, 1].
 
 The logs' correction (OffCEM, Saito et al. 2023, "Off-Policy Evaluation for Large Action Spaces via Conjunct
-Effect Modeling"; MIPS, Saito & Joachims 2022, "Off-Policy Evaluation for Large Action Spaces via Embeddings":
-a residual over embedding clusters of logged variants, or the doubly robust term where logged variants overlap
-the candidate's samples) is not applied: this is the plain direct method, whose bias is the reward model's error
-on the candidate's images, which (b) and (c) only partly measure.
+Effect Modeling"; MIPS, Saito & Joachims 2022, "Off-Policy Evaluation for Large Action Spaces via Embeddings") is
+applied after this, in ``experiments/export/logged_correction.py``, when the run's logs are there: the reward
+model's click residual on logged impressions per embedding cluster of the logged variants, weighted by the
+candidate's minus the base's share of fresh samples in each cluster, plus the overlapping logged variant's own
+residual where a sample nearly repeats one (the doubly robust term), converted to this unit by
+:func:`click_to_reward` and ``s``; its bootstrap widens the interval. When too few of the candidate's samples fall
+inside well-logged clusters it abstains, and the gate decides on this plain direct lift, whose bias is the reward
+model's error on the candidate's images, which (b) and (c) only partly measure; the gate's message says which.
 """
 
 from __future__ import annotations
@@ -97,17 +101,26 @@ class DirectLift:
         return dataclasses.asdict(self)
 
 
-def calibration_margin(click_ece: float, click_weight: float, click_std: float) -> float:
-    """The click head's expected calibration error (probability) in combined-reward units.
+def click_to_reward(click_change: float, click_weight: float, click_std: float) -> float:
+    """A change of the click head's calibrated P(click | slot 1) (probability) in combined-reward units.
 
-    The combined reward adds ``click_weight * (p_click - mean) / click_std``, so an error of ``click_ece`` in the
-    calibrated probability moves it by ``click_weight * click_ece / click_std`` (reward units).
+    The combined reward adds ``click_weight * (p_click - mean) / click_std`` (``reward/scorer.py``), so a change of
+    ``click_change`` in the calibrated probability moves it by ``click_weight * click_change / click_std``; the
+    sign follows the change and the weight.
     """
-    if not (math.isfinite(click_ece) and click_ece >= 0):
-        raise ValueError(f"click_ece must be finite and >= 0, got {click_ece}")
+    if not math.isfinite(click_change):
+        raise ValueError(f"the click probability change must be finite, got {click_change}")
     if not click_std > 0:
         raise ValueError(f"click_std must be > 0, got {click_std}")
-    return abs(click_weight) * click_ece / click_std
+    return click_weight * click_change / click_std
+
+
+def calibration_margin(click_ece: float, click_weight: float, click_std: float) -> float:
+    """The click head's expected calibration error (probability) in combined-reward units: the size of
+    :func:`click_to_reward` of an error of ``click_ece``, ``|click_weight| * click_ece / click_std``."""
+    if not (math.isfinite(click_ece) and click_ece >= 0):
+        raise ValueError(f"click_ece must be finite and >= 0, got {click_ece}")
+    return abs(click_to_reward(click_ece, click_weight, click_std))
 
 
 def direct_lift(

@@ -10,7 +10,8 @@ value and the threshold:
 - :func:`lift_gate`: the direct method (``experiments/export/direct.py``): the lower end of the interval of the
   candidate's lift over the base, measured on fresh samples of both scored by the reward ensemble (request
   sampling, ensemble spread and, when measured, calibration error inside the interval), above a threshold, and
-  enough members seeing the lift on their own;
+  enough members seeing the lift on their own; when the logs' correction (``experiments/export/
+  logged_correction.py``) is applied, the corrected lower end and members' lifts, else the plain lift, saying why;
 - :func:`ope_gate` ("logged_noninferiority"): the lower end of the off-policy interval of the candidate's lift,
   re-weighting LOGGED base-model images by ELBO likelihood ratios, at or above a (non-inferiority) margin; an
   OPE the logs cannot support (no propensities, poor overlap) fails with the refusal's reason. It cannot see
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from experiments.export.direct import DirectLift
+from experiments.export.logged_correction import LoggedCorrection
 from offline_data.errors import BackdropError
 from rollout.preservation import verify_preservation
 
@@ -155,29 +157,57 @@ def ope_gate(
 
 
 def lift_gate(
-    lift: DirectLift | None, threshold: float, *, min_member_share: float = 1.0, refusal: str | None = None
+    lift: DirectLift | None,
+    threshold: float,
+    *,
+    min_member_share: float = 1.0,
+    refusal: str | None = None,
+    correction: LoggedCorrection | None = None,
 ) -> GateResult:
     """The direct lift's lower end above ``threshold`` (within-request SDs of the base's reward) and at least
-    ``min_member_share`` of the members' own lifts above it; ``refusal`` = why the lift could not be measured."""
+    ``min_member_share`` of the members' own lifts above it; ``refusal`` = why the lift could not be measured.
+
+    With the logs' ``correction`` applied (``experiments/export/logged_correction.py``) the corrected lower end
+    and the members' corrected lifts decide; an abstained or unavailable correction leaves the plain direct lift
+    deciding, and the message says which."""
     if refusal is not None or lift is None:
         return GateResult("lift", False, None, float(threshold), f"direct lift not measured: {refusal}")
     needed = math.ceil(min_member_share * lift.members - 1e-9)
-    above = lift.members_above(threshold)
-    passed = lift.lower_sd > threshold and above >= needed
+    applied = correction is not None and correction.applied
+    lower = correction.lower_sd if applied else lift.lower_sd
+    members = correction.member_lifts_sd if applied else lift.member_lifts_sd
+    above = sum(1 for value in members if value > threshold)
+    passed = lower > threshold and above >= needed
     calibration = (
         "calibration error not included"
         if lift.calibration_margin_sd is None
         else f"±{lift.calibration_margin_sd:.3f} calibration"
     )
     resampled = f"requests + {lift.members} members resampled" if lift.resample_members else "requests resampled"
-    verdict = "above" if lift.lower_sd > threshold else "not above"
-    message = (
+    verdict = "above" if lower > threshold else "not above"
+    direct = (
         f"direct lift over the base {lift.lift_sd:+.3f} within-request SD of the reward, "
         f"{lift.confidence:.0%} interval [{lift.lower_sd:+.3f}, {lift.upper_sd:+.3f}] ({resampled}, {calibration}; "
-        f"{lift.reward_model_share:.0%} of its width is the reward model's): lower bound {verdict} the threshold "
-        f"{threshold:+g}; {above} of {lift.members} member(s) see a lift above it (need {needed})"
+        f"{lift.reward_model_share:.0%} of its width is the reward model's)"
     )
-    return GateResult("lift", passed, lift.lower_sd, float(threshold), message, lift.to_dict())
+    if applied:
+        logs = (
+            f"; logged correction {correction.correction_sd:+.3f} SD applied (coverage {correction.coverage:.2f}, "
+            f"overlap {correction.overlap_share:.2f}, {correction.clusters} clusters): corrected lift "
+            f"{correction.lift_sd:+.3f}, interval [{correction.lower_sd:+.3f}, {correction.upper_sd:+.3f}]"
+        )
+    elif correction is not None:
+        logs = f"; logged correction {correction.status}: the plain direct lift decides"
+    else:
+        logs = ""
+    message = (
+        f"{direct}{logs}: lower bound {verdict} the threshold {threshold:+g}; {above} of {lift.members} member(s) "
+        f"see a lift above it (need {needed})"
+    )
+    details = lift.to_dict()
+    if correction is not None:
+        details["logged_correction"] = correction.to_dict()
+    return GateResult("lift", passed, lower, float(threshold), message, details)
 
 
 def audit_gate(flags: Sequence[dict], tolerated: Sequence[str] = ()) -> GateResult:

@@ -10,7 +10,9 @@ member's combined reward of the samples of R requests x K seeds, laid out [M, R,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 
 from experiments.export.direct import DirectLift, calibration_margin, direct_lift
 from experiments.export.gates import GateResult, lift_gate
+from experiments.export.logged_correction import LoggedCorrection, measure_correction
 from experiments.export.manifest import gate_validation
 
 
@@ -59,10 +62,30 @@ def member_rewards(
     return members.reshape(members.shape[0], total // seeds_per_request, seeds_per_request)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class MeasuredLift:
+    """What the lift gate was decided on."""
+
+    lift: DirectLift
+    calibration: dict
+    """{"click_ece", "margin_sd", "applied"}: the held-out click calibration error and whether it widened the
+    interval."""
+    correction: LoggedCorrection
+    """The logs' correction (``experiments/export/logged_correction.py``): applied, abstained, or not applied."""
+
+
 def measure_lift(
-    candidate: Any, scorer: Any, world: Any, samples: tuple, sampler: Any, config: Any, audit: dict | None
-) -> tuple[tuple[DirectLift, dict] | None, GateResult]:
-    """The export's direct lift over the base and its gate (``experiments/export/direct.py``).
+    candidate: Any,
+    scorer: Any,
+    world: Any,
+    samples: tuple,
+    sampler: Any,
+    config: Any,
+    audit: dict | None,
+    logs_dir: Path | None = None,
+) -> tuple[MeasuredLift | None, GateResult]:
+    """The export's direct lift over the base, the logs' correction of it, and its gate
+    (``experiments/export/direct.py``, ``experiments/export/logged_correction.py``).
 
     Args:
         candidate: the policy with the candidate's adapter (``policy.model.InpaintPolicy``).
@@ -73,9 +96,10 @@ def measure_lift(
         sampler: the run's sampler settings.
         config: ``experiments.export.config.ExportConfig``.
         audit: the export's audit ({"result": ...} or {"metrics": ...}) for the held-out click ECE, or None.
+        logs_dir: the logs the correction reads (the OPE's), None when there are none.
 
     Returns:
-        ((the lift, {"click_ece", "margin_sd", "applied"}) or None when not measured, the lift gate's result).
+        (the measured lift, or None when not measured; the lift gate's result).
     """
     from experiments.policy_runs.train import StudioRewardFn
 
@@ -88,9 +112,8 @@ def measure_lift(
     reward = StudioRewardFn(scorer, {p.product_id: p.kind for p in world.products} if world is not None else {})
     batch = sampler.batch_size
     candidate_rewards = member_rewards(reward, images, expanded, per_request, batch)
-    base_rewards = member_rewards(
-        reward, sample_base(candidate, expanded, seeds, sampler), expanded, per_request, batch
-    )
+    base_images = sample_base(candidate, expanded, seeds, sampler)
+    base_rewards = member_rewards(reward, base_images, expanded, per_request, batch)
     margin = None
     ece = audit_number(audit, "click_ece")
     if ece is not None:
@@ -109,7 +132,13 @@ def measure_lift(
         "margin_sd": None if margin is None else margin / lift.base_within_sd,
         "applied": lift.calibration_margin_sd is not None,
     }
-    return (lift, calibration), lift_gate(lift, threshold, min_member_share=settings.min_member_share)
+    masks = torch.stack([r.product_mask for r in expanded])
+    correction = measure_correction(
+        scorer, logs_dir, images, base_images, masks, seeds_per_request=per_request, lift=lift,
+        config=settings.logged_correction,
+    )  # fmt: skip
+    gate = lift_gate(lift, threshold, min_member_share=settings.min_member_share, correction=correction)
+    return MeasuredLift(lift, calibration, correction), gate
 
 
 def audit_number(audit: dict | None, key: str) -> float | None:
@@ -121,15 +150,16 @@ def audit_number(audit: dict | None, key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and np.isfinite(value) else None
 
 
-def lift_summary(measured_lift: tuple[DirectLift, dict] | None, config: Any) -> dict | None:
+def lift_summary(measured_lift: MeasuredLift | None, config: Any) -> dict | None:
     """The manifest's direct lift: estimate, interval, the reward model's part of its width, the held-out click
-    calibration error (applied to the interval or not), and the gate's measured agreement with gold."""
+    calibration error (applied to the interval or not), the logs' correction (applied, abstained or not applied,
+    with its numbers), and the gate's measured agreement with gold."""
     if measured_lift is None:
         return None
-    lift, calibration = measured_lift
     return {
-        **lift.to_dict(),
-        "calibration": calibration,
+        **measured_lift.lift.to_dict(),
+        "calibration": measured_lift.calibration,
+        "logged_correction": measured_lift.correction.to_dict(),
         "unit": "within-request SDs of the base's combined reward (same requests and seeds)",
         "threshold": config.gates.min_direct_lift_sd,
         "validation": gate_validation(),

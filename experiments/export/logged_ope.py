@@ -393,11 +393,15 @@ class OPELogs:
     """[S] float64 θ_k of the reward model's click head."""
 
 
-def load_ope_logs(logs_dir: Path, scorer) -> OPELogs:
+def load_ope_logs(logs_dir: Path, scorer, *, require_propensity: bool = True) -> OPELogs:
     """Read the impressions and shown images of ``logs_dir`` and score them with the reward model's click head.
 
+    ``require_propensity`` False reads logs without propensities too (NaN in ``impressions.propensity``): the
+    logged correction of the direct lift (``experiments/export/logged_correction.py``) needs clicks, not π_0.
+
     Raises:
-        OPEUnavailableError: the logs lack propensities, or use a slot the reward model does not know.
+        OPEUnavailableError: the logs lack propensities (when required), or use a slot the reward model does not
+            know.
     """
 
     with tempfile.TemporaryDirectory(prefix="backdrop-export-ope-") as workdir:
@@ -412,7 +416,7 @@ def load_ope_logs(logs_dir: Path, scorer) -> OPELogs:
         if "propensity" in table.column_names
         else np.full(table.num_rows, np.nan)
     )
-    if np.isnan(propensity).any():
+    if require_propensity and np.isnan(propensity).any():
         missing = int(np.isnan(propensity).sum())
         raise OPEUnavailableError(f"{inputs.path}: {missing} impression(s) without a logged propensity")
     data = load_reward_data(logs_dir, load_masks=True)

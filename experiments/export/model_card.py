@@ -59,6 +59,7 @@ def _lift_lines(lift: dict | None) -> list[str]:
         f"(request sampling alone: {lift['requests_only_width_sd']:.3f} SD wide). Members' own lifts: {members}.",
         "",
     ]
+    lines += [*_correction_lines(lift.get("logged_correction")), ""]
     validation = lift.get("validation")
     if validation:
         lines.append(
@@ -73,6 +74,37 @@ def _lift_lines(lift: dict | None) -> list[str]:
             "`python -m experiments.bench.gate_truth`). The lift is the reward model's opinion of fresh samples."
         )
     return lines
+
+
+def _correction_lines(correction: dict | None) -> list[str]:
+    """The logs' correction of the lift: applied (with its terms and the corrected interval), abstained or not
+    applied, each with why."""
+    if not correction:
+        return ["Logged correction: not recorded."]
+    if correction["status"].startswith("not applied"):
+        return [f"Logged correction: {correction['status']}; the gate used the plain direct lift."]
+    where = (
+        f"{correction['clusters']} k-means clusters of {correction['logged_images']} logged images' reward "
+        f"embeddings ({correction['eligible_clusters']} with >= {correction['min_impressions_per_cluster']} of the "
+        f"{correction['logged_impressions']} logged impressions); {correction['coverage']:.0%} of the candidate's "
+        f"samples inside one (base {correction['base_coverage']:.0%}), {correction['overlap_share']:.0%} overlapping "
+        f"a logged image within {correction['overlap_distance']:.3g} (base {correction['base_overlap_share']:.0%})"
+    )
+    terms = (
+        f"{correction['correction_sd']:+.3f} SD (clusters {correction['cluster_term_sd']:+.3f}, overlap/DR "
+        f"{correction['dr_term_sd']:+.3f}; {correction['correction_clicks']:+.4f} slot-1 clicks), its own interval "
+        f"[{correction['correction_lower_sd']:+.3f}, {correction['correction_upper_sd']:+.3f}]"
+    )
+    if correction["applied"]:
+        return [
+            f"Logged correction (click residuals of the reward model on the logs): {terms}; {where}. Corrected lift "
+            f"**{correction['lift_sd']:+.3f}**, interval [{correction['lower_sd']:+.3f}, "
+            f"{correction['upper_sd']:+.3f}]: the gate used the corrected lower bound."
+        ]
+    return [
+        f"Logged correction **{correction['status']}**; the gate used the plain direct lift. It would have been "
+        f"{terms}; {where}."
+    ]
 
 
 def _number(value: object, digits: int = 4) -> str:
@@ -135,6 +167,10 @@ def front_matter(manifest: dict) -> dict:
     if lift and math.isfinite(lift["lift_sd"]):
         measured.append({"type": "direct_lift_sd", "name": "direct lift over the base (within-request SDs of the "
                          "reward, fresh samples)", "value": float(lift["lift_sd"])})  # fmt: skip
+    correction = (lift or {}).get("logged_correction") or {}
+    if correction.get("applied") and math.isfinite(correction["lift_sd"]):
+        measured.append({"type": "corrected_lift_sd", "name": "direct lift corrected by the logs' click residuals "
+                         "(within-request SDs)", "value": float(correction["lift_sd"])})  # fmt: skip
     for key, res in (metrics.get("ope") or {}).items():
         if isinstance(res.get("value"), int | float) and math.isfinite(res["value"]):
             measured.append({"type": f"ope_{key.replace(':', '_')}",

@@ -192,10 +192,23 @@ def test_bundle_files_manifest_and_override(bundle: Path) -> None:
     lift = manifest["metrics"]["direct_lift"]
     assert (lift["requests"], lift["seeds"], lift["members"]) == (3, 2, 2)
     assert lift["lower_sd"] <= lift["lift_sd"] <= lift["upper_sd"] and 0 <= lift["reward_model_share"] <= 1
-    assert gates["lift"]["value"] == lift["lower_sd"] and gates["lift"]["threshold"] == 0.0
-    assert gates["lift"]["passed"] == (lift["lower_sd"] > 0 and min(lift["member_lifts_sd"]) > 0)
+    assert gates["lift"]["threshold"] == 0.0
     assert lift["calibration_margin_sd"] is None and lift["calibration"]["click_ece"] > 0  # measured, not applied
     assert "### Direct lift over the base" in card and f"**{lift['lift_sd']:+.3f}**" in card
+    # The logs' correction, on the reward model's test split: recorded with its numbers, applied or abstained.
+    correction = lift["logged_correction"]
+    assert correction["logged_impressions"] > 0 and correction["clusters"] >= 1 and 0 <= correction["coverage"] <= 1
+    assert correction["correction_lower_sd"] <= correction["correction_sd"] <= correction["correction_upper_sd"]
+    assert gates["lift"]["details"]["logged_correction"] == correction
+    if correction["applied"]:
+        assert gates["lift"]["value"] == correction["lower_sd"] <= lift["lower_sd"] + correction["correction_sd"]
+        assert "applied" in gates["lift"]["message"] and f"**{correction['lift_sd']:+.3f}**" in card
+    else:
+        assert correction["status"].startswith("abstained: coverage")
+        assert gates["lift"]["value"] == lift["lower_sd"]
+        assert gates["lift"]["passed"] == (lift["lower_sd"] > 0 and min(lift["member_lifts_sd"]) > 0)
+        assert "the plain direct lift decides" in gates["lift"]["message"]
+        assert f"Logged correction **{correction['status']}**" in card
     assert "Agreement with gold: **unmeasured**" in card or "Measured agreement with gold" in card
 
 

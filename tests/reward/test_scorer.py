@@ -56,6 +56,23 @@ def test_scorer_outputs(trained, small_splits: Path):
         scorer(images, [ScoringRequest(segment=r.segment, prompt=r.prompt) for r in requests])
 
 
+def test_embedding_is_the_first_members_standardised_features(trained, small_splits: Path):
+    scorer, _ = trained
+    _, images, requests = _batch(small_splits)
+    masks = torch.stack([r.product_mask for r in requests])
+    embedded = scorer.embed(images, masks=masks)
+    member = scorer.ensemble.members[0]
+    encoder = scorer.ensemble.shared_encoder or member.encoder
+    with torch.no_grad():
+        expected = member.normalised(encoder.encode(images, masks))
+    assert embedded.shape == (6, encoder.dim) and embedded.dtype == torch.float32
+    torch.testing.assert_close(embedded, expected, rtol=0, atol=1e-6)
+    # Batch-independent (batch norm in eval mode): the same image embeds the same in any batch.
+    torch.testing.assert_close(scorer.embed(images[:2], masks=masks[:2]), embedded[:2], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="mask-aware: pass masks="):
+        scorer.embed(images)
+
+
 def test_save_and_load_give_the_same_rewards(trained, small_splits: Path, tmp_path: Path):
     scorer, metrics = trained
     _, images, requests = _batch(small_splits)
