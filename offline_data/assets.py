@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
 
 from offline_data.errors import AssetError
 from offline_data.keys import KeyIndex, hash_strings
@@ -62,8 +63,6 @@ def image_array(data: bytes, origin: str) -> np.ndarray:
     Raises:
         AssetError: not an image PIL can decode, or not 8-bit.
     """
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()

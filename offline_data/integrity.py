@@ -31,6 +31,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
 from offline_data.assets import file_sha256
 from offline_data.errors import AssetError
 from offline_data.finite import first_non_finite_tensor
@@ -176,9 +179,6 @@ def load_verified_weights(folder: Path, name: str, *, required: bool, what: str)
         WeightIntegrityError: what :func:`verify_weights` and :func:`require_finite_weights` refuse, or a file
             safetensors cannot read.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     verify_weights(folder, required=required, what=what)
     path = Path(folder) / name
     try:

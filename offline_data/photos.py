@@ -33,6 +33,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from offline_data.errors import AssetError
 
@@ -108,8 +109,6 @@ def decode_photo(path: Path, limits: PhotoLimits | None = None, *, kind: str = "
         PhotoError: missing, undecodable, refused mode or depth (by name, with how to convert), or a size outside
             ``limits``.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     limits = limits or PhotoLimits()
     path = Path(path)
     try:
@@ -275,6 +274,4 @@ def _png_bit_depth(path: Path) -> int:
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma, as Pillow's ``convert("L")`` computes it, for colour mask files."""
-    from PIL import Image
-
     return np.asarray(Image.fromarray(rgb, mode="RGB").convert("L"))

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from offline_data.assets import file_sha256
-from offline_data.errors import AssetError, LogValidationError
+from offline_data.errors import AssetError, InputUnreadableError, LogValidationError
 from offline_data.io import MalformedRows, TableSource, as_text, format_of, open_file
 from offline_data.outputs import REJECT_FIELDS
 from offline_data.photos import Photo, PhotoError, PhotoLimits, decode_mask, decode_photo, product_alpha
@@ -167,8 +167,6 @@ def read_requests(
     Raises:
         InputUnreadableError: the file is missing, has an unknown suffix, cannot be parsed, or lacks a column.
     """
-    from offline_data.errors import InputUnreadableError
-
     config = config or RequestTableConfig()
     path = Path(path)
     fmt = format_of(path)

@@ -2,7 +2,7 @@
 
 :func:`accelerate` applies an :class:`~policy.acceleration_config.AccelerationConfig` to an
 :class:`~policy.model.InpaintPolicy` in place and installs a :class:`UNetRunner` as ``policy.unet_runner``, through
-which ``predict_noise`` (hence the sampler, the reference pass, training and evaluation) calls the UNet:
+which ``predict_noise`` (hence the sampler, the base pass of the KL, training and evaluation) calls the UNet:
 
 - LoRA arithmetic in the model dtype (:func:`set_lora_compute`): with bf16 frozen weights, peft copies every
   adapted layer's input to float32 and keeps that copy for backward (measured on the meta device at SD size:
@@ -16,12 +16,13 @@ which ``predict_noise`` (hence the sampler, the reference pass, training and eva
 - ``torch.compile`` of the UNet with static shapes, and CUDA graphs on top (inductor's reduce-overhead mode). A 0-d
   timestep (the sampler's) is repeated to ``[B]`` before the call (the UNet broadcasts it the same way), so that
   sampling and replaying stored rows present one call signature;
-- the reference gate (:func:`set_reference_gate`): peft's adapter switch is a Python attribute that dynamo guards
-  on (and it flips ``requires_grad`` of the LoRA weights), so the adapters-disabled KL reference pass would compile
-  a graph of its own. With the gate, the LoRA B factors multiply their weight by a shared 0-d tensor, which
-  :meth:`UNetRunner.reference` sets to 0: the adapter's output is then exactly zero, ``W x + 0`` is exactly the base
-  model's output, and sampling and the reference pass (both without grad, same shapes) share one compiled graph.
-  Without the gate :meth:`UNetRunner.reference` is peft's switch (``policy.lora.adapters_disabled``).
+- the reference gate (config key ``reference_gate``, :func:`set_reference_gate`; it turns the policy into the base
+  model for the KL): peft's adapter switch is a Python attribute that dynamo guards on (and it flips
+  ``requires_grad`` of the LoRA weights), so the adapters-disabled base pass of the KL would compile a graph of its
+  own. With the gate, the LoRA B factors multiply their weight by a shared 0-d tensor, which
+  :meth:`UNetRunner.as_base` sets to 0: the adapter's output is then exactly zero, ``W x + 0`` is exactly the base
+  model's output, and sampling and the base pass (both without grad, same shapes) share one compiled graph.
+  Without the gate :meth:`UNetRunner.as_base` is peft's switch (``policy.lora.adapters_disabled``).
 
 Channels-last memory format is a model option (``InpaintModelConfig.channels_last``); no other state is changed.
 """
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 RECOMPILE_LIMIT = 64
 """Dynamo's per-function graph limit is raised to this with compile on (its default, 8, is reached by a training
-run's sampling, reference, training, evaluation and partial-chunk signatures; past it dynamo silently runs eager)."""
+run's sampling, base, training, evaluation and partial-chunk signatures; past it dynamo silently runs eager)."""
 _SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -242,7 +243,7 @@ class UNetRunner:
         return out.clone() if self.config.cuda_graphs else out
 
     @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
+    def as_base(self) -> Iterator[None]:
         """The base model for the calls inside: the gate set to 0 (restored to 1 after), or peft's adapter switch
         when there is no gate. Use under ``torch.no_grad()`` (with the gate, LoRA weights keep requires_grad)."""
         if self.gate is None:

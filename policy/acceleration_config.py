@@ -17,7 +17,7 @@ CompileBackend = Literal["inductor", "aot_eager", "eager"]
 
 @dataclass(frozen=True, kw_only=True)
 class AccelerationConfig:
-    """Speed options of the UNet calls (sampling, the KL reference pass and training); all off by default."""
+    """Speed options of the UNet calls (sampling, the base pass of the KL and training); all off by default."""
 
     lora_compute: Literal["float32", "model_dtype"] = "float32"
     """Arithmetic of the LoRA branch. "float32": peft's default, the input is copied to float32 and the low-rank
@@ -26,13 +26,13 @@ class AccelerationConfig:
     weights; the weights, their gradients and the optimiser state stay float32 (mixed precision, as autocast does,
     but confined to the adapter). Identical to "float32" when the model is float32."""
     reference_gate: bool = False
-    """Compute the KL reference (adapter off) by multiplying the LoRA B weights by a shared 0-d tensor set to 0
-    instead of peft's adapter switch: exactly the base model's output, and with compile the reference pass reuses
+    """Compute the base model of the KL (adapter off) by multiplying the LoRA B weights by a shared 0-d tensor set to
+    0 instead of peft's adapter switch: exactly the base model's output, and with compile the base pass reuses
     the sampling graph instead of compiling its own (the switch is a guarded Python attribute). Needs
     lora_compute = "model_dtype"."""
     attention: AttentionBackend = "auto"
     """Kernel of torch's scaled_dot_product_attention (diffusers' AttnProcessor2_0 is installed on every attention):
-    "auto" lets torch choose; "flash", "efficient" and "cudnn" need CUDA; "math" is the reference path."""
+    "auto" lets torch choose; "flash", "efficient" and "cudnn" need CUDA; "math" is the plain implementation."""
     tf32: bool = False
     """Allow TF32 for float32 matrix products and convolutions (CUDA only; process-wide setting). Touches only what
     still runs in float32 (LoRA with lora_compute = "float32", a float32 model)."""
@@ -40,7 +40,7 @@ class AccelerationConfig:
     """Let cuDNN time its convolution algorithms for each new shape and keep the fastest (CUDA only; process-wide).
     Pays with static shapes, which the sampler and trainer have."""
     compile: bool = False
-    """torch.compile the UNet (static shapes: one graph per call signature, e.g. sampling, reference and
+    """torch.compile the UNet (static shapes: one graph per call signature, e.g. sampling, base and
     training). The first calls of each signature compile (minutes at SD size with inductor)."""
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     """Inductor mode (compile only): "default" fuses the memory-bound ops; "max-autotune-no-cudagraphs" also

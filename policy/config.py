@@ -228,7 +228,7 @@ class LoraConfig:
     """The trainable LoRA adapter on the UNet (peft), W x + (alpha / rank) B A x with B initialised to zero.
 
     Because B starts at zero, the adapted model equals the base model until the first update, so the KL to the
-    reference (adapters disabled) is exactly 0 at the start of training.
+    base (adapters disabled) is exactly 0 at the start of training.
     """
 
     rank: int = 4

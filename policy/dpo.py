@@ -3,13 +3,13 @@ Preference Optimization").
 
 Each judged pair (preferred image w, rejected image l) is noised with the SAME noise at the SAME timestep; the
 trained model's and the base model's (adapter disabled) noise-prediction errors on both give the margin
-z = -beta / 2 ((e_w - e_w_ref) - (e_l - e_l_ref)) and the loss -log sigmoid(z) (``policy.losses``). Errors are
+z = -beta / 2 ((e_w - e_w_base) - (e_l - e_l_base)) and the loss -log sigmoid(z) (``policy.losses``). Errors are
 averaged over background latent dims only. Ties are trained as a label of 1/2 or skipped; pairs of two different
 products are skipped by default (DPO compares two outputs for one condition); every such choice is counted.
 
 Adapted from diffusers' ``examples/research_projects/diffusion_dpo/train_diffusion_dpo.py`` (v0.42); our rewrite.
-Modifications: inpainting conditioning and a background-only error; the reference is the same UNet with its
-adapter disabled (no second copy); ties as half labels; counts of skipped pairs.
+Modifications: inpainting conditioning and a background-only error; the paper's reference model is the base,
+the same UNet with its adapter disabled (no second copy); ties as half labels; counts of skipped pairs.
 """
 
 from __future__ import annotations
@@ -115,13 +115,13 @@ class DPOObjective:
         # Both images of a pair get the same t and the same noise, in one UNet call.
         rows, t2, noise2 = torch.cat([preferred, rejected]), torch.cat([t, t]), torch.cat([noise, noise])
         model_errors = noise_prediction_errors(policy, self.encoded, rows, t2, noise2)
-        with torch.no_grad(), policy.reference():
-            ref_errors = noise_prediction_errors(policy, self.encoded, rows, t2, noise2)
+        with torch.no_grad(), policy.as_base():
+            base_errors = noise_prediction_errors(policy, self.encoded, rows, t2, noise2)
         logit = dpo_logit(
             model_errors[:batch_size],
             model_errors[batch_size:],
-            ref_errors[:batch_size],
-            ref_errors[batch_size:],
+            base_errors[:batch_size],
+            base_errors[batch_size:],
             self.config.beta,
         )
         losses = diffusion_dpo_loss(logit, tie.to(logit.device))
@@ -132,6 +132,7 @@ class DPOObjective:
             "dpo/implicit_accuracy": float((logit.detach()[decided.to(logit.device)] > 0).float().mean())
             if bool(decided.any())
             else float("nan"),
-            "dpo/model_minus_ref_error": float((model_errors - ref_errors).detach().mean()),
+            # "ref" in this metric's name is the base: the name is kept for existing run folders and dashboards
+            "dpo/model_minus_ref_error": float((model_errors - base_errors).detach().mean()),
         }
         return losses.mean(), metrics

@@ -1,4 +1,4 @@
-"""The LoRA adapter on the UNet: add it (peft), switch it off for the reference model, save and load it.
+"""The LoRA adapter on the UNet: add it (peft), switch it off for the base model, save and load it.
 
 The adapter is written with peft's key names (``get_peft_model_state_dict`` ->
 ``StableDiffusionInpaintPipeline.save_lora_weights``, safetensors, with the peft ``LoraConfig`` as adapter

@@ -2,7 +2,7 @@
 
 - :func:`clipped_policy_loss`: DDPO's PPO-style clipped surrogate on per-step log-probs (Black et al. 2023,
   "Training Diffusion Models with Reinforcement Learning"; Schulman et al. 2017).
-- :func:`gaussian_kl`: the closed-form KL(pi_theta || pi_ref) of one DDIM step.
+- :func:`gaussian_kl`: the closed-form KL(pi_theta || pi_base) of one DDIM step.
 - :func:`diffusion_dpo_loss`: Diffusion-DPO (Wallace et al. 2023, "Diffusion Model Alignment Using Direct
   Preference Optimization", eq. 14).
 - :func:`weighted_denoising_loss`: the epsilon-prediction loss with per-sample weights (reward-weighted
@@ -78,31 +78,31 @@ def clipped_policy_loss(
 
 
 def gaussian_kl(
-    mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, background: torch.Tensor
+    mean: torch.Tensor, base_mean: torch.Tensor, std: torch.Tensor, background: torch.Tensor
 ) -> torch.Tensor:
-    """KL(N(mean, std^2 I) || N(ref_mean, std^2 I)) per sample, averaged over background latent dims.
+    """KL(N(mean, std^2 I) || N(base_mean, std^2 I)) per sample, averaged over background latent dims.
 
     Both DDIM transitions share sigma_t (it depends only on the schedule, t and eta), so per dimension the KL is
-    (mu_theta - mu_ref)^2 / (2 sigma_t^2); it is reduced like the log-prob (:func:`background_mean`). Summing it
+    (mu_theta - mu_base)^2 / (2 sigma_t^2); it is reduced like the log-prob (:func:`background_mean`). Summing it
     over the T steps of a chain and multiplying by the number of background dims gives the KL of whole
     trajectories in nats (the chain rule of KL for Markov chains).
 
     Args:
         mean: ``[B, C, h, w]`` mu_theta (with grad when training).
-        ref_mean: ``[B, C, h, w]`` mu_ref of the base model (adapters disabled).
+        base_mean: ``[B, C, h, w]`` mu_base of the base model (adapters disabled).
         std: ``[B, 1, 1, 1]`` or broadcastable, sigma_t > 0.
         background: ``[B, 1, h, w]`` bool, True at the positions the policy paints.
 
     Returns:
         ``[B]`` float32.
     """
-    if mean.shape != ref_mean.shape or mean.ndim != 4:
+    if mean.shape != base_mean.shape or mean.ndim != 4:
         raise ValueError(
-            f"mean and ref_mean must both be [B, C, h, w], got {list(mean.shape)}, {list(ref_mean.shape)}"
+            f"mean and base_mean must both be [B, C, h, w], got {list(mean.shape)}, {list(base_mean.shape)}"
         )
     if bool((std <= 0).any()):
         raise ValueError("std must be > 0 (eta = 0 has no density)")
-    per_dim = (mean.float() - ref_mean.float()) ** 2 / (2.0 * std.float() ** 2)
+    per_dim = (mean.float() - base_mean.float()) ** 2 / (2.0 * std.float() ** 2)
     return background_mean(per_dim, background)
 
 
@@ -122,40 +122,41 @@ def noise_prediction_error(prediction: torch.Tensor, target: torch.Tensor, backg
 def dpo_logit(
     model_error_w: torch.Tensor,
     model_error_l: torch.Tensor,
-    ref_error_w: torch.Tensor,
-    ref_error_l: torch.Tensor,
+    base_error_w: torch.Tensor,
+    base_error_l: torch.Tensor,
     beta: float,
 ) -> torch.Tensor:
     """Diffusion-DPO's implicit reward margin z per pair (Wallace et al. 2023, eq. 14).
 
-    ``z = -beta / 2 * ((e_w - e_w_ref) - (e_l - e_l_ref))`` where e are the noise-prediction errors of the preferred
+    ``z = -beta / 2 * ((e_w - e_w_base) - (e_l - e_l_base))`` where e are the noise-prediction errors of the preferred
     (w) and the rejected (l) image noised with the SAME noise at the SAME t, as in diffusers'
     ``train_diffusion_dpo.py``; the paper's T * omega(lambda_t) is folded into beta. ``sigmoid(z)`` is the model's
-    implied probability that w is preferred. The reference errors are treated as constants.
+    implied probability that w is preferred. The base model plays the paper's reference model pi_ref; its errors are
+    treated as constants.
 
     Args:
         model_error_w, model_error_l: ``[N]`` errors of the trained model (with grad), e.g. from
             :func:`noise_prediction_error`.
-        ref_error_w, ref_error_l: ``[N]`` the reference model's errors on the same inputs.
-        beta: > 0, DPO's KL weight: the larger, the smaller the departure from the reference at which the
+        base_error_w, base_error_l: ``[N]`` the base model's errors (adapters disabled) on the same inputs.
+        beta: > 0, DPO's KL weight: the larger, the smaller the departure from the base at which the
             loss saturates (a tighter implicit leash).
 
     Returns:
         ``[N]`` float32.
     """
-    shapes = {tuple(t.shape) for t in (model_error_w, model_error_l, ref_error_w, ref_error_l)}
+    shapes = {tuple(t.shape) for t in (model_error_w, model_error_l, base_error_w, base_error_l)}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1:
         raise ValueError(f"the four error tensors must all be [N], got shapes {sorted(shapes)}")
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
-    return -0.5 * beta * ((model_error_w - ref_error_w.detach()) - (model_error_l - ref_error_l.detach()))
+    return -0.5 * beta * ((model_error_w - base_error_w.detach()) - (model_error_l - base_error_l.detach()))
 
 
 def diffusion_dpo_loss(logit: torch.Tensor, tie: torch.Tensor | None = None) -> torch.Tensor:
     """Diffusion-DPO loss per pair from its margin :func:`dpo_logit`: ``-log sigmoid(z)``.
 
     A tie (the annotator saw no difference) is a label of 1/2: ``-(log sigmoid(z) + log sigmoid(-z)) / 2``, which
-    pulls the margin towards 0. At the start (model == reference, z = 0) every pair costs log 2.
+    pulls the margin towards 0. At the start (model == base, z = 0) every pair costs log 2.
 
     Args:
         logit: ``[N]`` margins z.

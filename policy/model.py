@@ -51,7 +51,7 @@ STUDIO_TINY_NAME = "studio_tiny"
 
 
 class UNetRunnerHook(Protocol):
-    """How :meth:`InpaintPolicy.predict_noise` and :meth:`InpaintPolicy.reference` run the UNet when a runner is
+    """How :meth:`InpaintPolicy.predict_noise` and :meth:`InpaintPolicy.as_base` run the UNet when a runner is
     installed (``policy.acceleration.UNetRunner``)."""
 
     def __call__(
@@ -60,7 +60,7 @@ class UNetRunnerHook(Protocol):
         """``sample [B, C, h, w]``; every argument and the result in the model dtype."""
         ...
 
-    def reference(self) -> contextlib.AbstractContextManager[None]:
+    def as_base(self) -> contextlib.AbstractContextManager[None]:
         """A context in which the UNet computes the base model (the adapter's contribution exactly zero)."""
         ...
 
@@ -352,14 +352,18 @@ class InpaintPolicy:
         load_lora(self.unet, Path(folder))
 
     @contextlib.contextmanager
-    def reference(self) -> Iterator[InpaintPolicy]:
-        """The base model pi_ref: adapters are bypassed inside the block; no second copy exists in memory.
+    def as_base(self) -> Iterator[InpaintPolicy]:
+        """The base model pi_base: adapters are bypassed inside the block; no second copy exists in memory.
 
-        Use for the KL term: ``with policy.reference(): ref = predict(...)`` under ``torch.no_grad()``.
+        Use for the KL term: ``with policy.as_base(): base = predict(...)`` under ``torch.no_grad()``.
         """
-        switch = adapters_disabled(self.unet) if self.unet_runner is None else self.unet_runner.reference()
+        switch = adapters_disabled(self.unet) if self.unet_runner is None else self.unet_runner.as_base()
         with switch:
             yield self
+
+    reference = as_base
+    """The former name of :meth:`as_base`, kept while policy/trainer.py, evaluation.py, sampled_gradient.py and
+    experiments/bench, compare and export still call it (issue 20: one word, "base", for the frozen model)."""
 
     # ------------------------------------------------------------------------------------------------------
     # rollout.protocols.InpaintingModel

@@ -143,7 +143,7 @@ def noise_prediction_errors(
     v (v-prediction). Grad follows the caller's mode.
 
     Args:
-        policy: the model (wrap in ``policy.reference()`` for the base).
+        policy: the model (wrap in ``policy.as_base()`` for the base).
         encoded: the encoded images.
         index: ``[n]`` rows of ``encoded``.
         timesteps: ``[n]`` int64 training timesteps.

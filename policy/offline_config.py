@@ -4,7 +4,7 @@ Both methods fine-tune the same LoRA adapter with the epsilon-prediction loss re
 on logged composites (never on samples of the policy itself):
 
 - ``dpo``: Diffusion-DPO (Wallace et al. 2023) on pairwise preference logs; the base model (adapter disabled)
-  is the reference.
+  is the paper's reference model.
 - ``rwr``: reward-weighted regression on the images of the impression logs, each weighted by
   exp(r / temperature) with r the reward model's debiased click and dwell heads.
 """

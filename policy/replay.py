@@ -1,6 +1,6 @@
 """Replaying stored denoising transitions under a model: log-probs, Gaussian means and KLs of (sample, step) rows.
 
-Training, the reference pass and evaluation all score transitions x_t -> x_t' stored in a
+Training, the base pass of the KL and evaluation all score transitions x_t -> x_t' stored in a
 ``rollout.trajectory.Trajectory`` with ``rollout.denoise.denoise_step`` (the function the sampler used), so the
 log-prob the trainer computes is the one the sampler recorded. A "row" is one (sample, step) pair; rows of
 different samples and steps are stacked into one UNet call (the DDIM step takes per-row timesteps), which costs
@@ -98,20 +98,24 @@ def replay_rows(
 
 
 @torch.no_grad()
-def reference_means(policy: InpaintPolicy, trajectory: Trajectory, rows: StepRows, chunk: int) -> torch.Tensor:
-    """mu_ref of every row: the base model's Gaussian means (adapters disabled), ``[N, C, h, w]`` float32.
+def base_means(policy: InpaintPolicy, trajectory: Trajectory, rows: StepRows, chunk: int) -> torch.Tensor:
+    """mu_base of every row: the base model's Gaussian means (adapters disabled), ``[N, C, h, w]`` float32.
 
-    The reference never changes and a stored x_t does not either, so these are computed once per epoch and
-    reused by every inner epoch and minibatch: the update itself then needs no reference forward.
+    The base never changes and a stored x_t does not either, so these are computed once per epoch and
+    reused by every inner epoch and minibatch: the update itself then needs no base forward.
     """
     policy.scheduler.set_timesteps(trajectory.num_steps, device=policy.device)
-    with policy.reference():
+    with policy.as_base():
         return torch.cat([replay_rows(policy, trajectory, part).mean for part in rows.chunks(chunk)])
+
+
+# The former name of base_means, kept while policy/trainer.py still imports it (issue 20: "base" for the frozen model).
+reference_means = base_means
 
 
 @torch.no_grad()
 def stepwise_kl(policy: InpaintPolicy, trajectory: Trajectory, chunk: int) -> torch.Tensor:
-    """KL(pi_theta || pi_ref) of every step of every stored chain: ``[B, T]`` float32, mean over background dims.
+    """KL(pi_theta || pi_base) of every step of every stored chain: ``[B, T]`` float32, mean over background dims.
 
     Evaluates ``policy`` twice per row (adapters on, then off); summing over T and multiplying by each sample's
     number of background latent dims (:func:`background_dims`) gives the trajectory KL in nats.
@@ -121,10 +125,10 @@ def stepwise_kl(policy: InpaintPolicy, trajectory: Trajectory, chunk: int) -> to
     values = []
     for part in rows.chunks(chunk):
         out = replay_rows(policy, trajectory, part)
-        with policy.reference():
-            ref = replay_rows(policy, trajectory, part)
+        with policy.as_base():
+            base = replay_rows(policy, trajectory, part)
         background = trajectory.background[part.sample.to(trajectory.latents.device)]
-        values.append(gaussian_kl(out.mean, ref.mean, out.std, background))
+        values.append(gaussian_kl(out.mean, base.mean, out.std, background))
     kl = torch.empty(trajectory.batch_size, trajectory.num_steps, dtype=torch.float32)
     kl[rows.sample, rows.step] = torch.cat(values).float().cpu()
     return kl

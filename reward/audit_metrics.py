@@ -18,6 +18,8 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from scipy.stats import chi2 as chi2_distribution
+from scipy.stats import norm, spearmanr
 
 
 def concordance_index(predicted: np.ndarray, time: np.ndarray, censored: np.ndarray) -> tuple[float, int]:
@@ -92,7 +94,6 @@ def d_calibration(cdf: np.ndarray, censored: np.ndarray, bins: int = 10) -> dict
     share = counts / cdf.size
     expected = cdf.size / bins
     chi2 = float(((counts - expected) ** 2 / expected).sum())
-    from scipy.stats import chi2 as chi2_distribution
 
     return {
         "histogram": share.tolist(),
@@ -109,8 +110,6 @@ def dwell_cdf(distribution: str, location: np.ndarray, log_spread: np.ndarray, d
     lognormal: location = μ, spread σ = exp(log_spread), F = Φ((log t − μ) / σ);
     weibull: location = log λ, shape k = exp(log_spread), F = 1 − exp(−(t / λ)^k).
     """
-    from scipy.stats import norm
-
     location = np.asarray(location, dtype=np.float64)
     spread = np.exp(np.asarray(log_spread, dtype=np.float64))
     log_t = np.log(np.maximum(np.asarray(dwell_ms, dtype=np.float64), 1.0))
@@ -170,8 +169,6 @@ def has_spread(values: np.ndarray) -> bool:
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (NaN with fewer than 3 rows or a constant input)."""
-    from scipy.stats import spearmanr
-
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"x and y must be [n] of one shape, got {x.shape}, {y.shape}")

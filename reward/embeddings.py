@@ -18,7 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from reward.errors import EmbeddingError
@@ -122,9 +126,6 @@ def read_embeddings(path: str | Path, *, column: str = "") -> EmbeddingTable:
 
 
 def _read_parquet(path: Path, column: str) -> EmbeddingTable:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
@@ -172,9 +173,6 @@ def ids_path(path: Path) -> Path:
 
 
 def _read_safetensors(path: Path) -> EmbeddingTable:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
@@ -207,13 +205,9 @@ def write_embeddings(path: str | Path, image_ids: Sequence[str], values: Tensor 
         raise ValueError(f"values must be [{len(image_ids)}, D], got {list(array.shape)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import save_file
-
         save_file({TENSOR_NAME: torch.from_numpy(array)}, str(path))
         ids_path(path).write_text(json.dumps(list(image_ids)), encoding="utf-8")
         return path
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     flat = pa.array(array.reshape(-1), type=pa.float32())
     column = pa.FixedSizeListArray.from_arrays(flat, array.shape[1])

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reward.config import EncoderConfig
+from reward.efficientnet import FEATURE_DIM, load_efficientnet_lite0
 from reward.embeddings import EmbeddingTable, read_embeddings
 from reward.errors import EmbeddingError
 from reward.features import (
@@ -195,15 +196,12 @@ class EfficientNetEncoder(FrozenEncoder):
 
     def __init__(self, input_size: int = 224) -> None:
         super().__init__()
-        from reward.efficientnet import load_efficientnet_lite0
 
         self.input_size = input_size
         self.network = load_efficientnet_lite0()
 
     @property
     def dim(self) -> int:
-        from reward.efficientnet import FEATURE_DIM
-
         return FEATURE_DIM
 
     @torch.no_grad()

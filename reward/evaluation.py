@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from reward.data import RewardData, load_reward_data
 from reward.ensemble import score_rows
@@ -62,8 +63,6 @@ def single_family(prompt: str | None) -> str:
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
     return float(spearmanr(x, y).statistic) if len(x) > 2 else float("nan")
 
 

@@ -17,7 +17,7 @@ def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     Raises:
         ValueError: shapes differ, or the labels are all equal (AUC undefined).
     """
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # heavy: scikit-learn (~0.5 s); scoring-only importers never need it
 
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
     if scores.shape != labels.shape or scores.ndim != 1:

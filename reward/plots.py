@@ -8,10 +8,10 @@ import numpy as np
 
 
 def _figure():
-    import matplotlib
+    import matplotlib  # heavy: matplotlib (~0.35 s) only when a figure is drawn
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend when first imported
 
     return plt
 

@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 from reward.audit_config import ProbeConfig
 from reward.audit_metrics import has_spread, spearman
@@ -42,8 +43,6 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
 def _pil(image: np.ndarray):
-    from PIL import Image
-
     return Image.fromarray(image)
 
 
@@ -52,8 +51,6 @@ def _array(picture) -> np.ndarray:
 
 
 def _overlay_text(image: np.ndarray, text: str) -> np.ndarray:
-    from PIL import ImageDraw, ImageFont
-
     height = image.shape[0]
     size = max(8, height // 6)
     try:
@@ -66,8 +63,6 @@ def _overlay_text(image: np.ndarray, text: str) -> np.ndarray:
 
 
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    from PIL import Image
-
     buffer = io.BytesIO()
     _pil(image).save(buffer, format="JPEG", quality=quality)
     buffer.seek(0)
@@ -76,8 +71,6 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 def spurious_edit(image: np.ndarray, edit: str, config: ProbeConfig) -> np.ndarray:
     """``edit`` (one of ``reward.audit_config.EDITS``) applied to the whole of ``image`` [H, W, 3] uint8."""
-    from PIL import ImageEnhance, ImageFilter
-
     _check_image(image)
     if edit == "brightness":
         return _array(ImageEnhance.Brightness(_pil(image)).enhance(config.brightness))
@@ -117,7 +110,6 @@ def tamper_product(image: np.ndarray, mask: np.ndarray, tamper: str, config: Pro
     if tamper == "hue":
         hsv = np.asarray(_pil(image).convert("HSV"), dtype=np.uint8).copy()
         hsv[..., 0] = ((hsv[..., 0].astype(np.int64) + round(config.hue_degrees / 360.0 * 256)) % 256).astype(np.uint8)
-        from PIL import Image
 
         changed = _array(Image.fromarray(hsv, mode="HSV"))
     elif tamper == "blot":

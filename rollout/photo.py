@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from PIL import Image
 
 from offline_data.photos import PRODUCT_ALPHA, CompositeCheck, PhotoError, check_composite, composite
 from offline_data.requests import RequestTable
@@ -163,6 +164,4 @@ def _request(photo: PhotoRequest, rgb: np.ndarray, alpha: np.ndarray) -> Inpaint
 
 def _resize(array: np.ndarray, side: int) -> np.ndarray:
     """A square uint8 image ([S, S] or [S, S, 3]) resized to ``side`` (Lanczos)."""
-    from PIL import Image
-
     return np.asarray(Image.fromarray(array).resize((side, side), Image.Resampling.LANCZOS))

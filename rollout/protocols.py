@@ -95,7 +95,7 @@ class DenoisingStepFn(Protocol):
 
     It must return what ``denoise_step(model, latents, timestep, conditioning, eta=eta,
     variance_noise=variance_noise)`` returns, with detached tensors; what it does besides (a backward pass, a
-    reference forward) is its own business. The sampler calls it under ``torch.no_grad()``.
+    forward of the base model) is its own business. The sampler calls it under ``torch.no_grad()``.
     """
 
     def __call__(

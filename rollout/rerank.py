@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import imagehash
 import numpy as np
 import torch
+from PIL import Image
 
 from rollout.protocols import RewardFn
 from rollout.request import InpaintRequest
@@ -36,9 +38,6 @@ def perceptual_hash(images: torch.Tensor, product_masks: torch.Tensor | None = N
         product_masks: ``[B, H, W]`` bool; where given, those pixels are set to the mean background colour
             first, so that the shared product does not dominate the hash.
     """
-    import imagehash
-    from PIL import Image
-
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be uint8 [B, 3, H, W], got {images.dtype} {list(images.shape)}")
     if product_masks is not None:

@@ -1,6 +1,6 @@
 """``backdrop policy offline --method dpo|rwr``: fine-tune the policy from logs only.
 
-``dpo``: Diffusion-DPO on the pairwise preference logs (the base model, adapter disabled, is the reference).
+``dpo``: Diffusion-DPO on the pairwise preference logs (the base model, adapter disabled, is DPO's reference model).
 ``rwr``: reward-weighted regression on the images of the impression logs, weighted by the reward model's
 debiased click and dwell heads. Both are evaluated like ``backdrop policy train`` (held-out requests: proxy,
 KL, and hidden gold on the studio world; ``--requests FILE`` evaluates on a team's own request table) and keep

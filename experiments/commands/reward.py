@@ -16,6 +16,7 @@ Further subcommands live in ``experiments/commands/reward_<name>.py`` (``backdro
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -27,8 +28,9 @@ from experiments.commands.arguments import (
     group_parser,
     load_root_config,
 )
+from experiments.config import ConfigError, load_config
 from experiments.output_folder import add_overwrite_argument, open_output_run
-from experiments.tracking import start_run
+from experiments.tracking import Run, filter_metrics, setup_logging, start_run
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "reward.toml"
 
@@ -88,7 +90,6 @@ def run_train(args: argparse.Namespace) -> int:
     # heavy (torch, diffusers, transformers): imported when the command runs, so `backdrop --help` stays fast
     from accelerate import PartialState
 
-    from experiments.config import ConfigError
     from experiments.policy_runs.train import ProcessRun, is_main_process, launched_processes
     from experiments.reward_fit import command_config_class, fit_from_logs, save_reward_model
     from experiments.runtime import resolve_device
@@ -129,11 +130,8 @@ def run_train(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> tuple[Any, Path | None, Any]:
     """The config, data folder and reopened run of ``reward train --resume RUN``: records of members that had not
     finished (and of the test split) are dropped from metrics.jsonl, as they are logged again."""
-    import logging
-
-    from experiments.config import ConfigError, load_config
+    # heavy (torch, accelerate): imported when the command runs, as in run_train
     from experiments.reward_fit import command_config_class, has_splits
-    from experiments.tracking import Run, filter_metrics, setup_logging
 
     if args.overrides or args.config != "experiments/configs/reward.toml":
         raise ConfigError("--resume continues a run with its own config.toml; drop --config and --set")
@@ -163,9 +161,6 @@ def _resume(args: argparse.Namespace) -> tuple[Any, Path | None, Any]:
 
 def _recorded_data(run_dir: Path) -> Path | None:
     """The ``--data`` the run was started with (its environment.json records the command line), or None."""
-    import itertools
-    import json
-
     try:
         argv = json.loads((run_dir / "environment.json").read_text(encoding="utf-8")).get("argv") or []
     except (OSError, ValueError, AttributeError):

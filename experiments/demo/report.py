@@ -123,7 +123,7 @@ def curves_figure(records: list[dict[str, float]]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend when first imported
 
     train = [r for r in records if "reward/mean" in r]
     evals = [r for r in records if "gold/gain_sd" in r]

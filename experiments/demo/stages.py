@@ -344,7 +344,7 @@ def before_after_stage(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
     sampler = config.trainer.sampler
     with torch.no_grad():
         after = sample_trajectories(policy, requests, seeds, sampler).images
-        with policy.reference():
+        with policy.as_base():
             before = sample_trajectories(policy, requests, seeds, sampler).images
     gold, reward_fn = StudioGold(world), load_reward_model(paths.reward_model, world=world)
     scores = {

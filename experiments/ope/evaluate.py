@@ -394,12 +394,13 @@ def _statistics(columns: list[RequestColumns], estimators: tuple[str, ...], n_sl
             out[f"{estimator}@{level}"] = cand.statistic(estimator, level)
     for estimator in estimators:
         base = columns[1] if len(columns) > 1 else None
+        # the lift is over the base policy's estimate when one is given, else over the logged (on-policy) value
         for level in ("request", "impression"):
-            reference = base.statistic(estimator, level) if base else cand.statistic(ON_POLICY, level)
-            out[f"lift:{estimator}@{level}"] = difference(cand.statistic(estimator, level), reference)
-        reference = base.statistic(estimator, "request") if base else cand.statistic(ON_POLICY, "request")
+            baseline = base.statistic(estimator, level) if base else cand.statistic(ON_POLICY, level)
+            out[f"lift:{estimator}@{level}"] = difference(cand.statistic(estimator, level), baseline)
+        baseline = base.statistic(estimator, "request") if base else cand.statistic(ON_POLICY, "request")
         out[f"relative_lift:{estimator}@request"] = difference(
-            cand.statistic(estimator, "request"), reference, relative=True
+            cand.statistic(estimator, "request"), baseline, relative=True
         )
     return out
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import optuna
+from optuna.samplers._lazy_random_state import LazyRandomState
+from optuna.trial import TrialState
 
 
 def trial_key(study: Any, trial: Any) -> int:
     """k: how many trials before ``trial`` were not interrupted (finished, pruned, failed with an error, running)."""
-    from optuna.trial import TrialState
-
     earlier = study.get_trials(deepcopy=False)
     interrupted = sum(
         t.number < trial.number and t.state == TrialState.FAIL and "error" not in t.user_attrs for t in earlier
@@ -34,9 +35,6 @@ def trial_key(study: Any, trial: Any) -> int:
 
 def make_trial_seeded_sampler(kind: str, seed: int) -> Any:
     """A ``"random"`` or ``"tpe"`` (constant liar) sampler reseeded before each trial from (``seed``, trial key)."""
-    import optuna
-    from optuna.samplers._lazy_random_state import LazyRandomState
-
     base = optuna.samplers.RandomSampler if kind == "random" else optuna.samplers.TPESampler
     options = {} if kind == "random" else {"constant_liar": True}
 

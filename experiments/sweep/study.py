@@ -61,7 +61,7 @@ from experiments.sweep.devices import (
 )
 from experiments.sweep.sampler import make_trial_seeded_sampler
 from experiments.sweep.space import SweepSpaceConfig, check_space, load_space
-from experiments.sweep.targets import import_target, target_reference
+from experiments.sweep.targets import import_target, target_import_path
 from experiments.sweep.trial import TrialRunner, read_trial_record, trial_dir, write_trial_record
 from experiments.tracking import git_state, new_run_dir, package_versions
 from offline_data.errors import BackdropError, InputUnreadableError
@@ -117,12 +117,12 @@ class SweepPaths:
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    """An opened sweep directory: its space, base config and target reference."""
+    """An opened sweep directory: its space, base config and the target's import path."""
 
     paths: SweepPaths
     space: SweepSpaceConfig
     base_config: Any
-    target_reference: str
+    target_import_path: str
 
 
 def open_storage(paths: SweepPaths) -> Any:
@@ -152,7 +152,7 @@ def create_sweep(space: SweepSpaceConfig, base_config: Any, *, space_source: str
     Raises:
         SweepSpaceError / TargetError / ConfigError: before anything is written.
     """
-    reference = target_reference(space.target)
+    import_path = target_import_path(space.target)
     check_space(space, base_config, source=space_source)
     _quiet_optuna()
     paths = SweepPaths(new_run_dir(base_config.run.output_dir, space.name))
@@ -168,10 +168,10 @@ def create_sweep(space: SweepSpaceConfig, base_config: Any, *, space_source: str
     }
     (paths.dir / "environment.json").write_text(json.dumps(environment, indent=2, default=str) + "\n")
     run_record.attach(paths.dir)  # command.json, and error.json if the sweep fails
-    _write_meta(paths, {"target": space.target, "reference": reference, "study_name": STUDY_NAME, "sessions": []})
+    _write_meta(paths, {"target": space.target, "reference": import_path, "study_name": STUDY_NAME, "sessions": []})
     optuna.create_study(storage=open_storage(paths), study_name=STUDY_NAME, direction=space.direction)
     logger.info("sweep directory: %s", paths.dir)
-    return Sweep(paths, space, base_config, reference)
+    return Sweep(paths, space, base_config, import_path)
 
 
 def open_sweep(directory: str | Path) -> Sweep:
@@ -186,13 +186,14 @@ def open_sweep(directory: str | Path) -> Sweep:
     meta = json.loads(paths.meta.read_text(encoding="utf-8"))
     space = load_space(paths.space)
     try:
-        reference = target_reference(meta["target"])
+        import_path = target_import_path(meta["target"])
     except ConfigError:
-        reference = meta["reference"]  # a target registered by the process that created the sweep
-    target = import_target(reference, meta["target"])
+        # a target registered by the process that created the sweep; sweep.json's key keeps its first name
+        import_path = meta["reference"]
+    target = import_target(import_path, meta["target"])
     base_config = load_config(target.config_class, paths.config)
     check_space(space, base_config, source=str(paths.space))
-    return Sweep(paths, space, base_config, reference)
+    return Sweep(paths, space, base_config, import_path)
 
 
 def _write_meta(paths: SweepPaths, meta: dict[str, Any]) -> None:
@@ -278,7 +279,7 @@ def _stop_after_failures(study: Any, _trial: Any) -> None:
 
 def optimize(sweep: Sweep, *, n_trials: int, timeout: float | None, threads: int, seed: int, progress: Any) -> None:
     """Run ``n_trials`` trials of ``sweep`` in this process (one worker)."""
-    target = import_target(sweep.target_reference)
+    target = import_target(sweep.target_import_path)
     study = optuna.load_study(
         study_name=STUDY_NAME,
         storage=open_storage(sweep.paths),

@@ -150,7 +150,7 @@ def write_plots(out: Path, study: Any, feasible: Any, n_feasible: int, space: An
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend when first imported
 
     out.mkdir(parents=True, exist_ok=True)
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

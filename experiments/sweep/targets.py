@@ -79,14 +79,14 @@ BUILTIN_TARGETS: dict[str, str] = {
 _registered: dict[str, str] = {}
 
 
-def register_target(name: str, reference: str) -> None:
-    """Make ``name`` usable as ``target = "<name>"``; ``reference`` is ``"package.module:ATTRIBUTE"``.
+def register_target(name: str, import_path: str) -> None:
+    """Make ``name`` usable as ``target = "<name>"``; ``import_path`` is ``"package.module:ATTRIBUTE"``.
 
-    Worker processes import ``reference`` themselves, so it must be importable from ``sys.path``.
+    Worker processes import ``import_path`` themselves, so it must be importable from ``sys.path``.
     """
-    if ":" not in reference:
-        raise ValueError(f"target reference must be 'package.module:ATTRIBUTE', got {reference!r}")
-    _registered[name] = reference
+    if ":" not in import_path:
+        raise ValueError(f"target import path must be 'package.module:ATTRIBUTE', got {import_path!r}")
+    _registered[name] = import_path
 
 
 def unregister_target(name: str) -> None:
@@ -95,18 +95,18 @@ def unregister_target(name: str) -> None:
 
 
 def available_targets() -> dict[str, str]:
-    """Registered target names -> references (built-ins first)."""
+    """Registered target names -> import paths (built-ins first)."""
     return {**BUILTIN_TARGETS, **_registered}
 
 
-def target_reference(name: str) -> str:
+def target_import_path(name: str) -> str:
     """The ``module:ATTRIBUTE`` behind a registered target name.
 
     Only registered names are accepted: a space file is input, and naming a module in it would import (run)
     whatever that module is. A project registers its own targets with :func:`register_target` first.
 
     Raises:
-        TargetError: ``name`` is not registered (a ``module:ATTRIBUTE`` reference included).
+        TargetError: ``name`` is not registered (a ``module:ATTRIBUTE`` import path included).
     """
     targets = available_targets()
     if name in targets:
@@ -125,17 +125,17 @@ def target_reference(name: str) -> str:
 
 def load_target(name: str) -> SweepTarget:
     """Import and return the :class:`SweepTarget` registered as ``name``."""
-    return import_target(target_reference(name), name)
+    return import_target(target_import_path(name), name)
 
 
-def import_target(reference: str, name: str | None = None) -> SweepTarget:
-    """Import the :class:`SweepTarget` at ``reference`` (``module:ATTRIBUTE``).
+def import_target(import_path: str, name: str | None = None) -> SweepTarget:
+    """Import the :class:`SweepTarget` at ``import_path`` (``module:ATTRIBUTE``).
 
-    Only for references that came from the registry: the one a sweep recorded in its own sweep.json when it
+    Only for import paths that came from the registry: the one a sweep recorded in its own sweep.json when it
     was created, which its worker processes (fresh interpreters without the creator's registrations) import.
     """
-    label = name or reference
-    module_name, _, attribute = reference.partition(":")
+    label = name or import_path
+    module_name, _, attribute = import_path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -143,7 +143,7 @@ def import_target(reference: str, name: str | None = None) -> SweepTarget:
     target = getattr(module, attribute, None)
     if not isinstance(target, SweepTarget):
         found = "nothing" if target is None else type(target).__name__
-        raise TargetError(f"sweep target '{label}': {reference} is {found}, expected a SweepTarget")
+        raise TargetError(f"sweep target '{label}': {import_path} is {found}, expected a SweepTarget")
     return target
 
 

@@ -20,6 +20,8 @@ import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from offline_data.simulator.world import StudioWorld
 
@@ -29,8 +31,6 @@ SEGMENTER_VERSION = "segmenter-sim-1"
 
 def encode_png(pixels: np.ndarray) -> bytes:
     """PNG bytes of [H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA) uint8 pixels."""
-    from PIL import Image
-
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
         raise ValueError(f"pixels must be uint8 [H, W] or [H, W, C], got {pixels.dtype} {pixels.shape}")
     buffer = io.BytesIO()
@@ -52,8 +52,6 @@ def write_world_assets(world: StudioWorld, out_dir: Path, progress: bool = False
     Returns:
         {column of ``SCHEMAS["assets"]``: list of values}, one entry per product, mask and generated image.
     """
-    from tqdm import tqdm
-
     columns: dict[str, list] = {
         name: []
         for name in ("image_id", "product_id", "path", "sha256", "kind", "category", "prompt", "style_id",

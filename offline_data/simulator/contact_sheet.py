@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from offline_data.simulator.backgrounds import render_background
 from offline_data.simulator.engagement import PANEL_SEGMENT
@@ -68,8 +69,6 @@ def _rows(world: StudioWorld, rng: np.random.Generator) -> list[tuple[str, list[
 
 def draw_contact_sheet(world: StudioWorld, path: str | Path, seed: int = 0) -> None:
     """Render the contact sheet of ``world`` to ``path`` (PNG)."""
-    from PIL import Image, ImageDraw, ImageFont
-
     rows = _rows(world, np.random.default_rng(seed))
     cell = world.config.world.image_size * SCALE
     width = LABEL_WIDTH + COLUMNS * (cell + 4)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from offline_data.errors import AssetError
 from offline_data.simulator.colour import hsv_to_rgb, hue_of_pixels, rgb_to_hsv
@@ -344,8 +345,6 @@ def load_product_photo(path: str | Path, size: int = 64, *, product_id: str = "p
     Raises:
         AssetError: the file is missing, unreadable, has no alpha channel, or no pixel with alpha >= 128.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     try:
         with Image.open(path) as image:

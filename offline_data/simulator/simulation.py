@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from offline_data.errors import BackdropError
 from offline_data.schemas import SCHEMAS
@@ -35,6 +38,7 @@ from offline_data.simulator.annotators import (
 from offline_data.simulator.asset_files import write_png, write_world_assets
 from offline_data.simulator.ceilings import bayes_ceilings
 from offline_data.simulator.config import SimulatorConfig
+from offline_data.simulator.contact_sheet import draw_contact_sheet
 from offline_data.simulator.engagement import (
     ADHERENCE_SCALES,
     FEATURES,
@@ -88,22 +92,16 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def _log_table(name: str, columns: dict[str, np.ndarray | list]):
     """A pyarrow table of a log table with exactly the Arrow types of ``offline_data.schemas``."""
-    import pyarrow as pa
-
     schema = SCHEMAS[name].arrow_schema(present=tuple(columns))
     arrays = [pa.array(columns[field.name], type=field.type) for field in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _truth_table(columns: dict[str, np.ndarray | list]):
-    import pyarrow as pa
-
     return pa.table({name: pa.array(values) for name, values in columns.items()})
 
 
 def _write_parquet(table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
 
@@ -116,8 +114,6 @@ class _ChunkedWriter:
         self.rows: dict[Path, int] = {}
 
     def write(self, table, path: Path) -> None:
-        import pyarrow.parquet as pq
-
         if path not in self.writers:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.writers[path] = pq.ParquetWriter(path, table.schema)
@@ -192,8 +188,6 @@ def build_traffic_model(world: StudioWorld) -> tuple[TrafficModel, np.ndarray, n
 
 def _write_traffic(model: TrafficModel, config: SimulatorConfig, out_dir: Path, progress: bool) -> dict:
     """Generate and write impressions + dwell in chunks; return the counters the summary needs."""
-    from tqdm import tqdm
-
     requests, chunk_size = config.logging.requests, config.logging.chunk_requests
     slots = model.slots
     shown = np.zeros(slots, dtype=np.int64)
@@ -353,8 +347,6 @@ def simulate(
     Raises:
         SimulationError: ``out_dir`` already holds a simulation and ``overwrite`` is False.
     """
-    from offline_data.simulator.contact_sheet import draw_contact_sheet
-
     started = time.perf_counter()
     config = config or SimulatorConfig()
     out_dir = Path(out_dir)

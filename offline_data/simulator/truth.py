@@ -25,6 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from offline_data.errors import InputUnreadableError
 
@@ -60,9 +62,6 @@ def read_truth_table(sim_dir: str | Path, name: str, columns: list[str] | None =
     Raises:
         InputUnreadableError: the file is missing or not a readable Parquet file.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = truth_path(sim_dir, name)
     try:
         table = pq.read_table(path, columns=columns)

@@ -13,6 +13,7 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from offline_data.simulator.config import SimulatorConfig
 from offline_data.simulator.engagement import SEGMENTS, gold_engagement, gold_for_segments, measure_features
@@ -99,7 +100,7 @@ class StudioWorld:
         ]
         photo_paths = list(world.photo_paths)
         if world.real_photos:
-            import matplotlib.cbook
+            import matplotlib.cbook  # heavy: matplotlib only to locate its bundled sample photo
 
             photo_paths.insert(0, str(matplotlib.cbook.get_sample_data(SAMPLE_PHOTO, asfileobj=False)))
         products += [
@@ -148,8 +149,6 @@ class StudioWorld:
     @functools.cached_property
     def variants(self) -> VariantSet:
         """Every product's K composites from the simulated production generator (rendered on first use)."""
-        from tqdm import tqdm
-
         world, gen, seed = self.config.world, self.config.generator, self.config.seed
         k_count = world.variants_per_product
         ids, product_index, variant_index, prompts, seeds = [], [], [], [], []

@@ -136,7 +136,7 @@ def test_the_log_ratio_points_at_the_model_that_painted_the_image(studio_images:
     ]
     seeds = list(range(6))
     candidate = sample_trajectories(policy, requests, seeds, SAMPLER).images
-    with policy.reference():
+    with policy.as_base():
         base = sample_trajectories(policy, requests, seeds, SAMPLER).images
     masks, prompts = studio_images["masks"][:6], studio_images["prompts"][:6]
     on_candidate = elbo_log_ratios(policy, candidate, masks, prompts, SAMPLER, draws=2, seed=0)

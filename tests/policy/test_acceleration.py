@@ -150,7 +150,7 @@ def test_reference_gate_equals_peft_switch_exactly() -> None:
     runner = accelerate(policy, AccelerationConfig(lora_compute="model_dtype", reference_gate=True))
     with torch.no_grad():
         adapted = policy.predict_noise(*inputs)
-        with policy.reference():
+        with policy.as_base():
             assert runner.gate.item() == 0.0
             gated = policy.predict_noise(*inputs)
     assert runner.gate.item() == 1.0

@@ -1,4 +1,4 @@
-"""LoRA on the policy's UNet: what trains, the reference model, and the adapter file that diffusers loads."""
+"""LoRA on the policy's UNet: what trains, the base model (adapters off), and the adapter file that diffusers loads."""
 
 from __future__ import annotations
 
@@ -52,29 +52,29 @@ def test_only_lora_weights_train_and_they_stay_float32() -> None:
     assert noise_prediction(policy).dtype == torch.float32
 
 
-def test_adapter_starts_as_the_base_model_and_reference_is_the_base() -> None:
+def test_adapter_starts_as_the_base_model_and_as_base_is_the_base() -> None:
     base = build(lora=None)
     policy = build()
     with torch.no_grad():
         expected = noise_prediction(base)
-        assert torch.equal(noise_prediction(policy), expected)  # B = 0: KL to the reference is exactly 0
+        assert torch.equal(noise_prediction(policy), expected)  # B = 0: KL to the base is exactly 0
         perturb_adapter(policy)
         adapted = noise_prediction(policy)
         assert not torch.allclose(adapted, expected)
-        with policy.reference() as reference:
-            assert reference is policy
+        with policy.as_base() as base:
+            assert base is policy
             assert torch.equal(noise_prediction(policy), expected)
             assert not any(p.requires_grad for p in policy.unet.parameters())
         assert torch.equal(noise_prediction(policy), adapted)
     assert policy.trainable_parameters() and all(p.requires_grad for p in policy.trainable_parameters())
 
 
-def test_reference_restores_adapters_after_an_exception() -> None:
+def test_as_base_restores_adapters_after_an_exception() -> None:
     policy = build()
     perturb_adapter(policy)
     with torch.no_grad():
         adapted = noise_prediction(policy)
-        with pytest.raises(RuntimeError, match="boom"), policy.reference():
+        with pytest.raises(RuntimeError, match="boom"), policy.as_base():
             raise RuntimeError("boom")
         assert torch.equal(noise_prediction(policy), adapted)
 

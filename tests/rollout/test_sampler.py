@@ -121,7 +121,7 @@ def test_recomputed_log_probs_equal_sampled_ones(guidance_scale: float, tmp_path
     reloaded = Trajectory.load(trajectory.save(tmp_path / "t.safetensors"))
     assert torch.equal(rescore(policy, reloaded)[0], trajectory.log_probs)
     # KL(pi_theta || pi_ref) = ||mu_theta - mu_ref||^2 / (2 sigma^2): exactly 0 while B = 0
-    with policy.reference():
+    with policy.as_base():
         _, ref_means = rescore(policy, trajectory)
     assert torch.equal(means, ref_means)
     with torch.no_grad():
