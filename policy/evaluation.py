@@ -276,7 +276,7 @@ class PolicyEvaluator:
         return expanded[block.start : block.stop], seeds[block.start : block.stop]
 
     def sample(self, policy: InpaintPolicy, processes: EvaluationProcesses = ONE_PROCESS) -> EvaluationSamples:
-        """Sample this process's share with ``policy`` as it is (wrap in ``policy.reference()`` for the base) and
+        """Sample this process's share with ``policy`` as it is (wrap in ``policy.as_base()`` for the base) and
         gather every process's scores (a collective call with several processes).
 
         Raises:
@@ -327,7 +327,7 @@ class PolicyEvaluator:
         """Proxy, ensemble std and gold ``[R, K]`` of the base model's samples (adapters disabled), computed once
         and cached; with several processes each samples its share and every process caches the full tables."""
         if self._base is None:
-            with policy.reference():
+            with policy.as_base():
                 samples = self.sample(policy, processes)
             self._base = {"proxy": samples.proxy, "uncertainty": samples.uncertainty}
             self._base_images = self._sheet_images(samples, processes)
@@ -447,10 +447,10 @@ def plot_overoptimisation(history: Sequence[Mapping[str, float]], path: str | Pa
     """Proxy, pessimistic proxy and, when measured, gold gains (within-request SDs of the base) against the KL to
     the base (nats), one point per evaluation, as a PNG at ``path``. Records without ``eval/kl_nats`` are skipped;
     a curve is drawn when every evaluation has its metric."""
-    import matplotlib
+    import matplotlib  # heavy (~0.35 s): loaded only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the Agg backend is chosen
 
     points = [h for h in history if "eval/kl_nats" in h]
     path = Path(path)
@@ -532,7 +532,7 @@ def best_of_n(
     (``rollout.rerank``; with one image kept per request its near-duplicate filter never changes the pick).
 
     Request r's candidates use seeds first_seed + r n .. first_seed + r n + n - 1; wrap the call in
-    ``policy.reference()`` for the base model. Request ids must be distinct.
+    ``policy.as_base()`` for the base model. Request ids must be distinct.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

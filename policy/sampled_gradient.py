@@ -10,13 +10,13 @@ exactly 1, the clip is inactive, and the step's objective over its N = S x J tra
 
 g_i (one per sample: S x the adapter's size) and K do not depend on the advantages, so they are accumulated at
 each trained step of the sampling loop from the sampler's own UNet call, run with grad; the replay forward of
-the trained rows disappears. Per step: a reference forward (adapters off, no grad) at the same x_t gives mu_ref;
+the trained rows disappears. Per step: a base forward (adapters off, no grad) at the same x_t gives mu_base;
 forward hooks record each LoRA factor's input and output in the step's forward (with grad); one backward of
 sum_i m_i log pi_t^i (m_i = 1 on trained rows) down to those outputs gives every g_i; when kl_coef > 0, a second
 backward of sum_i m_i KL_t^i adds to K. Memory: one step's activations at the sampler's batch, not the replay's.
 
 Cost per trained step, in UNet forward-equivalents F and LoRA backwards (activation gradients only) Bk: sampling
-F + reference F + Bk (+ Bk for the KL), against the re-forward's sampling F + reference F + replay F + Bk. The
+F + base F + Bk (+ Bk for the KL), against the re-forward's sampling F + base F + replay F + Bk. The
 replay forward is saved; with kl_coef > 0 a backward is added, so the two cost about the same arithmetic (a
 backward cannot separate the advantage-weighted per-sample terms from the KL's summed term without knowing the
 advantages). The measured balance depends on how well the device uses the sampler's smaller UNet calls
@@ -205,7 +205,7 @@ class SampledGradient:
     def _on_forward(
         self, index: int, factor: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
     ) -> None:
-        if self._records is not None and output.requires_grad:  # not: plain sampling, the reference, evaluation
+        if self._records is not None and output.requires_grad:  # not: plain sampling, the base pass, evaluation
             self._records.append((index, factor, inputs[0].detach(), output))
 
     def _step(
@@ -224,7 +224,7 @@ class SampledGradient:
         mask = self.trained[start : start + batch, step].to(latents.device)
         if not bool(mask.any()):
             return denoise_step(policy, latents, timestep, conditioning, eta=eta, variance_noise=variance_noise)
-        with torch.no_grad(), policy.reference():
+        with torch.no_grad(), policy.as_base():
             ref = denoise_step(policy, latents, timestep, conditioning, eta=eta, variance_noise=variance_noise)
         self._records = []
         try:

@@ -6,11 +6,12 @@ One epoch, top to bottom (:meth:`DDPOTrainer.run_epoch`):
    epoch is reproducible on its own and a resumed run draws what the uninterrupted run drew); with several
    processes these are drawn for the global batch and each process takes its contiguous share;
 2. sample trajectories with the current policy (background-only latents and log-probs; the sampler composites
-   and verifies the product pixels) while a worker thread scores finished chunks with the reward model;
+   and verifies the product pixels; with ``shared_start_noise`` a request's samples share x_T) while a worker
+   thread scores finished chunks with the reward model;
 3. stop with ``PreservationError`` if any product pixel changed;
 4. per-request advantages from the persistent stat tracker (gathered over processes), clipped, optionally
    multiplied by the reward's certainty weights (a NaN or infinite reward stops the run, ``NonFiniteError``);
-5. the base model's Gaussian means mu_ref of every trained (sample, step) row, once, without grad;
+5. the base model's Gaussian means mu_base of every trained (sample, step) row, once, without grad;
 6. ``inner_epochs`` passes over the samples in minibatches of ``samples_per_step``: for each, the rows' current
    log-probs and means (stacked ``rows_per_forward`` at a time), the clipped surrogate + kl_coef x Gaussian KL,
    gradients accumulated over the minibatch, summed over processes, clipped, one AdamW step on the LoRA
@@ -36,7 +37,7 @@ of a minibatch is random (the global shuffle), so its work varies between optimi
 Adapted from kvablack/ddpo-pytorch, ``scripts/train.py`` (commit 1958463); our rewrite. Modifications: per-request
 instead of per-prompt statistics; a closed-form KL penalty to the base model (adapters disabled) with an optional
 adaptive coefficient; rows of several timesteps per UNet call instead of a loop over timesteps (same gradient);
-reference means computed once per epoch; pessimistic / certainty-weighted rewards; product preservation checked
+the base means computed once per epoch; pessimistic / certainty-weighted rewards; product preservation checked
 every epoch; gradients reduced across processes explicitly (the UNet is not wrapped in DDP, so the model the
 sampler uses is the one that trains) with a global batch that does not depend on the process count; checkpoints
 hold every RNG and optimiser state for exact resume.
@@ -54,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from offline_data.errors import PreservationError
@@ -69,7 +71,7 @@ from policy.kl_control import KLController
 from policy.lora import named_lora_parameters
 from policy.losses import clipped_policy_loss, gaussian_kl
 from policy.model import InpaintPolicy
-from policy.replay import StepRows, reference_means, replay_rows
+from policy.replay import StepRows, base_means, replay_rows
 from policy.resumable import ResumableTrainer
 from policy.reward_signal import RewardModelFn, RewardSignal, reward_signal, reweight
 from policy.sampled_gradient import SampledGradient
@@ -212,8 +214,6 @@ class DDPOTrainer(ResumableTrainer):
     def _gather_keys(self, keys: Sequence[str]) -> list[str]:
         if self.num_processes == 1:
             return list(keys)
-        from accelerate.utils import gather_object
-
         return list(gather_object(list(keys)))
 
     def _sum_gradients(self) -> None:
@@ -305,18 +305,18 @@ class DDPOTrainer(ResumableTrainer):
             totals = self._apply_sampled_gradient(gradient, advantages)
             trained = time.perf_counter()
         else:
-            # 5. which (sample, step) rows of this process each inner epoch trains on, and their reference means
+            # 5. which (sample, step) rows of this process each inner epoch trains on, and their base means
             wanted = torch.nonzero(self._trained_mask(plan))
             wanted_rows = StepRows(sample=wanted[:, 0].contiguous(), step=wanted[:, 1].contiguous())
             batch, steps = trajectory.batch_size, trajectory.num_steps
-            ref_table = torch.zeros(batch, steps, *trajectory.latents.shape[2:], device=policy.device)
-            ref_table[wanted_rows.sample, wanted_rows.step] = reference_means(
+            base_table = torch.zeros(batch, steps, *trajectory.latents.shape[2:], device=policy.device)
+            base_table[wanted_rows.sample, wanted_rows.step] = base_means(
                 policy, trajectory, wanted_rows, 2 * config.optim.rows_per_forward
             )
             referenced = time.perf_counter()
 
             # 6. clipped policy gradient + KL on the LoRA weights
-            totals = self._update(trajectory, advantages.to(policy.device), ref_table, plan)
+            totals = self._update(trajectory, advantages.to(policy.device), base_table, plan)
             trained = time.perf_counter()
 
         # 7. KL coefficient and metrics (over every process's samples)
@@ -375,6 +375,13 @@ class DDPOTrainer(ResumableTrainer):
         )
         return requests[share], [int(s) for s in seeds[share]]
 
+    @staticmethod
+    def _start_seeds(requests: Sequence[InpaintRequest], seeds: Sequence[int]) -> list[int]:
+        """Each sample's start seed: the seed of the epoch's first sample of its request (a process's share holds
+        whole requests: they are repeated consecutively and shares are whole multiples of samples_per_request)."""
+        first: dict[str, int] = {}
+        return [first.setdefault(r.request_id, s) for r, s in zip(requests, seeds, strict=True)]
+
     def _sample_and_score(
         self, requests: list[InpaintRequest], seeds: list[int], gradient: SampledGradient | None = None
     ) -> tuple[Trajectory, RewardSignal]:
@@ -388,6 +395,7 @@ class DDPOTrainer(ResumableTrainer):
         """
         config = self.config
         chunk = config.sampler.batch_size
+        starts = self._start_seeds(requests, seeds) if config.shared_start_noise else None
         trajectories: list[Trajectory] = []
         signals: list[Any] = []
         self._preservation = {}
@@ -401,6 +409,7 @@ class DDPOTrainer(ResumableTrainer):
                     seeds[start : start + chunk],
                     config.sampler,
                     step_fn=step_fn,
+                    start_seeds=None if starts is None else starts[start : start + chunk],
                 )
                 if not part.preservation.ok:
                     raise PreservationError(
@@ -524,7 +533,7 @@ class DDPOTrainer(ResumableTrainer):
         self,
         trajectory: Trajectory,
         advantages: torch.Tensor,
-        ref_table: torch.Tensor,
+        base_table: torch.Tensor,
         plan: list[list[tuple[StepRows, int]]],
     ) -> dict[str, float]:
         """The optimiser steps of one epoch; returns row-weighted means (over every process's rows) of the losses
@@ -555,7 +564,7 @@ class DDPOTrainer(ResumableTrainer):
                     sampled = trajectory.log_probs[sample, step]
                     old = out.log_prob.detach() if replay_old else sampled
                     pg = clipped_policy_loss(out.log_prob, old, advantages[sample], config.clip_range)
-                    kl = gaussian_kl(out.mean, ref_table[sample, step], out.std, trajectory.background[sample]).mean()
+                    kl = gaussian_kl(out.mean, base_table[sample, step], out.std, trajectory.background[sample]).mean()
                     loss = pg.loss + kl_coef * kl
                     (loss * (len(part) / global_rows)).backward()  # the global minibatch's mean
                     for name, value in (

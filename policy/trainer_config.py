@@ -70,10 +70,10 @@ class OptimConfig:
     removes that. ``policy/log_prob_gap`` reports the difference either way."""
     gradient: Literal["re_forward", "during_sampling"] = "re_forward"
     """How the update's gradient is obtained. "re_forward": after scoring, the trained rows are replayed through the
-    UNet with grad (after a reference pass without the adapter for the KL), in calls of rows_per_forward rows.
+    UNet with grad (after a pass of the base (adapters off) for the KL), in calls of rows_per_forward rows.
     "during_sampling": at each trained step the sampler's own UNet call runs with grad on the LoRA weights; each
     sample's sum over its trained steps of grad log pi is kept (S x the adapter's size, float32), the KL gradient is
-    summed from a reference forward at the same states, and once the advantages are known the step takes
+    summed from a base forward (adapters off) at the same states, and once the advantages are known the step takes
     (1 / rows) (-sum_i A_i g_i + kl_coef K), clipped as before (``policy.sampled_gradient``). The same update in
     exact arithmetic without the replay forward; each trained step costs one backward for the policy gradient and,
     when kl_coef > 0, one more for the KL. Needs one optimiser step per epoch (inner_epochs = 1, samples_per_step =
@@ -156,8 +156,8 @@ class AdvantageConfig:
     within each request's samples of the epoch (``samples_per_request`` of them, the n), the ``top_k`` highest
     rewards get advantage 1 and the rest 0 (RAFT run on-policy: maximum likelihood of the policy's own best
     trajectories, ``policy.advantages.best_of_n_advantages``). The objective is then the mean over the winners'
-    trained rows of the clipped surrogate + kl_coef x KL: only the winners' rows are replayed and referenced, so an
-    epoch costs its sampling plus top_k / samples_per_request of a DDPO update (``optim.gradient =
+    trained rows of the clipped surrogate + kl_coef x KL: only the winners' rows are replayed and get base means, so
+    an epoch costs its sampling plus top_k / samples_per_request of a DDPO update (``optim.gradient =
     "re_forward"`` only)."""
     top_k: int = 1
     """Winners per request ("best_of_n" only); must be below ``samples_per_request``."""
@@ -202,6 +202,12 @@ class DDPOConfig:
     acceleration: AccelerationConfig = field(default_factory=AccelerationConfig)
     """How the UNet is run on a GPU (compile, CUDA graphs, LoRA arithmetic, attention kernel); all off by default.
     Applied to the policy when the trainer is built (policy.acceleration)."""
+    shared_start_noise: bool = False
+    """Start every sample of a request in an epoch from the same x_T (the start noise of its first sample; the
+    DDIM step noise stays each sample's own), as DanceGRPO does. The per-request advantages then compare samples
+    that differ only in the step noise the policy's log-probs are taken over, so the reward variance that comes
+    from x_T (which no parameter controls) leaves the advantages; the objective is the same expected reward,
+    over x_T drawn once per request instead of once per sample."""
     overlap_scoring: bool = True
     """Score a sampled chunk in a worker thread while the next chunk is being sampled (helps when the reward
     model and the UNet can run concurrently: a GPU, or spare CPU cores)."""

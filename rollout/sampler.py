@@ -8,7 +8,8 @@ For each chunk of ``config.batch_size`` samples:
    (max-pool);
 3. all the noise of a sample is drawn up front from its own seed (a CPU ``torch.Generator``), so a sample is
    reproducible and independent of the batch it is in: ``noise[:, 0]`` starts the chain and also forward-noises
-   the product latents, ``noise[:, i + 1]`` is the DDIM noise of step i;
+   the product latents, ``noise[:, i + 1]`` is the DDIM noise of step i (with ``start_seeds``, ``noise[:, 0]``
+   comes from the start seed instead, so a group of samples can share x_T);
 4. the loop: product latents replaced (preservation 1), one guided UNet forward, one DDIM step with its
    log-prob (``rollout.denoise.denoise_step``, shared with training); no host synchronisation inside;
 5. decode, composite the original product pixels (preservation 2), verify them (preservation 3).
@@ -75,6 +76,7 @@ def sample_trajectories(
     *,
     progress: bool = False,
     step_fn: DenoisingStepFn | None = None,
+    start_seeds: Sequence[int] | None = None,
 ) -> Rollout:
     """Paint a background for every request, one sample per (request, seed) pair.
 
@@ -89,6 +91,10 @@ def sample_trajectories(
         step_fn: runs each denoising step instead of ``rollout.denoise.denoise_step`` (e.g. to differentiate the
             step's log-prob while sampling, ``policy.sampled_gradient``); it must return what ``denoise_step`` would
             and detached tensors. None samples plainly.
+        start_seeds: B non-negative seeds of the start noise x_T (which also forward-noises the product latents):
+            sample i starts from the x_T that a sample with seed ``start_seeds[i]`` would start from, and takes
+            its DDIM step noise from ``seeds[i]``. Samples sharing a start seed share x_T and differ only in
+            their step noise (DanceGRPO's shared initial noise). None: each sample's own seed fixes both.
 
     Raises:
         ValueError: mismatched lengths, mixed image sizes, a size the model cannot take, a request whose product
@@ -105,6 +111,10 @@ def sample_trajectories(
         raise ValueError(f"seeds must be integers, got {list(seeds)[:10]}") from None
     if min(seeds) < 0:
         raise ValueError(f"seeds must be >= 0, got {min(seeds)}")
+    if start_seeds is not None:
+        start_seeds = [operator.index(s) for s in start_seeds]
+        if len(start_seeds) != len(seeds) or min(start_seeds) < 0:
+            raise ValueError(f"start_seeds must be {len(seeds)} non-negative integers, got {start_seeds[:10]}")
     size = requests[0].size
     for i, request in enumerate(requests):
         if request.size != size:
@@ -134,8 +144,18 @@ def sample_trajectories(
     images, trajectories, reports = [], [], []
     for start in tqdm(chunks, desc="sampling", unit="batch", disable=not progress or len(chunks) == 1):
         stop = start + config.batch_size
+        chunk_starts = None if start_seeds is None else start_seeds[start:stop]
         rollout = _sample_chunk(
-            model, requests[start:stop], seeds[start:stop], config, timesteps, alphas, progress, start, step_fn
+            model,
+            requests[start:stop],
+            seeds[start:stop],
+            config,
+            timesteps,
+            alphas,
+            progress,
+            start,
+            step_fn,
+            chunk_starts,
         )
         images.append(rollout.images)
         trajectories.append(rollout.trajectory)
@@ -160,6 +180,7 @@ def _sample_chunk(
     progress: bool,
     offset: int,
     step_fn: DenoisingStepFn | None,
+    start_seeds: Sequence[int] | None = None,
 ) -> Rollout:
     device, dtype = model.device, model.dtype
     batch, steps = len(requests), config.num_steps
@@ -201,6 +222,9 @@ def _sample_chunk(
 
     shape = (steps + 1, *masked_image_latents.shape[1:])
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+    if start_seeds is not None:  # x_T of the sample whose own seed is the start seed (step noise kept)
+        drawn = {s: torch.randn(shape, generator=torch.Generator().manual_seed(s))[0] for s in set(start_seeds)}
+        noise[:, 0] = torch.stack([drawn[s] for s in start_seeds]).to(device)
     start_noise = noise[:, 0]
     latents = noise[:, 0] * model.scheduler.init_noise_sigma
     latents = replace_product_latents(

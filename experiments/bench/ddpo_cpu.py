@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     reward_fn, reward_name = pixel_reward, "pixel statistic (no model)"
     if args.reward:
-        from experiments.policy_runs.train import load_reward_model
+        from experiments.policy_runs.train import load_reward_model  # heavy: only with --reward
 
         reward_fn, reward_name = load_reward_model(Path(args.reward)), f"RewardScorer({args.reward})"
     load_before = os.getloadavg()

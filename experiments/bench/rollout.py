@@ -121,7 +121,7 @@ def measure(policy: Any, *, batch: int, steps: int, guidance: float, repeats: in
             p.grad = None
 
     def reference() -> None:
-        with torch.no_grad(), policy.reference():
+        with torch.no_grad(), policy.as_base():
             denoise_step(policy, latents, timestep, conditioning, eta=1.0, prev_sample=next_latents)
 
     policy.scheduler.set_timesteps(steps, device=policy.device)
@@ -206,6 +206,7 @@ def run_gpu(args: argparse.Namespace) -> dict | None:
     if not torch.cuda.is_available():
         print("--gpu: CUDA is not available on this machine; nothing measured (run it on a GPU host).")
         return None
+    # heavy (diffusers, transformers): only once CUDA is known to be there
     from experiments.studio.prompts import studio_vocabulary
     from policy.model import InpaintPolicy
 

@@ -70,10 +70,12 @@ from experiments.compare.rows import (
 )
 from experiments.compare.runs import RunDirectoryError, load_run
 from experiments.config import load_config
-from experiments.policy_runs.requests import manifest_eval
+from experiments.policy_runs.request_manifest import MANIFEST_DIR
+from experiments.policy_runs.requests import catalogue_requests, manifest_eval
 from experiments.policy_runs.train import PolicyTrainCommandConfig, build_policy, load_reward_model, load_world
 from experiments.runtime import setup_runtime
 from experiments.studio.requests import StudioGold
+from experiments.tracking import new_run_dir
 from offline_data.errors import AssetError
 from policy.evaluation import best_of_n, best_of_n_kl_bound, within_request_sd
 
@@ -177,8 +179,6 @@ def offline_rows(name: str, run: Any, target_kl: float, scale: float) -> list[Me
 def load_setup(first_run: Any, requests_file: str | Path | None, manifest_dir: Path | None) -> ComparisonSetup:
     """The first DDPO run's settings, models and held-out requests (its manifest's eval rows, or the eval rows of
     ``requests_file``, validated and written to ``manifest_dir`` as the comparison's request manifest)."""
-    from experiments.policy_runs.requests import catalogue_requests
-
     config = load_config(PolicyTrainCommandConfig, first_run.path / "config.toml")
     environment = json.loads((first_run.path / "environment.json").read_text(encoding="utf-8"))
     runtime = setup_runtime(config.run)
@@ -224,7 +224,7 @@ def reranking_rows(
         "n": n, "reward_fn": setup.reward_fn, "gold_fn": setup.gold_fn, "sampler": config.trainer.sampler,
         "first_seed": config.eval.first_seed + 7_919,  # candidates independent of the evaluation's samples
     }  # fmt: skip
-    with policy.reference():
+    with policy.as_base():
         base = best_of_n(policy, requests, **common)
     stacked = None
     if stack_adapter is not None:
@@ -360,8 +360,6 @@ def compare_methods(
     out = None
     if out_dir is not None or requests is not None:
         out = _output_folder(out_dir)
-    from experiments.policy_runs.request_manifest import MANIFEST_DIR
-
     manifest_dir = None if out is None else out / MANIFEST_DIR
     setup = load_setup(ddpo_runs[0], requests, manifest_dir)
     gold = setup.gold_fn is not None
@@ -430,8 +428,6 @@ def compare_methods(
 
 def _output_folder(out_dir: str | Path | None) -> Path:
     if out_dir is None:
-        from experiments.tracking import new_run_dir
-
         return new_run_dir("runs", "policy_compare")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ again on another request table (``--requests``).
 
 from __future__ import annotations
 
+import dataclasses as dc
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,8 +23,9 @@ from experiments.compare.rows import (
     normal_interval,
     t_interval,
 )
+from experiments.policy_runs.request_manifest import MANIFEST_DIR, read_manifest
 from offline_data.errors import AssetError
-from policy.evaluation import best_of_n_kl_bound, within_request_sd
+from policy.evaluation import PolicyEvaluator, best_of_n_kl_bound, within_request_sd
 
 logger = logging.getLogger("backdrop")
 
@@ -184,10 +186,6 @@ def evaluate_again(
     Raises:
         ComparisonError: a run without the adapters to evaluate.
     """
-    import dataclasses as dc
-
-    from policy.evaluation import PolicyEvaluator
-
     config = setup.config
     evaluator = PolicyEvaluator(
         setup.requests, reward_fn=setup.reward_fn, gold_fn=None, sampler=config.trainer.sampler,
@@ -217,7 +215,6 @@ def evaluate_again(
 def trained_on(runs: Sequence[Any], manifest_dir: Path) -> dict[str, str]:
     """``--requests``: per run, where its training requests came from and how many of the compared requests its own
     request manifest holds (same photo, mask and prompt), so comparing on another catalogue is said, not hidden."""
-    from experiments.policy_runs.request_manifest import MANIFEST_DIR, read_manifest
 
     def keys(rows: Sequence[dict]) -> set[tuple]:
         return {(r["image_sha256"], r.get("mask_sha256"), r["prompt"]) for r in rows}

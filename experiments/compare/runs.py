@@ -308,7 +308,7 @@ def plot_metric(comparison: Comparison, metric: str, out_dir: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the Agg backend is chosen
 
     figure, axes = plt.subplots(figsize=(7, 4))
     for run in comparison.runs:

@@ -364,7 +364,7 @@ def _base_folder(candidate, run: PolicyRun, out: Path) -> Path:
     pretrained = run.config.policy.model.pretrained
     if pretrained is not None:
         return resolve_model_folder(pretrained).resolve()
-    with candidate.reference():
+    with candidate.as_base():
         candidate.save_pretrained(out / "base")
     return out / "base"
 
@@ -383,7 +383,7 @@ def _contact_sheet(candidate, scorer, world, requests, sampler, config: ExportCo
     """product | base | candidate for a few evaluation requests, same seed, proxy reward in the captions."""
     seeds = [config.evaluation.first_seed + i * config.evaluation.seeds_per_request for i in range(len(requests))]
     after = sample_trajectories(candidate, list(requests), seeds, sampler).images
-    with candidate.reference():
+    with candidate.as_base():
         before = sample_trajectories(candidate, list(requests), seeds, sampler).images
     reward = StudioRewardFn(scorer, {p.product_id: p.kind for p in world.products} if world is not None else {})
     reward_before = reward(before, list(requests)).reward.tolist()

@@ -2,7 +2,7 @@
 candidate's and the base's samples, the direct lift with its interval and gate, and its manifest entry.
 
 The export gate (``experiments/export.py``) and its validation (``experiments/bench/gate_truth.py``) both need,
-for a candidate and the base (the same policy with its adapters disabled, ``policy.reference()``), each reward
+for a candidate and the base (the same policy with its adapters disabled, ``policy.as_base()``), each reward
 member's combined reward of the samples of R requests x K seeds, laid out [M, R, K] for
 ``experiments.export.direct.direct_lift``. Samples are request-major (sample i = r K + k, seed ``first_seed + i``,
 ``rollout.request.expand_requests``), so the candidate's and the base's sample i share their noise.
@@ -22,14 +22,14 @@ from experiments.export.direct import DirectLift, calibration_margin, direct_lif
 from experiments.export.gates import GateResult, lift_gate
 from experiments.export.logged_correction import LoggedCorrection, measure_correction
 from experiments.export.manifest import gate_validation
+from experiments.policy_runs.train import StudioRewardFn
+from rollout.sampler import sample_trajectories
 
 
 def sample_base(policy: Any, expanded: Sequence[Any], seeds: Sequence[int], sampler: Any) -> torch.Tensor:
     """[R K, 3, H, W] uint8 images of the base model (``policy`` with its adapters disabled) for the same
     ``expanded`` requests and ``seeds`` the candidate was sampled with."""
-    from rollout.sampler import sample_trajectories
-
-    with policy.reference(), torch.no_grad():
+    with policy.as_base(), torch.no_grad():
         return sample_trajectories(policy, list(expanded), list(seeds), sampler).images
 
 
@@ -101,8 +101,6 @@ def measure_lift(
     Returns:
         (the measured lift, or None when not measured; the lift gate's result).
     """
-    from experiments.policy_runs.train import StudioRewardFn
-
     threshold, settings = config.gates.min_direct_lift_sd, config.lift
     expanded, seeds, images = samples
     per_request = config.evaluation.seeds_per_request

@@ -161,7 +161,7 @@ def elbo_log_ratios(
     The mean over draws of :func:`elbo_log_ratio_draws` (same arguments).
 
     Args:
-        policy: the candidate (its adapter on); the base is the same policy inside ``policy.reference()``.
+        policy: the candidate (its adapter on); the base is the same policy inside ``policy.as_base()``.
         pixels: [N, 3, H, W] uint8 logged images.
         masks: [N, H, W] bool their product masks (the policy acts on the rest).
         prompts: N prompts the images were generated from.
@@ -255,7 +255,7 @@ def elbo_log_ratio_draws(
                 # which removes the step noise's share of the Monte Carlo variance.
                 target = posterior_means[part.sample.to(device), part.step.to(device)]
                 candidate = replay_rows(policy, trajectory, part, target).log_prob
-                with policy.reference():
+                with policy.as_base():
                     base = replay_rows(policy, trajectory, part, target).log_prob
                 difference.index_add_(0, part.sample, (candidate - base).double().cpu())
             out[start:stop, draw] = (difference * background_dims).numpy()

@@ -1,4 +1,4 @@
-"""On-policy best-of-n distillation (``trainer.advantages.kind = "best_of_n"``): winners, their update, refusals."""
+"""Group recipes: best-of-n distillation (``advantages.kind = "best_of_n"``) and a shared x_T per request."""
 
 from __future__ import annotations
 
@@ -76,6 +76,20 @@ def test_the_update_is_maximum_likelihood_of_the_winners_chains() -> None:
     assert metrics["advantages/abs_mean"] > 0  # the stat tracker still reports the normalised view
     for got, want in zip(seen, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_shared_start_noise_gives_each_request_one_x_T() -> None:
+    config = tiny_config(epochs=1, shared_start_noise=True)
+    trainer = DDPOTrainer(tiny_policy(), red_background, tiny_requests(4), config, seed=0)
+    requests, seeds = trainer._epoch_requests(0)
+    trajectory, _ = trainer._sample_and_score(requests, seeds)
+    start = trajectory.latents[:, 0]
+    for i in range(len(requests)):
+        first = next(j for j, r in enumerate(requests) if r.request_id == requests[i].request_id)
+        assert torch.equal(start[i], start[first])
+        assert (i == first) or not torch.equal(trajectory.latents[i, -1], trajectory.latents[first, -1])
+    assert not torch.equal(start[0], start[config.samples_per_request])  # another request, another x_T
+    assert trainer.run_epoch()["policy/optimizer_steps"] == 1.0
 
 
 @pytest.mark.parametrize(

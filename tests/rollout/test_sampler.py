@@ -147,6 +147,27 @@ def test_sampling_is_reproducible_per_seed(policy: InpaintPolicy) -> None:
     assert chunked.trajectory.seeds == (7, 8, 9, 10) and chunked.preservation.samples == 4
 
 
+def test_shared_start_seeds_share_x_T_and_nothing_else(policy: InpaintPolicy) -> None:
+    batch = [requests(1, seed=3)[0]] * 3
+    own = sample_trajectories(policy, batch, [5, 6, 7], FAST)
+    shared = sample_trajectories(policy, batch, [5, 6, 7], FAST, start_seeds=[5, 5, 5])
+    start = shared.trajectory.latents[:, 0]
+    assert torch.equal(start[1], start[0]) and torch.equal(start[2], start[0])
+    assert torch.equal(start[0], own.trajectory.latents[0, 0])  # x_T of the sample whose own seed is 5
+    assert torch.equal(shared.images[0], own.images[0])  # sample 0 is unchanged: its start seed is its seed
+    assert not torch.equal(shared.images[1], shared.images[0])  # the step noise still differs
+    assert not torch.equal(shared.trajectory.latents[1, 1], own.trajectory.latents[1, 1])
+    assert shared.preservation.ok
+
+
+@pytest.mark.parametrize(
+    ("start_seeds", "message"), [([1, 2], "start_seeds must be 3 non-negative"), ([1, 2, -1], "non-negative")]
+)
+def test_bad_start_seeds_are_refused(policy: InpaintPolicy, start_seeds: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        sample_trajectories(policy, requests(3), [1, 2, 3], FAST, start_seeds=start_seeds)
+
+
 def test_trajectory_contents(policy: InpaintPolicy) -> None:
     batch, seeds = expand_requests(requests(2), 2, first_seed=40)
     rollout = sample_trajectories(policy, batch, seeds, FAST)
