@@ -158,3 +158,28 @@ def test_no_correction_judges_the_plain_lift_only(run_dir: Path, tmp_path: Path)
     assert not any(k.startswith("correct") for r in result["candidates"] for k in r)
     assert set(result["controls"]["same_weights_other_seed"]) >= {"right", "passed"}
     assert result["summary"]["candidates"] == 2
+
+
+def test_a_measured_file_brings_both_agreements_to_the_model_card(tmp_path: Path) -> None:
+    from experiments.export.direct import direct_lift
+    from experiments.export.logged_correction import not_applied
+    from experiments.export.model_card import render_model_card
+    from tests.experiments.test_model_card import manifest
+
+    plain = {"candidates": 5, "spearman": 0.2, "false_passes": 1, "regret_sd": 0.2}
+    fixed = {**plain, "spearman": 1.0, "false_passes": 0, "regret_sd": 0.0, "corrections_applied": 3}
+    path = tmp_path / "gate_truth.json"
+    path.write_text(json.dumps({"tiny": False, "command": "c", "summary": plain, "summary_corrected": fixed}))
+    validation = gate_validation(path)
+    assert validation["spearman"] == 0.2 and validation["corrected"] == fixed and validation["command"] == "c"
+    path.write_text(json.dumps({"tiny": False, "command": "c", "summary": plain, "summary_corrected": None}))
+    assert gate_validation(path)["corrected"] is None  # measured with --no-correction
+    lift = direct_lift(np.array([[[0.3, 1.3], [0.2, 1.4]]]), np.array([[[0.0, 1.0], [0.0, 1.0]]]), n_bootstrap=200)
+    document = manifest(tmp_path)
+    document["metrics"]["direct_lift"] = {
+        **lift.to_dict(), "calibration": {}, "logged_correction": not_applied("no logs").to_dict(), "threshold": 0.0,
+        "validation": validation,
+    }  # fmt: skip
+    card = render_model_card(document)
+    assert "Spearman 0.2 between this lift and the gold gain, 1 false pass(es), regret of the top pick 0.2" in card
+    assert "With the logs' correction, as this gate decides (applied to 3 of 5): Spearman 1, 0 false pass(es)" in card
