@@ -144,11 +144,13 @@ class Judge:
         requests: int,
         seeds: int,
         first_seed: int,
-        correction: LoggedCorrectionConfig | None,
+        threads: int,
+        correction: LoggedCorrectionConfig | None = None,
         logs: Path | None = None,
     ) -> None:
         """``correction`` None skips the logs' correction; ``logs`` None reads the export's default logs (the
         reward model's test split)."""
+        torch.set_num_threads(threads)
         run = read_run(first_run)
         self.run_config = run.config
         if run.config.catalogue.requests is not None:
@@ -185,7 +187,13 @@ class Judge:
                 embeddings = embedded
         return Scored(rewards, gold, embeddings)
 
-    def sample(self, candidate: Candidate, seed_shift: int = 0) -> Scored:
+    def sample(self, candidate: Candidate, seed_shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """[M, R, K] member rewards and [R, K] gold of the candidate's samples (``experiments/bench/truth.py``
+        reads these)."""
+        scored = self.evaluate(candidate, seed_shift)
+        return scored.rewards, scored.gold
+
+    def evaluate(self, candidate: Candidate, seed_shift: int = 0) -> Scored:
         """The candidate's evaluation samples, scored (best-of-N: the ensemble mean's pick among N per seed)."""
         seeds = [s + seed_shift for s in self.seeds]
         if candidate.adapter is None:
@@ -346,6 +354,7 @@ def progress_line(row: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Judge every candidate and both controls (module docstring); the result written to ``--out``."""
     defaults = ExportConfig()
     correction = None
     if not args.no_correction:
@@ -363,8 +372,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seed": defaults.lift.seed,
         },
     }
-    torch.set_num_threads(args.threads)
-    judge = Judge(args.runs[0], args.requests, args.seeds, args.first_seed, correction, args.logs)
+    judge = Judge(args.runs[0], args.requests, args.seeds, args.first_seed, args.threads, correction, args.logs)
     settings["logged_correction"] = None
     if correction is not None:
         settings["logged_correction"] = {**dataclasses.asdict(correction), "logs": str(judge.logs_dir)}
@@ -372,18 +380,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     correct = judge.correct if correction is not None else None
     candidates = list_candidates(args)
     first = next((c for c in candidates if c.kind == "final"), None)
-    base = judge.sample(candidates[0])
+    base = judge.evaluate(candidates[0])
     rows, first_scored = [], None
     for candidate in candidates:
         started = time.perf_counter()
-        scored = base if candidate.kind == "base" else judge.sample(candidate)
+        scored = base if candidate.kind == "base" else judge.evaluate(candidate)
         first_scored = scored if candidate == first else first_scored
         rows.append(judge_row(candidate, scored, base, settings, correct))
         rows[-1]["seconds"] = time.perf_counter() - started
         print(progress_line(rows[-1]), file=sys.stderr)
     controls: dict[str, dict] = {}
     if first is not None:
-        row = judge_row(first, judge.sample(first, CONTROL_SEED_SHIFT), first_scored, settings, correct)
+        row = judge_row(first, judge.evaluate(first, CONTROL_SEED_SHIFT), first_scored, settings, correct)
         for prefix in (VARIANTS[v] for v in variants):
             row[f"{prefix}right"] = (not row[f"{prefix}passed"]) and row[f"{prefix}lower_sd"] <= 0 <= row[
                 f"{prefix}upper_sd"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.bench.gate_truth import Candidate, Scored, judge_row, main, summarise
+from experiments.bench.gate_truth import Candidate, Judge, Scored, judge_row, main, summarise
 from experiments.export.logged_correction import LoggedCorrection
 from experiments.export.manifest import gate_validation
 
@@ -158,6 +158,13 @@ def test_no_correction_judges_the_plain_lift_only(run_dir: Path, tmp_path: Path)
     assert not any(k.startswith("correct") for r in result["candidates"] for k in r)
     assert set(result["controls"]["same_weights_other_seed"]) >= {"right", "passed"}
     assert result["summary"]["candidates"] == 2
+
+
+def test_the_judge_without_a_correction_samples_as_the_truth_table_reads_it(run_dir: Path) -> None:
+    judge = Judge(run_dir, 2, 2, 2_000_000_011, 1)  # experiments/bench/truth.py's call
+    rewards, gold = judge.sample(Candidate("base", "base", None, None))
+    assert rewards.shape[1:] == (2, 2) and gold.shape == (2, 2) and judge.logged is None
+    assert judge.evaluate(Candidate("base", "base", None, None)).embeddings is None  # nothing embedded
 
 
 def test_a_measured_file_brings_both_agreements_to_the_model_card(tmp_path: Path) -> None:
