@@ -405,6 +405,68 @@ def logged_correction(
     )
 
 
+def read_logged_clicks(
+    scorer: RewardScorer, logs_dir: Path | None, config: LoggedCorrectionConfig
+) -> LoggedClicks | LoggedCorrection:
+    """The logged impressions and their images' reward embeddings, read once for any number of candidates; or, when
+    the correction cannot be computed, a not-applied :class:`LoggedCorrection` saying why (disabled, no logs,
+    unreadable logs, a combined reward that gives the click head no weight, logged images the encoder cannot embed).
+
+    Args:
+        scorer: the run's reward model.
+        logs_dir: validated logs with impressions and the shown images (the reward model's test split by default,
+            as ``experiments/export/logged_ope.py`` reads them; propensities not needed).
+        config: ``[export.lift.logged_correction]``.
+    """
+    if not config.enabled:
+        return not_applied("disabled ([export.lift.logged_correction] enabled = false)")
+    if logs_dir is None or not Path(logs_dir).is_dir():
+        return not_applied(f"no logs ({logs_dir}); set [export.ope] logs to a folder of validated logs")
+    if click_weight(scorer) == 0.0:
+        return not_applied("the combined reward gives the click head weight 0, so click residuals do not move it")
+    try:
+        logs = load_ope_logs(Path(logs_dir), scorer, require_propensity=False)
+    except (BackdropError, ValueError) as exc:
+        return not_applied(f"the logs cannot be used: {exc}")
+    try:
+        embeddings = scorer.embed(logs.pixels, masks=logs.masks, image_ids=logs.image_ids)
+    except (BackdropError, ValueError) as exc:
+        return not_applied(f"the reward model cannot embed the logged images: {exc}")
+    return LoggedClicks.from_logs(logs, embeddings.double().numpy())
+
+
+def click_weight(scorer: RewardScorer) -> float:
+    """The click head's weight in the scorer's combined reward (0 when it has none)."""
+    return float(scorer.config.combination.weights.get("click", 0.0))
+
+
+def embed_samples(scorer: RewardScorer, images: torch.Tensor, masks: torch.Tensor) -> np.ndarray | str:
+    """[N, D] float64 the reward model's embeddings of fresh samples ([N, 3, H, W] uint8, masks [N, H, W] bool), or
+    why it cannot embed them (an encoder of precomputed embeddings knows only the logged images)."""
+    try:
+        return scorer.embed(images, masks=masks).double().numpy()
+    except (BackdropError, ValueError) as exc:
+        return f"the reward model cannot embed the fresh samples: {exc}"
+
+
+def correct_lift(
+    scorer: RewardScorer,
+    logged: LoggedClicks,
+    candidate: np.ndarray,
+    base: np.ndarray,
+    *,
+    seeds_per_request: int,
+    lift: DirectLift,
+    config: LoggedCorrectionConfig,
+) -> LoggedCorrection:
+    """:func:`logged_correction` with the click head's weight and normalising SD of ``scorer``'s combined reward
+    (``candidate``, ``base``: [N, D] embeddings from :func:`embed_samples`)."""
+    return logged_correction(
+        logged, candidate, base, seeds_per_request=seeds_per_request, lift=lift, click_weight=click_weight(scorer),
+        click_std=scorer.normalisation["click"][1], config=config,
+    )  # fmt: skip
+
+
 def measure_correction(
     scorer: RewardScorer,
     logs_dir: Path | None,
@@ -423,31 +485,18 @@ def measure_correction(
 
     Args:
         scorer: the run's reward model.
-        logs_dir: validated logs with impressions and the shown images (the reward model's test split by default,
-            as ``experiments/export/logged_ope.py`` reads them; propensities not needed).
+        logs_dir: the logs (:func:`read_logged_clicks`).
         candidate_images, base_images: [R K, 3, H, W] uint8 request-major evaluation samples (same seeds).
         masks: [R K, H, W] bool their product masks.
         seeds_per_request: K.
         lift: the direct lift of these samples.
         config: ``[export.lift.logged_correction]``.
     """
-    if not config.enabled:
-        return not_applied("disabled ([export.lift.logged_correction] enabled = false)")
-    if logs_dir is None or not Path(logs_dir).is_dir():
-        return not_applied(f"no logs ({logs_dir}); set [export.ope] logs to a folder of validated logs")
-    weight = float(scorer.config.combination.weights.get("click", 0.0))
-    if weight == 0.0:
-        return not_applied("the combined reward gives the click head weight 0, so click residuals do not move it")
-    try:
-        logs = load_ope_logs(Path(logs_dir), scorer, require_propensity=False)
-    except (BackdropError, ValueError) as exc:
-        return not_applied(f"the logs cannot be used: {exc}")
-    try:
-        logged = scorer.embed(logs.pixels, masks=logs.masks, image_ids=logs.image_ids).double().numpy()
-        fresh = [scorer.embed(images, masks=masks).double().numpy() for images in (candidate_images, base_images)]
-    except (BackdropError, ValueError) as exc:
-        return not_applied(f"the reward model cannot embed the fresh samples: {exc}")
-    return logged_correction(
-        LoggedClicks.from_logs(logs, logged), *fresh, seeds_per_request=seeds_per_request, lift=lift,
-        click_weight=weight, click_std=scorer.normalisation["click"][1], config=config,
-    )  # fmt: skip
+    logged = read_logged_clicks(scorer, logs_dir, config)
+    if isinstance(logged, LoggedCorrection):
+        return logged
+    fresh = [embed_samples(scorer, images, masks) for images in (candidate_images, base_images)]
+    for embedded in fresh:
+        if isinstance(embedded, str):
+            return not_applied(embedded)
+    return correct_lift(scorer, logged, *fresh, seeds_per_request=seeds_per_request, lift=lift, config=config)

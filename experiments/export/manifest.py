@@ -104,7 +104,8 @@ GATE_TRUTH = Path(__file__).resolve().parent.parent / "bench" / "results" / "gat
 
 
 def gate_validation(path: Path = GATE_TRUTH) -> dict | None:
-    """The lift gate's measured agreement with gold (the summary of ``path``), or None when it is unmeasured: no
+    """The lift gate's measured agreement with gold (the summary of ``path``: the plain direct lift's, with the
+    logs-corrected lift's under ``corrected``, None when that was not measured), or None when it is unmeasured: no
     file, or only a ``--tiny`` dry run (which measures nothing)."""
     if not path.is_file():
         return None
@@ -114,4 +115,10 @@ def gate_validation(path: Path = GATE_TRUTH) -> dict | None:
         return None
     if result.get("tiny") or not isinstance(result.get("summary"), dict):
         return None
-    return {**result["summary"], "file": f"experiments/bench/results/{path.name}", "command": result.get("command")}
+    corrected = result.get("summary_corrected")
+    return {
+        **result["summary"],
+        "corrected": corrected if isinstance(corrected, dict) else None,
+        "file": f"experiments/bench/results/{path.name}",
+        "command": result.get("command"),
+    }

@@ -68,6 +68,14 @@ def _lift_lines(lift: dict | None) -> list[str]:
             f"and the gold gain, {validation.get('false_passes')} false pass(es), regret of the top pick "
             f"{_number(validation.get('regret_sd'), 3)} gold SD."
         )
+        corrected = validation.get("corrected")
+        if corrected:
+            lines[-1] += (
+                f" With the logs' correction, as this gate decides (applied to {corrected.get('corrections_applied')}"
+                f" of {corrected.get('candidates')}): Spearman {_number(corrected.get('spearman'), 3)}, "
+                f"{corrected.get('false_passes')} false pass(es), regret {_number(corrected.get('regret_sd'), 3)} "
+                "gold SD."
+            )
     else:
         lines.append(
             "Agreement with gold: **unmeasured** (no experiments/bench/results/gate_truth.json; run "
