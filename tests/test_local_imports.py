@@ -19,27 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("offline_data", "reward", "rollout", "policy", "experiments")
 DIRECTIVE = re.compile(r"#\s*(noqa|type:|fmt:|pragma)")
 
-# Being edited in parallel; to be fixed at merge. Each entry is (file, import statement) of a local import
-# without a reason; an entry that no longer matches must be removed (the test says which).
-PENDING = {
-    ("experiments/bench/gate_truth.py", "from experiments.config import load_config"),
-    ("experiments/bench/gate_truth.py", "from experiments.export.bundle import read_run"),
-    ("experiments/bench/gate_truth.py", "from experiments.export.config import ExportConfig"),
-    ("experiments/bench/gate_truth.py", "from experiments.export.direct import direct_lift"),
-    ("experiments/bench/gate_truth.py", "from experiments.export.gates import lift_gate"),
-    ("experiments/bench/gate_truth.py", "from experiments.export.lift import member_rewards"),
-    ("experiments/bench/gate_truth.py", "from experiments.policy_runs.requests import manifest_eval"),
-    ("experiments/bench/gate_truth.py", "from experiments.policy_runs.train import StudioRewardFn, load_world"),
-    ("experiments/bench/gate_truth.py", "from experiments.studio.prompts import studio_vocabulary"),
-    ("experiments/bench/gate_truth.py", "from experiments.studio.requests import StudioGold"),
-    ("experiments/bench/gate_truth.py", "from policy.evaluation import paired_gain, within_request_sd"),
-    ("experiments/bench/gate_truth.py", "from policy.model import InpaintPolicy"),
-    ("experiments/bench/gate_truth.py", "from reward.scorer import RewardScorer"),
-    ("experiments/bench/gate_truth.py", "from rollout.request import expand_requests"),
-    ("experiments/bench/gate_truth.py", "from rollout.sampler import sample_trajectories"),
-    ("experiments/bench/gate_truth.py", "from scipy.stats import spearmanr"),
-}
-
 
 def unreasoned_local_imports(source: str) -> list[tuple[int, str]]:
     """(1-based line, statement) of every import inside a function or class body that has no reason comment."""
@@ -103,9 +82,7 @@ def test_every_local_import_says_why() -> None:
         for path in sorted((ROOT / package).rglob("*.py")):
             name = path.relative_to(ROOT).as_posix()
             found |= {(name, line, text) for line, text in unreasoned_local_imports(path.read_text(encoding="utf-8"))}
-    new = sorted((name, line, text) for name, line, text in found if (name, text) not in PENDING)
+    new = sorted(found)
     assert not new, "function-local imports without a reason (move them to the top, or say why on the line):\n" + (
         "\n".join(f"  {name}:{line}: {text}" for name, line, text in new)
     )
-    stale = PENDING - {(name, text) for name, _, text in found}
-    assert not stale, f"fixed or gone, remove from PENDING: {sorted(stale)}"

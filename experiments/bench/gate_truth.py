@@ -197,7 +197,7 @@ class Judge:
         """The candidate's evaluation samples, scored (best-of-N: the ensemble mean's pick among N per seed)."""
         seeds = [s + seed_shift for s in self.seeds]
         if candidate.adapter is None:
-            with self.policy.reference(), torch.no_grad():
+            with self.policy.as_base(), torch.no_grad():
                 if not candidate.best_of:
                     images = sample_trajectories(self.policy, self.expanded, seeds, self.sampler).images
                     return self.score(images, self.expanded, self.seeds_per_request)

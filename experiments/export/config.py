@@ -98,6 +98,11 @@ class LoggedCorrectionConfig:
     nearly the same image, so the variant's measured clicks can stand for it."""
     min_impressions_per_variant: int = 5
     """A logged variant's own residual is used for an overlapping sample only with at least this many impressions."""
+    min_click_std: float = 1e-3
+    """Not applied when the click head's normalising SD (the spread of its calibrated P(click) over the reward
+    model's training images, probability units) is below this: a residual of r clicks is r / SD in reward units,
+    so a click head that barely varies would turn a 0.01-click residual into thousands of SDs (seen on an
+    under-trained smoke reward model: +1290 SD)."""
     n_bootstrap: int = 1000
     """Replicates of the correction's bootstrap (logged impressions and evaluation requests resampled), >= 100."""
     seed: int = 0
@@ -118,6 +123,8 @@ class LoggedCorrectionConfig:
             raise ValueError(f"min_impressions_per_variant must be >= 1, got {self.min_impressions_per_variant}")
         if self.n_bootstrap < 100:
             raise ValueError(f"n_bootstrap must be >= 100, got {self.n_bootstrap}")
+        if not self.min_click_std >= 0:
+            raise ValueError(f"min_click_std must be >= 0, got {self.min_click_std}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 

@@ -183,7 +183,8 @@ class LoggedCorrection:
 
 
 def not_applied(reason: str) -> LoggedCorrection:
-    """A correction that could not be computed (no logs, disabled, an encoder that cannot embed new pixels)."""
+    """A correction that could not be computed (no logs, disabled, an encoder that cannot embed new pixels, a click
+    head that barely varies)."""
     return LoggedCorrection(status=f"not applied: {reason}", applied=False)
 
 
@@ -254,6 +255,11 @@ def logged_correction(
     Raises:
         ValueError: embeddings of different widths or shapes, or N not a multiple of K.
     """
+    if not click_std >= config.min_click_std:
+        return not_applied(
+            f"the click head barely varies (normalising SD {click_std:.3g} < min_click_std {config.min_click_std:g} "
+            "clicks): its residuals would be divided by that SD"
+        )
     candidate = np.asarray(candidate, dtype=np.float64)
     base = np.asarray(base, dtype=np.float64)
     width = logged.embeddings.shape[1]

@@ -201,7 +201,9 @@ def test_bundle_files_manifest_and_override(bundle: Path) -> None:
     assert correction["correction_lower_sd"] <= correction["correction_sd"] <= correction["correction_upper_sd"]
     assert gates["lift"]["details"]["logged_correction"] == correction
     if correction["applied"]:
-        assert gates["lift"]["value"] == correction["lower_sd"] <= lift["lower_sd"] + correction["correction_sd"] + 1e-12
+        assert (
+            gates["lift"]["value"] == correction["lower_sd"] <= lift["lower_sd"] + correction["correction_sd"] + 1e-12
+        )
         assert "applied" in gates["lift"]["message"] and f"**{correction['lift_sd']:+.3f}**" in card
     else:
         assert correction["status"].startswith("abstained: coverage")

@@ -194,6 +194,19 @@ def test_without_logs_or_when_disabled_the_correction_says_why_it_was_not_applie
     assert "click head weight 0" in measure(tmp_path).status
 
 
+def test_a_click_head_that_barely_varies_gets_no_correction() -> None:
+    """A residual is divided by the click head's SD: below min_click_std the correction is not applied."""
+    result = logged_correction(
+        LOGGED, CANDIDATE, BASE, seeds_per_request=2, lift=LIFT, click_weight=CLICK_WEIGHT, click_std=5.5e-5,
+        config=CONFIG,
+    )  # fmt: skip
+    assert not result.applied
+    assert result.status == (
+        "not applied: the click head barely varies (normalising SD 5.5e-05 < min_click_std 0.001 clicks): its "
+        "residuals would be divided by that SD"
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -205,6 +218,7 @@ def test_without_logs_or_when_disabled_the_correction_says_why_it_was_not_applie
         ("min_impressions_per_variant=0", "export.lift.logged_correction: min_impressions_per_variant must be >= 1"),
         ("n_bootstrap=10", "export.lift.logged_correction: n_bootstrap must be >= 100, got 10"),
         ("seed=-1", "export.lift.logged_correction: seed must be >= 0, got -1"),
+        ("min_click_std=-1.0", "export.lift.logged_correction: min_click_std must be >= 0, got -1.0"),
         ("cluster=3", "unknown key 'export.lift.logged_correction.cluster' \\(did you mean 'clusters'\\?\\)"),
     ],
 )
