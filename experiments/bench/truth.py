@@ -22,7 +22,8 @@ reward model likes best. This benchmark measures both on the same footing (a ben
      over requests;
    - the KL per sample of each fine-tuned policy (its final evaluation's ``eval/kl_nats``) and the epochs,
      samples and CPU-minutes each run reached within its budget (a CPU-minute buys fewer epochs on a slower CPU);
-4. **judge** (``--gate``): ``experiments.bench.gate_truth`` on the headline recipes' runs (checkpoints, seeds,
+4. **judge** (``--gate``, into ``gate_truth.json`` beside ``--out``, where the export's model card reads it):
+   ``experiments.bench.gate_truth`` on the headline recipes' runs (checkpoints, seeds,
    base, base best-of-N, extrapolated adapters) plus the ``overoptimise`` control run: Spearman of the export
    gate's lift with gold, false passes, regret and both controls.
 
@@ -161,6 +162,10 @@ def run_of(folder: Path) -> tuple[Path | None, str]:
     return run, "partial"
 
 
+def budget_of(recipe: Recipe, args: argparse.Namespace) -> float:
+    return args.overoptimise_budget if recipe is OVEROPTIMISE else args.budget
+
+
 def train_command(recipe: Recipe, seed: int, folder: Path, args: argparse.Namespace) -> list[str]:
     run, state = run_of(folder)
     base = [sys.executable, "-m", "experiments", "policy", "train", "--no-progress"]
@@ -171,7 +176,7 @@ def train_command(recipe: Recipe, seed: int, folder: Path, args: argparse.Namesp
         f"run.output_dir={folder}",
         f"run.threads={args.threads}",
         "run.tensorboard=false",
-        f"trainer.cpu_budget_minutes={args.budget}",
+        f"trainer.cpu_budget_minutes={budget_of(recipe, args)}",
         f"trainer.eval_every={args.eval_every}",
         f"trainer.checkpoint_every={args.eval_every}",
         *recipe.overrides,
@@ -197,7 +202,7 @@ def train_all(jobs: Sequence[tuple[Recipe, int]], args: argparse.Namespace) -> N
             folder.mkdir(parents=True, exist_ok=True)
             command = train_command(recipe, seed, folder, args)
             log = folder / "train.log"
-            print(f"  {recipe.name} seed {seed}: training ({args.budget:g} CPU-min) -> {log}", flush=True)
+            print(f"  {recipe.name} seed {seed}: training ({budget_of(recipe, args):g} CPU-min) -> {log}", flush=True)
             with log.open("a", encoding="utf-8") as handle:
                 handle.write(" ".join(command) + "\n")
                 handle.flush()
@@ -484,6 +489,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reward", type=Path, required=True, help="reward model folder (runs/reward/<ts>/model)")
     parser.add_argument("--recipes", nargs="+", default=["ddpo", "raft16"], choices=sorted(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--once", nargs="*", default=[], choices=sorted(RECIPES),
+        help="recipes run with the first seed only (rows marked 1 seed: explored, not established)",
+    )  # fmt: skip
     parser.add_argument("--budget", type=float, default=15.0, help="training CPU-minutes per run (default 15)")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once (default 2: one per core)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training (default 1)")
@@ -497,6 +506,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target-gain", type=float, default=1.0, help="gold SD the tuned policy should reach")
     parser.add_argument("--target-kl", type=float, default=20.0, help="at most this KL per sample (nats)")
     parser.add_argument("--gate", action="store_true", help="also validate the export's lift gate (item 3)")
+    parser.add_argument("--overoptimise-budget", type=float, default=8.0, help="CPU-minutes of the gate's control")
     parser.add_argument("--sample-threads", type=int, default=2, help="torch threads while sampling (default 2)")
     parser.add_argument("--out", type=Path, default=Path("experiments/bench/results/truth.json"))
     parser.add_argument("--plot", type=Path, default=Path("experiments/bench/results/truth.png"))
@@ -517,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     recipes = [RECIPES[name] for name in args.recipes]
     jobs = [(recipe, seed) for seed in args.seeds for recipe in recipes]
+    jobs += [(RECIPES[name], args.seeds[0]) for name in args.once if name not in args.recipes]
     if args.gate:
         jobs.append((OVEROPTIMISE, args.seeds[0]))
     print(f"training {len(jobs)} runs ({args.budget:g} CPU-min each, {args.jobs} at a time) under {args.runs_dir}")
@@ -532,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sampling {args.samples} per request on {first}'s held-out requests")
     judge = Judge(first, args.requests, args.samples, 2_000_000_011, args.sample_threads)
     settings = {
-        "budget": args.budget, "seeds": args.seeds, "serve": args.serve, "against": args.against,
+        "budget": args.budget, "seeds": args.seeds, "once": args.once, "serve": args.serve, "against": args.against,
         "samples": args.samples, "requests": len(judge.requests), "threads_per_training": args.threads,
         "reward": str(args.reward), "config": str(CONFIG.relative_to(CONFIG.parents[2])),
     }  # fmt: skip
@@ -542,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         "comparison": compare(judge, runs, args),
     }
     if args.gate:
-        gate_out = args.out.with_name(args.out.stem + "_gate.json")
+        gate_out = args.out.with_name("gate_truth.json")  # where the export's model card reads it
         over = run_of(seed_folder(args.runs_dir, OVEROPTIMISE.name, args.seeds[0]))[0]
         finals = [str(run) for seeded in runs.values() for _, run in seeded]
         command = [sys.executable, "-m", "experiments.bench.gate_truth", "--runs", *finals, "--checkpoints",
