@@ -242,7 +242,7 @@ def run_facts(run: Path) -> dict[str, Any]:
         key, _, value = line.partition("=")
         if key.strip() in ("requests_per_epoch", "samples_per_request"):
             samples_per_epoch = (samples_per_epoch or 1) * int(value.split("#")[0])
-    epochs = int(trained[-1]["epoch"]) if trained else 0
+    epochs = int(trained[-1]["step"]) if trained else 0  # the metrics' step is the epoch count
     return {
         "run": str(run),
         "epochs": epochs,
@@ -253,8 +253,8 @@ def run_facts(run: Path) -> dict[str, Any]:
         "trainer_proxy_gain_sd": float(final.get("eval/proxy_gain_sd", math.nan)),
         "curve": [
             {
-                "epoch": int(r["epoch"]),
-                "cpu_minutes": float(r.get("time/train_cpu_minutes", math.nan)),
+                "epoch": int(r["step"]),
+                "cpu_minutes": float(r.get("time/train_cpu_minutes", 0.0 if int(r["step"]) == 0 else math.nan)),
                 "kl_nats": float(r["eval/kl_nats"]),
                 "gold_gain_sd": float(r["gold/gain_sd"]),
                 "proxy_gain_sd": float(r.get("eval/proxy_gain_sd", math.nan)),
@@ -414,8 +414,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         by_kl.annotate(f"base best-of-{n}", (row["kl_bound_nats"], row["gold_gain_sd"]), fontsize=8,
                        textcoords="offset points", xytext=(4, -10))  # fmt: skip
         by_cpu.axhline(row["gold_gain_sd"], color="black", linestyle=":", linewidth=0.9)
-        by_cpu.annotate(f"base best-of-{n} (no training)", (0, row["gold_gain_sd"]), fontsize=8,
-                        textcoords="offset points", xytext=(2, 3))  # fmt: skip
+        by_cpu.annotate(f"base best-of-{n} (no training)", (0.01, row["gold_gain_sd"]), fontsize=8,
+                        xycoords=("axes fraction", "data"), textcoords="offset points", xytext=(2, 3))  # fmt: skip
     by_kl.set_xscale("symlog", linthresh=1.0)
     by_kl.set_xlabel(f"{KL_PER_SAMPLE} of the policy to the base (log above 1)")
     by_cpu.set_xlabel("training CPU-minutes")
