@@ -1,7 +1,7 @@
 """Asset files: resolving their paths, checking their SHA-256, and loading images lazily by ``image_id``.
 
-An assets table's ``path`` is relative to the folder holding the table (DESIGN.md section 3). A validated
-assets table (``backdrop data validate`` output) lives in another folder than the original, so it records
+An assets table's ``path`` is relative to the folder holding the table (docs/architecture.md, "The pipeline"). A
+validated assets table (``backdrop data validate`` output) lives in another folder than the original, so it records
 where the original was in its Parquet metadata (``backdrop.asset_root``, relative to itself), and
 :class:`AssetStore` resolves paths against that.
 """

@@ -1,10 +1,10 @@
 """Exception types shared by every backdrop package, and the exit codes the CLI maps them to.
 
-``offline_data`` sits at the root of the dependency graph (DESIGN.md section 1), so the base class lives
-here and every package can raise a subclass. The CLI catches :class:`BackdropError`, prints its message
-and exits with :attr:`BackdropError.exit_code`; an ``OSError`` that reaches it is an environment failure
-and becomes one of the errors below (:func:`environment_error`); anything else is a bug and is reported
-as one. Exit codes (codes >= 64 follow BSD ``sysexits.h``):
+``offline_data`` sits at the root of the dependency graph (docs/architecture.md, "Import contracts"), so the base
+class lives here and every package can raise a subclass. The CLI catches :class:`BackdropError`, prints its message
+and exits with :attr:`BackdropError.exit_code`; an ``OSError`` that reaches it is an environment failure and
+becomes one of the errors below (:func:`environment_error`); anything else is a bug and is reported as one. Exit
+codes (codes >= 64 follow BSD ``sysexits.h``):
 
 ====  ===================================================================  =====================================
 code  meaning                                                              raised as

@@ -1,4 +1,4 @@
-"""The four log tables (DESIGN.md section 3): columns, types, and the constraints validation enforces.
+"""The four log tables (docs/architecture.md, "The pipeline"): columns, types, and the constraints validation enforces.
 
 Parquet is the native format; CSV and JSONL carry the same columns. Timestamps are ISO-8601 (UTC when no
 offset is given). Ids are strings. A column marked ``required`` must be present in the file; ``nullable``

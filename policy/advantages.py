@@ -1,10 +1,10 @@
 """Advantages: rewards normalised per request with a persistent stat tracker (or each request's best-of-n),
 clipped, optionally weighted.
 
-The baseline belongs to the learning algorithm (DESIGN.md section 4): rollout returns raw rewards. DDPO
-normalises rewards per prompt string with a buffer of recent rewards of that prompt; backdrop keys the buffer by
-request (one product, prompt and segment), because what a background is worth depends mostly on the product
-it sits behind.
+The baseline belongs to the learning algorithm (docs/architecture.md, "The pipeline"): rollout returns raw rewards.
+DDPO normalises rewards per prompt string with a buffer of recent rewards of that prompt; backdrop keys the buffer
+by request (one product, prompt and segment), because what a background is worth depends mostly on the product it
+sits behind.
 
 Adapted from kvablack/ddpo-pytorch, ``ddpo_pytorch/stat_tracking.py`` (``PerPromptStatTracker``, commit 1958463);
 our rewrite. Modifications: keyed by any string (the request id); torch tensors in and out; the buffer and

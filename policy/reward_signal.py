@@ -1,6 +1,6 @@
 """The reward the policy is trained on: a reward model's output made pessimistic and certainty-weighted.
 
-The policy package never imports ``reward`` (DESIGN.md section 1). It accepts any callable
+The policy package never imports ``reward`` (docs/architecture.md, "Import contracts"). It accepts any callable
 ``(images [B, 3, H, W] uint8, requests) -> output`` where output is either a ``[B]`` tensor (a plain
 ``rollout.protocols.RewardFn``, uncertainty 0) or an object with ``reward [B]``, ``uncertainty [B]`` (ensemble
 std) and optionally ``heads {name: [B]}`` attributes, as ``reward``'s ``RewardScorer`` returns. Which heads

@@ -31,7 +31,7 @@ class OptimConfig:
 
     learning_rate: float = 3e-3
     """AdamW learning rate of the LoRA weights (the only trainable weights). DDPO uses 3e-4 at SD scale; the tiny
-    studio model needs ~10x more (DESIGN.md section 6: 3e-3 moved gold, 1e-3 barely did)."""
+    studio model needs ~10x more (the feasibility prototype: 3e-3 moved gold, 1e-3 barely did)."""
     adam_beta1: float = 0.9
     """AdamW beta1."""
     adam_beta2: float = 0.999

@@ -3,9 +3,9 @@
 Adapted from kvablack/ddpo-pytorch, ``ddpo_pytorch/diffusers_patch/ddim_with_logprob.py`` (commit 1958463),
 which itself follows diffusers' ``DDIMScheduler.step``; this is our rewrite. Modifications:
 
-- the log-prob is reduced as a MEAN over the BACKGROUND latent positions (and channels) only, not over all
-  latent dims: product latents are replaced by the forward-noised original after every step (DESIGN.md
-  section 3), so they are not part of the policy's action (see :func:`background_mean`);
+- the log-prob is reduced as a MEAN over the BACKGROUND latent positions (and channels) only, not over all latent
+  dims: product latents are replaced by the forward-noised original after every step (``rollout.preservation``), so
+  they are not part of the policy's action (see :func:`background_mean`);
 - the Gaussian's mean and std are returned with the sample, so the trainer gets the closed-form
   KL(pi_theta || pi_base) = ||mu_theta - mu_base||^2 / (2 sigma_t^2) from two calls sharing sigma_t;
 - a plain function of the (unchanged) scheduler instead of a patched method; the step noise is passed in

@@ -1,4 +1,4 @@
-"""Product preservation, enforced in three places (DESIGN.md section 3).
+"""Product preservation, enforced in three places (docs/architecture.md, "The pipeline").
 
 1. Latent space (:func:`replacement_alphas`, :func:`replace_product_latents`): before the first step and after
    every DDIM step, the product latent positions are overwritten with the original's latent forward-noised to

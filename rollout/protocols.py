@@ -1,8 +1,8 @@
 """What rollout needs from the outside world, as ``typing.Protocol``s: an inpainting model and a reward function.
 
-rollout never imports ``policy`` or ``reward`` (DESIGN.md section 1); ``policy.model.InpaintPolicy`` satisfies
-:class:`InpaintingModel` and ``reward``'s scorer (or any callable with the right signature) satisfies
-:class:`RewardFn`.
+rollout never imports ``policy`` or ``reward`` (docs/architecture.md, "Import contracts");
+``policy.model.InpaintPolicy`` satisfies :class:`InpaintingModel` and ``reward``'s scorer (or any callable with the
+right signature) satisfies :class:`RewardFn`.
 """
 
 from __future__ import annotations

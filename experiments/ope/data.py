@@ -1,8 +1,8 @@
 """Logged slotted impressions and a candidate policy's view of them, laid out as dense [requests, slots] arrays.
 
-The setting (DESIGN.md sections 2-3): request i (context x_i, the independent unit) shows slots k = 1..S; in
-slot k the logging policy π0 chose one action a_ik (an image among the product's candidate variants) with the
-logged propensity π0(a_ik | x_i, k), and reward r_ik was observed (a click, or any per-impression engagement
+The setting (docs/architecture.md, "The pipeline"): request i (context x_i, the independent unit) shows slots k =
+1..S; in slot k the logging policy π0 chose one action a_ik (an image among the product's candidate variants) with
+the logged propensity π0(a_ik | x_i, k), and reward r_ik was observed (a click, or any per-impression engagement
 value). A candidate policy π_e is represented only through what the estimators need on the logged rows:
 
 - ``candidate_propensity``: π_e(a_ik | x_i, k), the candidate's probability of the logged action;

@@ -1,10 +1,10 @@
 """The studio world: a simulator with hidden gold engagement, the embedded default for every command.
 
-See DESIGN.md section 2. Products (``products``), a noisy segmenter (``segmenter``), background prompts and
-their renderer (``prompts``, ``backgrounds``), the simulated production generator (``generator``), the
-hidden gold engagement model (``engagement``), the deterministic in-memory world (``world``), users, logging
-policy and panel (``users``, ``logging_policy``, ``annotators``, ``traffic``), and ``simulate`` which writes
-it all to disk with an evaluation-only truth sidecar (``truth``) and Bayes ceilings (``ceilings``).
+See docs/architecture.md, "The studio world's seam". Products (``products``), a noisy segmenter (``segmenter``),
+background prompts and their renderer (``prompts``, ``backgrounds``), the simulated production generator
+(``generator``), the hidden gold engagement model (``engagement``), the deterministic in-memory world (``world``),
+users, logging policy and panel (``users``, ``logging_policy``, ``annotators``, ``traffic``), and ``simulate``
+which writes it all to disk with an evaluation-only truth sidecar (``truth``) and Bayes ceilings (``ceilings``).
 """
 
 from offline_data.simulator.annotators import davidson_probabilities

@@ -103,7 +103,7 @@ def test_sd15_unet_flops_analytic_equals_flop_counter_on_meta() -> None:
     assert 1.0 < cost.lora_backward_flops / cost.forward_flops < 1.5
     full = recipe_flops(cost, steps=50, guidance=True, trained_steps=50)
     assert full["sampling"] == 100 * cost.lora_forward_flops and full["reference"] == 100 * cost.forward_flops
-    assert 320e12 < full["total"] < 400e12  # DESIGN.md: ~400 forward-equivalents
+    assert 320e12 < full["total"] < 400e12  # ~400 forward-equivalents per sample (docs/benchmarks.md)
 
 
 def test_dry_run_compiled_rows_with_larger_calls_and_channels_last(tmp_path: Path) -> None:

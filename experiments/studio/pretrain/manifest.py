@@ -1,7 +1,7 @@
 """The manifest of a pretrained model folder: how to reproduce it, what it cost, what it measures.
 
-``manifest.json`` sits next to the weights (DESIGN.md: "safetensors weights + the config that built them + a
-manifest"). It records the command, the resolved config (also written as ``config.toml``), the data and run
+``manifest.json`` sits next to the weights (the design's rule: safetensors weights + the config that built them + a
+manifest). It records the command, the resolved config (also written as ``config.toml``), the data and run
 seeds, training seconds per stage, package versions, parameter counts, every file's size and sha256, and the
 metrics of :mod:`experiments.studio.pretrain.eval` computed on the weights exactly as written (after any float16
 conversion). ``samples.png`` is the evaluation's contact sheet.
