@@ -94,6 +94,17 @@ RECIPES: dict[str, Recipe] = {
             "variance leaves the advantages",
         ),
         Recipe(
+            "grpo16_shared_kl05",
+            "DDPO, groups of 16 sharing x_T, kl 0.05",
+            (
+                "trainer.requests_per_epoch=4",
+                "trainer.samples_per_request=16",
+                "trainer.shared_start_noise=true",
+                "trainer.kl.coef=0.05",
+            ),
+            "as grpo16_shared with 5x the KL penalty, aiming at <= 20 nats",
+        ),
+        Recipe(
             "raft16",
             "best-of-16 distillation (on-policy RAFT)",
             (
