@@ -517,6 +517,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target-gain", type=float, default=1.0, help="gold SD the tuned policy should reach")
     parser.add_argument("--target-kl", type=float, default=20.0, help="at most this KL per sample (nats)")
     parser.add_argument("--gate", action="store_true", help="also validate the export's lift gate (item 3)")
+    parser.add_argument("--train-only", action="store_true", help="train what is missing, then stop")
     parser.add_argument("--overoptimise-budget", type=float, default=8.0, help="CPU-minutes of the gate's control")
     parser.add_argument("--sample-threads", type=int, default=2, help="torch threads while sampling (default 2)")
     parser.add_argument("--out", type=Path, default=Path("experiments/bench/results/truth.json"))
@@ -543,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append((OVEROPTIMISE, args.seeds[0]))
     print(f"training {len(jobs)} runs ({args.budget:g} CPU-min each, {args.jobs} at a time) under {args.runs_dir}")
     train_all(jobs, args)
+    if args.train_only:
+        print("trained; run again without --train-only to compare")
+        return 0
     runs: dict[str, list[tuple[int, Path]]] = {}
     for recipe, seed in jobs:
         run, state = run_of(seed_folder(args.runs_dir, recipe.name, seed))
