@@ -45,6 +45,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -117,20 +118,34 @@ class Scored:
     when the correction is skipped or cannot be computed."""
 
 
+def run_labels(runs: list[Path]) -> dict[Path, str]:
+    """A short unique name per run: its folder name (a timestamp) when those are unique, else its path below the
+    runs' common folder without ``policy_train`` (runs started in the same second share a timestamp)."""
+    if len({run.name for run in runs}) == len(runs):
+        return {run: run.name for run in runs}
+    common = Path(os.path.commonpath([run.resolve() for run in runs])) if len(runs) > 1 else runs[0].parent
+    return {
+        run: "/".join(p for p in run.resolve().relative_to(common).parts if p != "policy_train") or run.name
+        for run in runs
+    }
+
+
 def list_candidates(args: argparse.Namespace) -> list[Candidate]:
     """Every candidate the flags name (module docstring), the base first."""
     out = [Candidate("base", "base", None, None)]
     out += [Candidate(f"base best-of-{n}", "best_of_n", None, None, best_of=n) for n in args.best_of]
+    label = run_labels([*args.runs, *args.overoptimised]) if [*args.runs, *args.overoptimised] else {}
     for kind, runs in (("final", args.runs), ("overoptimised", args.overoptimised)):
         for run in runs:
             final = run / "adapter"
             if (final / "pytorch_lora_weights.safetensors").is_file():
-                out.append(Candidate(f"{run.name} final", kind, run, final))
+                out.append(Candidate(f"{label[run]} final", kind, run, final))
             if kind == "final":
-                out += [Candidate(f"{run.name} x{s:g}", "extrapolated", run, final, scale=s) for s in args.extrapolate]
+                name = label[run]
+                out += [Candidate(f"{name} x{s:g}", "extrapolated", run, final, scale=s) for s in args.extrapolate]
             if args.checkpoints and kind == "final":
                 for folder in sorted((run / "checkpoints").glob("*/adapter")):
-                    out.append(Candidate(f"{run.name} {folder.parent.name}", "checkpoint", run, folder))
+                    out.append(Candidate(f"{label[run]} {folder.parent.name}", "checkpoint", run, folder))
     return out
 
 

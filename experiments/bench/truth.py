@@ -148,7 +148,8 @@ OVEROPTIMISE = Recipe(
     "overoptimise",
     "control: DDPO without a KL leash at lr 1e-2",
     ("trainer.kl.coef=0", "trainer.optim.learning_rate=1e-2", "trainer.optim.max_grad_norm=0"),
-    "trained against the proxy until gold falls; the gate must refuse it (--gate only)",
+    "trained without a leash until gold falls; the gate must refuse it (--gate only). With the studio reward model"
+    " its proxy fell too (-2.6 SD): it tests the refusal of a broken candidate, not of a proxy-hacking one",
 )
 
 
@@ -434,7 +435,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         axis.axhline(0.0, color="grey", linewidth=0.8)
         axis.set_ylabel("gold gain, within-request SDs of the base")
         axis.grid(alpha=0.3)
-    by_kl.legend(fontsize=8, loc="best")
+    by_kl.legend(fontsize=8, loc="lower right")
     by_kl.set_title("gold vs KL (each run's evaluations; stars: reranking)")
     by_cpu.set_title("gold vs training CPU time")
     figure.tight_layout()
@@ -474,8 +475,23 @@ def markdown(result: dict[str, Any]) -> str:
             )
     gate = result.get("gate")
     if gate:
-        summary = gate.get("summary", gate)
-        lines += ["", f"Export lift gate against gold: {json.dumps(summary, sort_keys=True)[:400]}"]
+        lines += ["", "The export's lift gate judged against gold on the same runs (`gate_truth.json`):", ""]
+        lines += [
+            "| lift | candidates | Spearman with gold gain | passed | false passes | regret of its pick | "
+            "same weights, other seed | over-optimised control |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, key in (("direct (fresh samples)", "summary"), ("direct + logs' correction", "summary_corrected")):
+            summary = gate.get(key)
+            if not summary:
+                continue
+            controls = summary["controls"]
+            verdict = {True: "right", False: "WRONG", None: "not run"}
+            lines.append(
+                f"| {name} | {summary['candidates']} | {summary['spearman']:.2f} | {summary['passed']} | "
+                f"{summary['false_passes']} | {summary['regret_sd']:.2f} SD ({summary['pick']}) | "
+                f"{verdict[controls.get('same_weights_other_seed')]} | {verdict[controls.get('overoptimised')]} |"
+            )
     return "\n".join(lines)
 
 
@@ -497,7 +513,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m experiments.bench.truth", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--reward", type=Path, required=True, help="reward model folder (runs/reward/<ts>/model)")
+    parser.add_argument("--reward", type=Path, help="reward model folder (runs/reward/<ts>/model)")
+    parser.add_argument("--render", action="store_true", help="only draw the table and plot again from --out")
     parser.add_argument("--recipes", nargs="+", default=["ddpo", "raft16"], choices=sorted(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
@@ -524,6 +541,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=Path("experiments/bench/results/truth.png"))
     parser.add_argument("--readme", type=Path, default=None, help="rewrite this README's truth table")
     args = parser.parse_args(argv)
+    if args.reward is None and not args.render:
+        parser.error("--reward is required (unless --render)")
     if args.samples % args.serve or args.samples % args.against or any(args.samples % n for n in args.best_of):
         parser.error(f"--samples {args.samples} must be a multiple of --serve, --against and every --best-of")
     if args.serve > args.against:
@@ -534,6 +553,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.render:  # the table again from a result file, e.g. after editing how it is drawn
+        result = json.loads(args.out.read_text(encoding="utf-8"))
+        table = markdown(result)
+        print(table)
+        print(f"drew {plot(result, args.plot)}")
+        if args.readme is not None:
+            rewrite_readme(args.readme, table, result["command"])
+            print(f"rewrote the truth table in {args.readme}")
+        return 0
     if not (args.reward / "SHA256SUMS").is_file():
         raise SystemExit(f"{args.reward}: not a reward model folder written by 'backdrop reward train'")
     started = time.time()
