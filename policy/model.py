@@ -361,10 +361,6 @@ class InpaintPolicy:
         with switch:
             yield self
 
-    reference = as_base
-    """The former name of :meth:`as_base`, kept while policy/trainer.py, evaluation.py, sampled_gradient.py and
-    experiments/bench, compare and export still call it (issue 20: one word, "base", for the frozen model)."""
-
     # ------------------------------------------------------------------------------------------------------
     # rollout.protocols.InpaintingModel
 

@@ -109,10 +109,6 @@ def base_means(policy: InpaintPolicy, trajectory: Trajectory, rows: StepRows, ch
         return torch.cat([replay_rows(policy, trajectory, part).mean for part in rows.chunks(chunk)])
 
 
-# The former name of base_means, kept while policy/trainer.py still imports it (issue 20: "base" for the frozen model).
-reference_means = base_means
-
-
 @torch.no_grad()
 def stepwise_kl(policy: InpaintPolicy, trajectory: Trajectory, chunk: int) -> torch.Tensor:
     """KL(pi_theta || pi_base) of every step of every stored chain: ``[B, T]`` float32, mean over background dims.
