@@ -49,6 +49,13 @@ class WorldConfig:
             raise ValueError(f"image_size must be in [32, 512] pixels, got {self.image_size}")
         if self.products < 0:
             raise ValueError(f"products must be >= 0, got {self.products}")
+        gib = self.products * (self.variants_per_product + 1) * self.image_size**2 * 4 / 2**30
+        if gib > MAX_WORLD_GIB:
+            raise ValueError(
+                f"products={self.products:,} x (variants_per_product={self.variants_per_product} + 1) images of "
+                f"{self.image_size} px hold {gib:,.1f} GiB in memory (RGB + mask); the world is built in memory, at "
+                f"most {MAX_WORLD_GIB} GiB: use fewer products or variants"
+            )
         unknown = [k for k in self.product_kinds if k not in PRODUCT_KINDS]
         if unknown or not self.product_kinds:
             raise ValueError(f"product_kinds must be a non-empty subset of {', '.join(PRODUCT_KINDS)}, got {unknown}")
@@ -63,6 +70,11 @@ class WorldConfig:
                 f"got {self.prompts_per_product}"
             )
         _check_range("colour_probability", self.colour_probability, 0.0, 1.0)
+
+
+MAX_WORLD_GIB = 16
+"""Largest in-memory world (products x (variants + 1) x image_size^2 x 4 bytes) a config may ask for: a typo such as
+``world.products=1e20`` is refused at once instead of running until memory runs out."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from offline_data.simulator import (
     SimulatorConfig,
@@ -83,3 +84,10 @@ def test_gold_of_new_composites_uses_the_exact_masks() -> None:
         ["cool"] * len(world.variants),
     )
     np.testing.assert_allclose(world.variant_gold[:, column], variant_gold)
+
+
+def test_a_world_too_big_for_memory_is_refused_at_once() -> None:
+    """A typo such as products=1e11 is refused by the config (with the memory it would need), not simulated."""
+    with pytest.raises(ValueError, match=r"products=100,000,000 x .* hold 13,732.9 GiB in memory .* at most 16 GiB"):
+        WorldConfig(products=100_000_000)
+    WorldConfig(products=100_000)  # 13.7 GiB of 64 px images: allowed
