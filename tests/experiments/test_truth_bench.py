@@ -1,4 +1,4 @@
-"""The truth-table benchmark's bookkeeping (``experiments/bench/truth.py``): picks, intervals, commands, README."""
+"""The truth-table benchmark's bookkeeping (``experiments/bench/truth.py``, ``recipes.py``): picks, intervals, runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.bench import truth
+from experiments.bench import recipes, truth
 
 
 def test_best_of_n_averages_the_picks_of_disjoint_groups() -> None:
@@ -39,21 +39,21 @@ def _args(tmp_path: Path, **changes) -> argparse.Namespace:
 
 def test_a_new_run_gets_the_recipe_and_a_partial_one_is_resumed(tmp_path: Path) -> None:
     args = _args(tmp_path)
-    recipe = truth.RECIPES["grpo16_shared"]
-    folder = truth.seed_folder(args.runs_dir, recipe.name, 1)
-    command = truth.train_command(recipe, 1, folder, args)
+    recipe = recipes.RECIPES["grpo16_shared"]
+    folder = recipes.seed_folder(args.runs_dir, recipe.name, 1)
+    command = recipes.train_command(recipe, 1, folder, args)
     sets = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
     assert "run.seed=1" in sets and "trainer.cpu_budget_minutes=2.0" in sets and f"run.output_dir={folder}" in sets
     assert sets[-3:] == list(recipe.overrides)
-    assert truth.run_of(folder) == (None, "missing")
+    assert recipes.run_of(folder) == (None, "missing")
     run = folder / "policy_train" / "20261206-000000"
     run.mkdir(parents=True)
     (run / "config.toml").write_text("", encoding="utf-8")
-    assert truth.run_of(folder) == (run, "partial")
-    assert truth.train_command(recipe, 1, folder, args)[-2:] == ["--resume", str(run)]
+    assert recipes.run_of(folder) == (run, "partial")
+    assert recipes.train_command(recipe, 1, folder, args)[-2:] == ["--resume", str(run)]
     (run / "diverged.json").write_text("{}", encoding="utf-8")
-    assert truth.run_of(folder) == (run, "diverged")
-    control = truth.train_command(truth.OVEROPTIMISE, 0, tmp_path / "c", args)
+    assert recipes.run_of(folder) == (run, "diverged")
+    control = recipes.train_command(recipes.OVEROPTIMISE, 0, tmp_path / "c", args)
     assert "trainer.cpu_budget_minutes=8.0" in control and "trainer.kl.coef=0" in control
 
 
@@ -76,7 +76,7 @@ def test_summary_states_each_target_and_by_how_much_it_was_missed(tmp_path: Path
          "epochs": 100, "samples": 6400, "cpu_minutes": 15.0}
         for s, g, k, d in ((0, 0.5, 30.0, -0.2), (1, 0.6, 40.0, -0.1), (2, 0.4, 20.0, -0.3))
     ]  # fmt: skip
-    summary = truth.summarise(truth.RECIPES["ddpo"], rows, args)
+    summary = truth.summarise(recipes.RECIPES["ddpo"], rows, args)
     assert summary["gold_gain_sd"]["mean"] == pytest.approx(0.5) and summary["kl_nats"]["mean"] == pytest.approx(30.0)
     beat, reach = summary["targets"].values()
     assert not beat["met"] and beat["lower_bound"] < -0.2
