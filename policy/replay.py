@@ -4,7 +4,8 @@ Training, the base pass of the KL and evaluation all score transitions x_t -> x_
 ``rollout.trajectory.Trajectory`` with ``rollout.denoise.denoise_step`` (the function the sampler used), so the
 log-prob the trainer computes is the one the sampler recorded. A "row" is one (sample, step) pair; rows of
 different samples and steps are stacked into one UNet call (the DDIM step takes per-row timesteps), which costs
-the same arithmetic as DDPO's loop over timesteps but far fewer calls.
+the same arithmetic as DDPO's loop over timesteps but far fewer calls. :func:`plan_rows` draws which rows an epoch
+trains, in which minibatches.
 """
 
 from __future__ import annotations
@@ -134,3 +135,52 @@ def background_dims(trajectory: Trajectory) -> torch.Tensor:
     """C x (number of background latent positions) of each sample: ``[B]`` float32 on the CPU."""
     channels = trajectory.latents.shape[2]
     return trajectory.background.flatten(1).sum(dim=1).float().cpu() * channels
+
+
+def plan_rows(
+    generator: torch.Generator,
+    *,
+    batch: int,
+    steps: int,
+    trained: int,
+    inner_epochs: int,
+    samples_per_step: int,
+    num_processes: int = 1,
+    process_index: int = 0,
+    keep: torch.Tensor | None = None,
+) -> list[list[tuple[StepRows, int]]]:
+    """Per inner epoch, its minibatches: this process's rows of each and the rows of the global minibatch.
+
+    The plan is drawn for the global batch (``batch`` x processes samples, minibatches of ``samples_per_step``
+    x processes): samples shuffled, then ``trained`` random steps of the ``steps`` per sample (DDPO's per-sample
+    timestep permutation), step-major within a minibatch; a process keeps the rows of its own samples (renumbered
+    from 0). ``keep`` (``[batch x processes]`` bool, global sample order) drops the other samples' rows after the
+    same draws, so a minibatch may be empty (row count 0: no optimiser step).
+    """
+    total, per_step = batch * num_processes, samples_per_step * num_processes
+    first = process_index * batch
+    plan = []
+    for _ in range(inner_epochs):
+        order = torch.randperm(total, generator=generator)
+        step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(total)])[:, :trained]
+        minibatches = []
+        for start in range(0, total, per_step):
+            samples = order[start : start + per_step]
+            if keep is not None:
+                samples = samples[keep[samples]]
+            chosen = step_order[samples]  # [m, J]
+            rows = StepRows(sample=samples[None, :].expand(trained, -1).reshape(-1), step=chosen.T.reshape(-1))
+            own = (rows.sample >= first) & (rows.sample < first + batch)
+            mine = StepRows(sample=rows.sample[own] - first, step=rows.step[own])
+            minibatches.append((mine, len(rows)))
+        plan.append(minibatches)
+    return plan
+
+
+def trained_mask(plan: list[list[tuple[StepRows, int]]], samples: int, steps: int) -> torch.Tensor:
+    """``[samples, steps]`` bool: the (sample, step) rows that some minibatch of ``plan`` trains on."""
+    needed = torch.zeros(samples, steps, dtype=torch.bool)
+    for minibatches in plan:
+        for rows, _ in minibatches:
+            needed[rows.sample, rows.step] = True
+    return needed

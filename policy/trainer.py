@@ -71,7 +71,7 @@ from policy.kl_control import KLController
 from policy.lora import named_lora_parameters
 from policy.losses import clipped_policy_loss, gaussian_kl
 from policy.model import InpaintPolicy
-from policy.replay import StepRows, base_means, replay_rows
+from policy.replay import StepRows, base_means, plan_rows, replay_rows, trained_mask
 from policy.resumable import ResumableTrainer
 from policy.reward_signal import RewardModelFn, RewardSignal, reward_signal, reweight
 from policy.sampled_gradient import SampledGradient
@@ -446,45 +446,18 @@ class DDPOTrainer(ResumableTrainer):
             self._preservation[key] = combine(self._preservation.get(key, 0.0), value)
 
     def _plan_rows(self, batch: int, steps: int, keep: torch.Tensor | None = None) -> list[list[tuple[StepRows, int]]]:
-        """Per inner epoch, its minibatches: this process's rows of each and the rows of the global minibatch.
-
-        The plan is drawn for the global batch (``batch`` x processes samples, minibatches of ``samples_per_step``
-        x processes): samples shuffled, then J random steps per sample (DDPO's per-sample timestep permutation),
-        step-major within a minibatch; a process keeps the rows of its own samples (renumbered from 0). ``keep``
-        (``[batch x processes]`` bool, global sample order) drops the other samples' rows after the same draws,
-        so a minibatch may be empty (row count 0: no optimiser step).
-        """
+        """This epoch's :func:`policy.replay.plan_rows` for this process (drawn from the epoch's shuffle stream)."""
         config = self.config
         seed = np.random.SeedSequence([*self._epoch_key(self.epoch), _STREAM_SHUFFLE]).generate_state(1)[0]
-        generator = torch.Generator().manual_seed(int(seed))
-        trained = config.trained_steps
-        total, per_step = batch * self.num_processes, config.optim.samples_per_step * self.num_processes
-        first = self.process_index * batch
-        plan = []
-        for _ in range(config.optim.inner_epochs):
-            order = torch.randperm(total, generator=generator)
-            step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(total)])[:, :trained]
-            minibatches = []
-            for start in range(0, total, per_step):
-                samples = order[start : start + per_step]
-                if keep is not None:
-                    samples = samples[keep[samples]]
-                chosen = step_order[samples]  # [m, J]
-                rows = StepRows(sample=samples[None, :].expand(trained, -1).reshape(-1), step=chosen.T.reshape(-1))
-                own = (rows.sample >= first) & (rows.sample < first + batch)
-                mine = StepRows(sample=rows.sample[own] - first, step=rows.step[own])
-                minibatches.append((mine, len(rows)))
-            plan.append(minibatches)
-        return plan
+        return plan_rows(
+            torch.Generator().manual_seed(int(seed)), batch=batch, steps=steps, trained=config.trained_steps,
+            inner_epochs=config.optim.inner_epochs, samples_per_step=config.optim.samples_per_step,
+            num_processes=self.num_processes, process_index=self.process_index, keep=keep,
+        )  # fmt: skip
 
     def _trained_mask(self, plan: list[list[tuple[StepRows, int]]]) -> torch.Tensor:
         """``[S, T]`` bool: the (sample, step) rows of this process that some minibatch of ``plan`` trains on."""
-        config = self.config
-        needed = torch.zeros(config.samples_per_epoch, config.sampler.num_steps, dtype=torch.bool)
-        for minibatches in plan:
-            for rows, _ in minibatches:
-                needed[rows.sample, rows.step] = True
-        return needed
+        return trained_mask(plan, self.config.samples_per_epoch, self.config.sampler.num_steps)
 
     def _apply_sampled_gradient(self, gradient: SampledGradient, advantages: torch.Tensor) -> dict[str, float]:
         """The epoch's one optimiser step from the gradient accumulated while sampling; returns the same row-weighted
